@@ -1,0 +1,164 @@
+#!/usr/bin/env node
+// mtaproxy command line: run the daemon, or talk to it, or check a config.
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { parse as parseToml } from 'smol-toml';
+import { DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG_PATH, DIRECTIVES, formatConfigError } from '../config/parse.js';
+import { loadConfigFile } from '../config/load.js';
+import { chooseSink, createLogger } from '../log/logger.js';
+import { Daemon } from '../server/daemon.js';
+import { forgetActivation, parseActivation } from '../systemd/activation.js';
+import { createNotifier } from '../systemd/notify.js';
+import { askDaemon } from './admin-client.js';
+
+const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+const HELP = `mtaproxy ${VERSION} - outbound SMTP egress proxy for clusters of MTAs
+
+Usage:
+  mtaproxy [run] [--config-filename=PATH]   run the daemon (default config: ${DEFAULT_CONFIG_PATH})
+  mtaproxy check-config [PATH]              validate a config file; prints OK or every error (exit 0/1)
+  mtaproxy reload [--config-filename=PATH]  ask the running daemon to reload its config; exit 1 with
+                                            the reason if it was rejected (the old config stays)
+  mtaproxy status [--config-filename=PATH]  print the daemon's live status lines
+  mtaproxy gen-secret                       print a fresh random auth_shared_secret
+
+Options:
+  -c, --config-filename=PATH  config file (TOML)
+      --admin-socket=PATH     admin socket for reload/status (default: the config's admin_socket,
+                              else ${DEFAULT_ADMIN_SOCKET})
+  -h, --help                  this help
+  -V, --version               print the version
+
+Signals: SIGHUP reloads (like "mtaproxy reload"), SIGTERM/SIGINT stop gracefully.
+Under systemd the listening sockets may be passed by socket activation (mtaproxy.socket).
+
+Config directives:
+${Object.entries(DIRECTIVES).map(([key, d]) => `  ${key.padEnd(28)}${d.help}`).join('\n')}
+`;
+
+function fail(message: string, code = 1): never {
+  process.stderr.write(`mtaproxy: ${message}\n`);
+  process.exit(code);
+}
+
+function adminSocketPath(configFile: string, explicit: string | undefined): string {
+  if (explicit !== undefined) return explicit;
+  try {
+    // lenient on purpose: the file may be the invalid config that reload is about to report
+    const raw = parseToml(readFileSync(configFile, 'utf8')) as Record<string, unknown>;
+    if (typeof raw.admin_socket === 'string') return raw.admin_socket;
+  } catch {
+    // fall back to the default
+  }
+  return DEFAULT_ADMIN_SOCKET;
+}
+
+async function run(configFile: string): Promise<void> {
+  const { sink, kind } = chooseSink();
+  const log = createLogger(sink, false);
+  const loaded = loadConfigFile(configFile);
+  if (!loaded.ok) {
+    for (const e of loaded.errors) log.error({ mtaproxy_event: 'config_error' }, formatConfigError(e));
+    fail(`${configFile} is not valid (${loaded.errors.length} error${loaded.errors.length > 1 ? 's' : ''}):\n${loaded.errors.map(formatConfigError).join('\n')}`);
+  }
+  const config = loaded.config;
+  log.level = config.logVerbose ? 'debug' : 'info';
+  const activation = parseActivation(process.env, process.pid);
+  if (activation !== null && !activation.ok) fail(`socket activation: ${activation.error}`);
+  forgetActivation(process.env);
+  const notifier = createNotifier();
+  const daemon = new Daemon({ config, log, notifier, passed: activation?.sockets ?? null });
+
+  // Before READY=1: Node's default action for SIGHUP is to exit.
+  process.on('SIGHUP', () => {
+    void daemon.reload();
+  });
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    void daemon.shutdown(signal).then(() => process.exit(0));
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('uncaughtException', (err) => {
+    log.fatal({ mtaproxy_event: 'crash', err: err.stack ?? String(err) }, `internal error: ${err.message}`);
+    process.exit(70);
+  });
+
+  log.info({ mtaproxy_event: 'starting', version: VERSION, config: configFile, log_sink: kind }, `mtaproxy ${VERSION} starting with ${configFile}`);
+  try {
+    await daemon.start();
+  } catch (err) {
+    log.error({ mtaproxy_event: 'start_failed' }, (err as Error).message);
+    fail((err as Error).message);
+  }
+}
+
+async function main(argv: string[]): Promise<void> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        'config-filename': { type: 'string', short: 'c' },
+        'admin-socket': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean', short: 'V' },
+      },
+    });
+  } catch (err) {
+    fail(`${(err as Error).message}\nTry "mtaproxy --help".`, 2);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) return void process.stdout.write(HELP);
+  if (values.version) return void process.stdout.write(`${VERSION}\n`);
+  const [command = 'run', ...rest] = positionals;
+  const configFile = values['config-filename'] ?? DEFAULT_CONFIG_PATH;
+  const tooMany = (max: number): void => {
+    if (rest.length > max) fail(`unexpected argument "${rest[max]}"\nTry "mtaproxy --help".`, 2);
+  };
+
+  switch (command) {
+    case 'run':
+      tooMany(0);
+      return run(configFile);
+    case 'check-config': {
+      tooMany(1);
+      const file = rest[0] ?? configFile;
+      const result = loadConfigFile(file);
+      if (result.ok) return void process.stdout.write(`${file}: OK\n`);
+      process.stderr.write(`${result.errors.map(formatConfigError).join('\n')}\n`);
+      process.exit(1);
+      return;
+    }
+    case 'reload':
+    case 'status': {
+      tooMany(0);
+      const socketPath = adminSocketPath(configFile, values['admin-socket']);
+      let reply;
+      try {
+        reply = await askDaemon(socketPath, command);
+      } catch (err) {
+        fail((err as Error).message);
+      }
+      if (command === 'status' && reply.ok) return void process.stdout.write(`${(reply.lines ?? []).join('\n')}\n`);
+      if (reply.ok) return void process.stdout.write(`${reply.message}\n`);
+      process.stderr.write(`mtaproxy: ${reply.message}\n`);
+      for (const e of reply.errors ?? []) process.stderr.write(`  ${e}\n`);
+      process.exit(1);
+      return;
+    }
+    case 'gen-secret':
+      tooMany(0);
+      // 32 random bytes, base64url: 43 characters, safe in TOML strings and shell
+      return void process.stdout.write(`${randomBytes(32).toString('base64url')}\n`);
+    default:
+      fail(`unknown command "${command}"\nTry "mtaproxy --help".`, 2);
+  }
+}
+
+void main(process.argv.slice(2));

@@ -1,0 +1,200 @@
+// The MTA side of the native protocol: handshake and control session (docs/protocol.md).
+//
+//   import { ControlClient } from 'mtaproxy/client';
+//   const session = await ControlClient.connect({ host: '10.0.0.5', port: 807, name: 'server-a', secret });
+//   await session.reportBacklog({ ram: 12, bounce: 0, disk: 340 });
+//   console.log('rtt', await session.ping(), 'ms');
+//   await session.quit();
+import { randomBytes } from 'node:crypto';
+import { connect, type Socket } from 'node:net';
+import { SharedSecret } from '../config/secret.js';
+import { formatBacklog, formatReply, formatRequest, MAX_CONTROL_LINE, parseControlLine, type Backlog } from '../protocol/control.js';
+import { authLine, MAX_HANDSHAKE_LINE, NONCE_BYTES, parseGreeting, PROTOCOL_VERSION, verifyServerProof } from '../protocol/handshake.js';
+import { LineSplitter } from '../protocol/lines.js';
+
+export type { Backlog };
+
+export interface ConnectOptions {
+  host: string;
+  port: number;
+  /** the MTA instance name, shown in the proxy's status lines as session(NAME) */
+  name: string;
+  secret: string;
+  /** handshake deadline (default 10 s) */
+  timeoutMs?: number;
+}
+
+/** A reply with a 4xx/5xx code, or a closed session. */
+export class ProxyError extends Error {
+  readonly code: string;
+  readonly responseCode: number | null;
+  constructor(code: string, message: string, responseCode: number | null = null) {
+    super(message);
+    this.name = 'ProxyError';
+    this.code = code;
+    this.responseCode = responseCode;
+  }
+}
+
+interface Pending {
+  resolve(reply: { code: number; text: string }): void;
+  reject(err: Error): void;
+}
+
+/** Connects and authenticates; resolves with the socket and the lines already received after OK. */
+export async function authenticate(opts: ConnectOptions): Promise<{ socket: Socket; splitter: LineSplitter; leftover: string[] }> {
+  const secret = new SharedSecret(opts.secret);
+  const socket = connect({ host: opts.host, port: opts.port });
+  const splitter = new LineSplitter(MAX_HANDSHAKE_LINE);
+  const clientNonce = randomBytes(NONCE_BYTES).toString('hex');
+  return new Promise((resolve, reject) => {
+    let serverNonce: string | null = null;
+    const timer = setTimeout(() => done(new ProxyError('ETIMEDOUT', `handshake with ${opts.host}:${opts.port} timed out`)), opts.timeoutMs ?? 10_000);
+    const done = (err: Error | null, leftover: string[] = []): void => {
+      clearTimeout(timer);
+      socket.removeListener('data', onData);
+      socket.removeListener('error', onError);
+      socket.removeListener('close', onClose);
+      if (err !== null) {
+        socket.destroy();
+        reject(err);
+      } else {
+        resolve({ socket, splitter, leftover });
+      }
+    };
+    const onError = (err: Error): void => done(new ProxyError('ECONNECTION', `cannot connect to ${opts.host}:${opts.port}: ${err.message}`));
+    const onClose = (): void => done(new ProxyError('ECONNECTION', `${opts.host}:${opts.port} closed the connection during the handshake (not in allow_from?)`));
+    const onData = (chunk: Buffer): void => {
+      let lines: string[];
+      try {
+        lines = splitter.push(chunk);
+      } catch (err) {
+        return done(new ProxyError('EPROTOCOL', (err as Error).message));
+      }
+      for (let i = 0; i < lines.length; i++) {
+        const line = lines[i] as string;
+        if (serverNonce === null) {
+          const greeting = parseGreeting(line);
+          if (greeting === null) return done(new ProxyError('EPROTOCOL', `not an mtaproxy greeting: ${JSON.stringify(line.slice(0, 60))}`));
+          if (greeting.version !== PROTOCOL_VERSION) return done(new ProxyError('EPROTOCOL', `proxy speaks protocol ${greeting.version}, this client ${PROTOCOL_VERSION}`));
+          serverNonce = greeting.serverNonce;
+          socket.write(`${authLine(secret, serverNonce, clientNonce, opts.name)}\n`);
+        } else if (line.startsWith('ERR ')) {
+          return done(new ProxyError('EAUTH', `proxy refused: ${line.slice(4)}`, Number(line.slice(4, 7)) || null));
+        } else if (verifyServerProof(line, secret, serverNonce, clientNonce, opts.name)) {
+          return done(null, lines.slice(i + 1));
+        } else {
+          return done(new ProxyError('EAUTH', 'the proxy could not prove it knows the shared secret'));
+        }
+      }
+    };
+    socket.on('data', onData);
+    socket.on('error', onError);
+    socket.on('close', onClose);
+  });
+}
+
+export class ControlClient {
+  readonly name: string;
+  readonly #socket: Socket;
+  readonly #pending = new Map<string, Pending>();
+  #nextTag = 1;
+  #closeReason: string | null = null;
+  readonly closed: Promise<string>;
+  /** Notices ("* 421 …") the proxy sent, most recent last. */
+  readonly notices: string[] = [];
+
+  private constructor(name: string, socket: Socket, splitter: LineSplitter, leftover: string[]) {
+    this.name = name;
+    this.#socket = socket;
+    splitter.maxLength = MAX_CONTROL_LINE;
+    let onClosed: (reason: string) => void = () => {};
+    this.closed = new Promise((resolve) => (onClosed = resolve));
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        for (const line of splitter.push(chunk)) this.#onLine(line);
+      } catch (err) {
+        socket.destroy(err as Error);
+      }
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      this.#closeReason ??= 'connection closed';
+      const err = new ProxyError('ECONNECTION', `session closed: ${this.#closeReason}`);
+      for (const p of this.#pending.values()) p.reject(err);
+      this.#pending.clear();
+      onClosed(this.#closeReason);
+    });
+    for (const line of leftover) this.#onLine(line);
+  }
+
+  static async connect(opts: ConnectOptions): Promise<ControlClient> {
+    const { socket, splitter, leftover } = await authenticate(opts);
+    socket.write('CONTROL\n');
+    const client = new ControlClient(opts.name, socket, splitter, []);
+    // the first line after CONTROL is "250 control session NAME"
+    await new Promise<void>((resolve, reject) => {
+      client.#awaitingStart = { resolve, reject };
+      for (const line of leftover) client.#onLine(line);
+    });
+    return client;
+  }
+
+  #awaitingStart: { resolve(): void; reject(err: Error): void } | null = null;
+
+  #onLine(line: string): void {
+    if (this.#awaitingStart !== null) {
+      const start = this.#awaitingStart;
+      this.#awaitingStart = null;
+      if (line.startsWith('250 ')) start.resolve();
+      else start.reject(new ProxyError('EPROTOCOL', `proxy refused the control session: ${line}`));
+      return;
+    }
+    const msg = parseControlLine(line);
+    if (msg.kind === 'reply') {
+      const p = this.#pending.get(msg.tag);
+      this.#pending.delete(msg.tag);
+      p?.resolve({ code: msg.code, text: msg.text });
+    } else if (msg.kind === 'request') {
+      // the proxy's own requests (PING) are answered at once; that round trip is its RTT
+      if (msg.verb === 'PING') this.#socket.write(`${formatReply(msg.tag, 250, 'PONG')}\n`);
+      else this.#socket.write(`${formatReply(msg.tag, 500, `unknown command ${msg.verb}`)}\n`);
+    } else if (msg.kind === 'notice') {
+      this.notices.push(`${msg.code} ${msg.text}`);
+      if (msg.code >= 400) this.#closeReason = `${msg.code} ${msg.text}`;
+    }
+  }
+
+  /** Sends a request; resolves with the reply, rejects on a 4xx/5xx reply or a closed session. */
+  request(verb: string, args: readonly (string | number)[] = []): Promise<{ code: number; text: string }> {
+    if (this.#socket.destroyed) return Promise.reject(new ProxyError('ECONNECTION', `session closed: ${this.#closeReason ?? 'not connected'}`));
+    const tag = String(this.#nextTag++);
+    return new Promise((resolve, reject) => {
+      this.#pending.set(tag, {
+        resolve: (reply) => (reply.code >= 400 ? reject(new ProxyError('EREPLY', `${verb}: ${reply.code} ${reply.text}`, reply.code)) : resolve(reply)),
+        reject,
+      });
+      this.#socket.write(`${formatRequest(tag, verb, args)}\n`);
+    });
+  }
+
+  /** Round trip to the proxy, in milliseconds. */
+  async ping(): Promise<number> {
+    const start = performance.now();
+    await this.request('PING');
+    return performance.now() - start;
+  }
+
+  async reportBacklog(backlog: Backlog): Promise<void> {
+    await this.request('BACKLOG', [formatBacklog(backlog)]);
+  }
+
+  async quit(): Promise<void> {
+    await this.request('QUIT');
+    this.#socket.end();
+  }
+
+  destroy(): void {
+    this.#socket.destroy();
+  }
+}

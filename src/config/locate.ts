@@ -1,0 +1,61 @@
+// smol-toml returns plain values without positions, so validation errors are located by a light
+// scan of the source: good enough for the flat, hand-written files operators keep in /etc.
+
+export interface Position {
+  line: number;
+  column: number;
+}
+
+const HEADER = /^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$/;
+const KEY = /^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=/;
+
+function normalizeKey(raw: string): string {
+  return raw
+    .split('.')
+    .map((part) => part.trim().replace(/^["']|["']$/g, ''))
+    .join('.');
+}
+
+/** Maps every dotted key path written in the file to where it is written. */
+export function locateKeys(text: string): Map<string, Position> {
+  const found = new Map<string, Position>();
+  let table = '';
+  let inMultiline: string | null = null;
+  const lines = text.split(/\r?\n/);
+  lines.forEach((line, index) => {
+    if (inMultiline !== null) {
+      if (line.includes(inMultiline)) inMultiline = null;
+      return;
+    }
+    const header = HEADER.exec(line);
+    if (header?.[1] !== undefined) {
+      table = normalizeKey(header[1]);
+      if (!found.has(table)) found.set(table, { line: index + 1, column: line.indexOf('[') + 1 });
+      return;
+    }
+    const key = KEY.exec(line);
+    if (key?.[1] !== undefined) {
+      const path = table ? `${table}.${normalizeKey(key[1])}` : normalizeKey(key[1]);
+      if (!found.has(path)) found.set(path, { line: index + 1, column: line.search(/\S/) + 1 });
+      const rest = line.slice(key[0].length);
+      for (const quote of ['"""', "'''"]) {
+        const first = rest.indexOf(quote);
+        if (first !== -1 && rest.indexOf(quote, first + 3) === -1) inMultiline = quote;
+      }
+    }
+  });
+  return found;
+}
+
+/** Where a string element of an array value appears, searching from the key's line on. */
+export function locateString(text: string, from: Position, value: string): Position {
+  const lines = text.split(/\r?\n/);
+  for (let i = from.line - 1; i < lines.length; i++) {
+    const line = lines[i] ?? '';
+    for (const quoted of [JSON.stringify(value), `'${value}'`]) {
+      const at = line.indexOf(quoted);
+      if (at !== -1) return { line: i + 1, column: at + 1 };
+    }
+  }
+  return from;
+}

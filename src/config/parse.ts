@@ -1,0 +1,268 @@
+// Pure config validation: TOML text in, a Config or a list of located errors out. The only I/O,
+// reading auth_shared_secret_file, is injected so this module stays testable without files.
+import ipaddr from 'ipaddr.js';
+import { parse as parseToml, TomlError } from 'smol-toml';
+import { AllowList, parseAllowRule, type AllowRule } from './allow.js';
+import { locateKeys, locateString, type Position } from './locate.js';
+import { MIN_SECRET_LENGTH, SharedSecret } from './secret.js';
+
+export const DEFAULT_CONFIG_PATH = '/etc/mtaproxy/mtaproxy.toml';
+export const DEFAULT_ADMIN_SOCKET = '/run/mtaproxy/admin.sock';
+export const DEFAULT_PORT = 807;
+
+export interface ListenAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface Config {
+  readonly file: string;
+  readonly listen: readonly ListenAddress[];
+  readonly allowFrom: AllowList;
+  /** The secret new handshakes are answered with, then an optional previous one (rotation). */
+  readonly secrets: readonly SharedSecret[];
+  readonly logVerbose: boolean;
+  readonly statusIntervalMs: number;
+  readonly adminSocket: string;
+  readonly handshakeTimeoutMs: number;
+  readonly pingIntervalMs: number;
+  readonly shutdownTimeoutMs: number;
+}
+
+export interface ConfigError {
+  readonly file: string;
+  readonly line: number;
+  readonly column: number;
+  readonly key: string;
+  readonly message: string;
+}
+
+export type ConfigResult = { ok: true; config: Config } | { ok: false; errors: ConfigError[] };
+
+export interface ConfigIo {
+  /** Reads auth_shared_secret_file; throws an Error whose message says why it could not. */
+  readSecretFile(path: string): string;
+}
+
+export function formatConfigError(e: ConfigError): string {
+  const where = e.line > 0 ? `${e.file}:${e.line}:${e.column}` : e.file;
+  return `${where}: ${e.key ? `${e.key}: ` : ''}${e.message}`;
+}
+
+interface Directive {
+  readonly help: string;
+}
+
+/** Every key the file may contain; anything else is an error (a typo must not pass silently). */
+export const DIRECTIVES: Readonly<Record<string, Directive>> = {
+  listen: { help: 'address(es) to listen on, "IP:PORT" or "[IPv6]:PORT"; ignored under socket activation' },
+  allow_from: { help: 'IPs and CIDRs allowed to connect; others are closed before a byte is read' },
+  auth_shared_secret: { help: `the MTAs' shared secret, at least ${MIN_SECRET_LENGTH} characters` },
+  auth_shared_secret_file: { help: 'read the shared secret from this file instead (first line)' },
+  auth_shared_secret_previous: { help: 'a second secret still accepted, for rotation' },
+  log_verbose: { help: 'log every connection and session event (debug level)' },
+  status_interval: { help: 'how often the status lines are logged, e.g. "5s"' },
+  admin_socket: { help: 'Unix socket for mtaproxy reload/status' },
+  handshake_timeout: { help: 'time an MTA has to authenticate, e.g. "10s"' },
+  ping_interval: { help: 'control-session ping period; a session silent for two periods is closed' },
+  shutdown_timeout: { help: 'on SIGTERM, how long sessions get to close before they are cut' },
+};
+
+const DURATION_PART = /(\d+(?:\.\d+)?)(ms|s|m|h)/gy;
+const UNIT_MS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** "1m30s", "500ms", or a number of seconds. Returns milliseconds or null. */
+export function parseDuration(value: unknown): number | null {
+  if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? Math.round(value * 1000) : null;
+  if (typeof value !== 'string' || value === '') return null;
+  DURATION_PART.lastIndex = 0;
+  let total = 0;
+  let end = 0;
+  for (let m = DURATION_PART.exec(value); m !== null; m = DURATION_PART.exec(value)) {
+    total += Number(m[1]) * (UNIT_MS[m[2] ?? 's'] ?? 0);
+    end = DURATION_PART.lastIndex;
+  }
+  return end === value.length ? Math.round(total) : null;
+}
+
+/** "0.0.0.0:807", "[::]:807", "127.0.0.1:0" (0 = any free port, for tests). */
+export function parseListenAddress(text: string): ListenAddress | string {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text);
+  if (m === null) return `"${text}" must be "IP:PORT" or "[IPv6]:PORT"`;
+  const host = m[1] ?? m[2] ?? '';
+  const port = Number(m[3]);
+  if (m[1] !== undefined ? !ipaddr.IPv6.isValid(host) : !ipaddr.IPv4.isValidFourPartDecimal(host)) {
+    return `"${text}": "${host}" is not an IP address (host names are not accepted: they may resolve differently later)`;
+  }
+  if (port > 65535) return `"${text}": port must be 0..65535`;
+  return { host, port };
+}
+
+export function parseConfig(text: string, file: string, io: ConfigIo): ConfigResult {
+  let raw: Record<string, unknown>;
+  try {
+    raw = parseToml(text) as Record<string, unknown>;
+  } catch (err) {
+    if (err instanceof TomlError) {
+      const first = err.message.split('\n')[0] ?? err.message;
+      return { ok: false, errors: [{ file, line: err.line, column: err.column, key: '', message: `TOML syntax: ${first}` }] };
+    }
+    throw err;
+  }
+  const positions = locateKeys(text);
+  const errors: ConfigError[] = [];
+  const where = (key: string): Position => positions.get(key) ?? { line: 1, column: 1 };
+  const fail = (key: string, message: string, at: Position = where(key)): void => {
+    errors.push({ file, line: at.line, column: at.column, key, message });
+  };
+
+  for (const key of Object.keys(raw)) {
+    if (!(key in DIRECTIVES)) {
+      const hint = Object.keys(DIRECTIVES).find((known) => editDistance(known, key) <= 2);
+      fail(key, `unknown directive${hint ? `; did you mean "${hint}"?` : ''}`);
+    }
+  }
+
+  const stringList = (key: string, fallback: string[]): string[] => {
+    const value = raw[key];
+    if (value === undefined) return fallback;
+    if (typeof value === 'string') return [value];
+    if (Array.isArray(value) && value.every((v) => typeof v === 'string')) return value as string[];
+    fail(key, 'must be a string or an array of strings');
+    return [];
+  };
+
+  const listen: ListenAddress[] = [];
+  for (const entry of stringList('listen', [`0.0.0.0:${DEFAULT_PORT}`])) {
+    const parsed = parseListenAddress(entry);
+    if (typeof parsed === 'string') fail('listen', parsed, locateString(text, where('listen'), entry));
+    else listen.push(parsed);
+  }
+  if (raw.listen !== undefined && listen.length === 0 && !errors.some((e) => e.key === 'listen')) {
+    fail('listen', 'must name at least one address');
+  }
+
+  const rules: AllowRule[] = [];
+  for (const entry of stringList('allow_from', ['127.0.0.0/8', '::1'])) {
+    const parsed = parseAllowRule(entry);
+    if (parsed.ok) rules.push(parsed.rule);
+    else fail('allow_from', parsed.message, locateString(text, where('allow_from'), entry));
+  }
+
+  const secrets: SharedSecret[] = [];
+  const secretValue = (key: string, value: unknown): void => {
+    if (typeof value !== 'string') return fail(key, 'must be a string');
+    // Never echo the value: only its length.
+    if (value.length < MIN_SECRET_LENGTH) {
+      return fail(key, `is ${value.length} characters; at least ${MIN_SECRET_LENGTH} are required (mtaproxy gen-secret makes one)`);
+    }
+    secrets.push(new SharedSecret(value));
+  };
+  const inline = raw.auth_shared_secret;
+  const fromFile = raw.auth_shared_secret_file;
+  if (inline !== undefined && fromFile !== undefined) {
+    fail('auth_shared_secret_file', 'set either auth_shared_secret or auth_shared_secret_file, not both');
+  } else if (inline !== undefined) {
+    secretValue('auth_shared_secret', inline);
+  } else if (fromFile !== undefined) {
+    if (typeof fromFile !== 'string' || fromFile === '') {
+      fail('auth_shared_secret_file', 'must be a file path');
+    } else {
+      let content: string | null = null;
+      try {
+        content = io.readSecretFile(fromFile);
+      } catch (err) {
+        fail('auth_shared_secret_file', `cannot read "${fromFile}": ${(err as Error).message}`);
+      }
+      if (content !== null) secretValue('auth_shared_secret_file', content.split(/\r?\n/)[0] ?? '');
+    }
+  } else {
+    fail('auth_shared_secret', 'is required (or auth_shared_secret_file); generate one with: mtaproxy gen-secret', { line: 1, column: 1 });
+  }
+  if (raw.auth_shared_secret_previous !== undefined) {
+    const before = secrets.length;
+    secretValue('auth_shared_secret_previous', raw.auth_shared_secret_previous);
+    if (secrets.length === before + 1 && before === 1 && secrets[0]?.equals(secrets[1] as SharedSecret)) {
+      fail('auth_shared_secret_previous', 'is the same as the current secret');
+    }
+  }
+
+  const bool = (key: string, fallback: boolean): boolean => {
+    const value = raw[key];
+    if (value === undefined) return fallback;
+    if (typeof value === 'boolean') return value;
+    fail(key, 'must be true or false');
+    return fallback;
+  };
+  const duration = (key: string, fallbackMs: number, minMs: number, maxMs: number): number => {
+    const value = raw[key];
+    if (value === undefined) return fallbackMs;
+    const ms = parseDuration(value);
+    if (ms === null) {
+      fail(key, 'must be a duration such as "500ms", "10s", "1m30s" or a number of seconds');
+      return fallbackMs;
+    }
+    if (ms < minMs || ms > maxMs) {
+      fail(key, `must be between ${minMs / 1000}s and ${maxMs / 1000}s`);
+      return fallbackMs;
+    }
+    return ms;
+  };
+  const path = (key: string, fallback: string): string => {
+    const value = raw[key];
+    if (value === undefined) return fallback;
+    if (typeof value === 'string' && value.startsWith('/')) return value;
+    fail(key, 'must be an absolute path');
+    return fallback;
+  };
+
+  const config: Config = {
+    file,
+    listen,
+    allowFrom: new AllowList(rules),
+    secrets,
+    logVerbose: bool('log_verbose', false),
+    statusIntervalMs: duration('status_interval', 5000, 100, 3_600_000),
+    adminSocket: path('admin_socket', DEFAULT_ADMIN_SOCKET),
+    handshakeTimeoutMs: duration('handshake_timeout', 10_000, 100, 300_000),
+    pingIntervalMs: duration('ping_interval', 10_000, 100, 600_000),
+    shutdownTimeoutMs: duration('shutdown_timeout', 10_000, 0, 600_000),
+  };
+  errors.sort((a, b) => a.line - b.line || a.column - b.column);
+  return errors.length > 0 ? { ok: false, errors } : { ok: true, config };
+}
+
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let diagonal = row[0] ?? 0;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const above = row[j] ?? 0;
+      row[j] = Math.min(above + 1, (row[j - 1] ?? 0) + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diagonal = above;
+    }
+  }
+  return row[b.length] ?? 0;
+}
+
+/** Names the directives whose effective value differs, for the reload log line. */
+export function changedDirectives(before: Config, after: Config): string[] {
+  const changed: string[] = [];
+  const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
+  if (!same(before.listen, after.listen)) changed.push('listen');
+  if (!same(before.allowFrom.rules.map((r) => r.text), after.allowFrom.rules.map((r) => r.text))) changed.push('allow_from');
+  if (before.secrets.length !== after.secrets.length || before.secrets.some((s, i) => !s.equals(after.secrets[i] as SharedSecret))) {
+    changed.push('auth_shared_secret');
+  }
+  const scalars: [string, keyof Config][] = [
+    ['log_verbose', 'logVerbose'],
+    ['status_interval', 'statusIntervalMs'],
+    ['admin_socket', 'adminSocket'],
+    ['handshake_timeout', 'handshakeTimeoutMs'],
+    ['ping_interval', 'pingIntervalMs'],
+    ['shutdown_timeout', 'shutdownTimeoutMs'],
+  ];
+  for (const [name, field] of scalars) if (before[field] !== after[field]) changed.push(name);
+  return changed;
+}

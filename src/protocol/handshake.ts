@@ -1,0 +1,73 @@
+// The native protocol's mutual HMAC-SHA256 challenge-response (docs/protocol.md). Pure: nonces
+// are passed in, so the test vectors in the docs can be checked by any implementation.
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import type { SharedSecret } from '../config/secret.js';
+
+export const PROTOCOL_VERSION = 1;
+export const NONCE_BYTES = 32;
+/** Handshake lines are short; anything longer is garbage or an attack. */
+export const MAX_HANDSHAKE_LINE = 512;
+
+const NONCE = /^[0-9a-f]{64}$/;
+const PROOF = /^[0-9a-f]{64}$/;
+/** Instance names appear in logs and journald fields: keep them printable and short. */
+export const INSTANCE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export function greetingLine(serverNonce: string): string {
+  return `MTAPROXY ${PROTOCOL_VERSION} ${serverNonce}`;
+}
+
+export function parseGreeting(line: string): { version: number; serverNonce: string } | null {
+  const m = /^MTAPROXY (\d+) ([0-9a-f]{64})$/.exec(line);
+  return m === null ? null : { version: Number(m[1]), serverNonce: m[2] as string };
+}
+
+function proof(secret: SharedSecret, role: 'client' | 'server', serverNonce: string, clientNonce: string, name: string): string {
+  return createHmac('sha256', secret.key())
+    .update(`mtaproxy-${PROTOCOL_VERSION} ${role} ${serverNonce} ${clientNonce} ${name}`)
+    .digest('hex');
+}
+
+export function clientProof(secret: SharedSecret, serverNonce: string, clientNonce: string, name: string): string {
+  return proof(secret, 'client', serverNonce, clientNonce, name);
+}
+
+export function serverProof(secret: SharedSecret, serverNonce: string, clientNonce: string, name: string): string {
+  return proof(secret, 'server', serverNonce, clientNonce, name);
+}
+
+export function authLine(secret: SharedSecret, serverNonce: string, clientNonce: string, name: string): string {
+  return `AUTH ${name} ${clientNonce} ${clientProof(secret, serverNonce, clientNonce, name)}`;
+}
+
+export type AuthVerdict =
+  | { ok: true; name: string; clientNonce: string; secret: SharedSecret }
+  | { ok: false; reason: string; name?: string };
+
+/**
+ * Checks a client's AUTH line against every accepted secret (current, then previous). The reason
+ * is safe to log: it never contains the secret nor the proof.
+ */
+export function verifyAuth(line: string, serverNonce: string, secrets: readonly SharedSecret[]): AuthVerdict {
+  const parts = line.split(' ');
+  if (parts.length !== 4 || parts[0] !== 'AUTH') return { ok: false, reason: 'expected "AUTH <name> <nonce> <proof>"' };
+  const [, name = '', clientNonce = '', given = ''] = parts;
+  if (!INSTANCE_NAME.test(name)) return { ok: false, reason: 'invalid instance name' };
+  if (!NONCE.test(clientNonce)) return { ok: false, reason: 'client nonce must be 64 lowercase hex digits', name };
+  if (clientNonce === serverNonce) return { ok: false, reason: 'client nonce echoes the server nonce', name };
+  if (!PROOF.test(given)) return { ok: false, reason: 'proof must be 64 lowercase hex digits', name };
+  const givenBytes = Buffer.from(given, 'hex');
+  for (const secret of secrets) {
+    const expected = Buffer.from(clientProof(secret, serverNonce, clientNonce, name), 'hex');
+    if (timingSafeEqual(expected, givenBytes)) return { ok: true, name, clientNonce, secret };
+  }
+  return { ok: false, reason: 'wrong proof (shared secret mismatch or replayed handshake)', name };
+}
+
+/** The client's check that the server knows the secret too. */
+export function verifyServerProof(line: string, secret: SharedSecret, serverNonce: string, clientNonce: string, name: string): boolean {
+  const m = /^OK ([0-9a-f]{64})$/.exec(line);
+  if (m === null) return false;
+  const expected = Buffer.from(serverProof(secret, serverNonce, clientNonce, name), 'hex');
+  return timingSafeEqual(expected, Buffer.from(m[1] as string, 'hex'));
+}

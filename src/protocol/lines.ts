@@ -1,0 +1,46 @@
+/**
+ * Splits a byte stream into "\n"-terminated lines (a preceding "\r" is dropped) with a hard
+ * length limit, so a peer that never sends a newline cannot make us buffer without bound.
+ */
+export class LineSplitter {
+  #maxLength: number;
+  #pending: Buffer | null = null;
+
+  constructor(maxLength: number) {
+    this.#maxLength = maxLength;
+  }
+
+  /** The limit changes when a connection moves from the handshake to a session. */
+  set maxLength(value: number) {
+    this.#maxLength = value;
+  }
+
+  /** Bytes received but not yet part of a complete line. */
+  get buffered(): number {
+    return this.#pending?.length ?? 0;
+  }
+
+  /** Returns the complete lines in `chunk`, or throws LineTooLongError. */
+  push(chunk: Buffer): string[] {
+    const data = this.#pending === null ? chunk : Buffer.concat([this.#pending, chunk]);
+    const lines: string[] = [];
+    let start = 0;
+    for (let nl = data.indexOf(10, start); nl !== -1; nl = data.indexOf(10, start)) {
+      const end = nl > start && data[nl - 1] === 13 ? nl - 1 : nl;
+      if (end - start > this.#maxLength) throw new LineTooLongError(this.#maxLength);
+      lines.push(data.toString('utf8', start, end));
+      start = nl + 1;
+    }
+    const rest = data.length - start;
+    if (rest > this.#maxLength) throw new LineTooLongError(this.#maxLength);
+    this.#pending = rest === 0 ? null : data.subarray(start);
+    return lines;
+  }
+}
+
+export class LineTooLongError extends Error {
+  readonly code = 'MTAPROXY_LINE_TOO_LONG';
+  constructor(max: number) {
+    super(`line longer than ${max} bytes`);
+  }
+}

@@ -1,0 +1,306 @@
+// The daemon: owns the current config, the listeners, the sessions and the timers, and applies
+// reloads atomically (everything new is prepared first; on any failure the old state stays).
+import { randomBytes } from 'node:crypto';
+import type { Socket } from 'node:net';
+import { changedDirectives, formatConfigError, type Config } from '../config/parse.js';
+import { loadConfigFile } from '../config/load.js';
+import type { Logger } from '../log/logger.js';
+import { parseAdminRequest, MAX_ADMIN_LINE, type AdminReply } from '../protocol/admin.js';
+import { WINDOW } from '../protocol/control.js';
+import { LineSplitter, LineTooLongError } from '../protocol/lines.js';
+import { statusRecords, type StatusRecord } from '../status/format.js';
+import type { Notifier } from '../systemd/notify.js';
+import type { PassedSocket } from '../systemd/activation.js';
+import { closeListening, endpointKey, listen, type Endpoint, type Listening } from './listeners.js';
+import { serveNative } from './native.js';
+import { RefusalLog } from './ratelimit.js';
+import type { ControlSession } from './session.js';
+
+export interface ReloadResult {
+  ok: boolean;
+  message: string;
+  errors: string[];
+}
+
+export interface DaemonOptions {
+  config: Config;
+  log: Logger;
+  notifier: Notifier;
+  /** sockets passed by systemd; when present, `listen` (and admin_socket if passed) are ignored */
+  passed: PassedSocket[] | null;
+  now?: () => number;
+}
+
+export class Daemon {
+  readonly managerId = randomBytes(4).toString('hex');
+  #config: Config;
+  readonly #log: Logger;
+  readonly #notifier: Notifier;
+  readonly #passed: PassedSocket[] | null;
+  readonly #now: () => number;
+  readonly #listening = new Map<string, Listening>();
+  readonly #connections = new Set<Socket>();
+  readonly #sessions = new Map<string, ControlSession>();
+  readonly #refusals = new RefusalLog();
+  #timers: NodeJS.Timeout[] = [];
+  #reloading: Promise<ReloadResult> | null = null;
+  #stopping = false;
+
+  constructor(opts: DaemonOptions) {
+    this.#config = opts.config;
+    this.#log = opts.log;
+    this.#notifier = opts.notifier;
+    this.#passed = opts.passed;
+    this.#now = opts.now ?? (() => performance.now());
+  }
+
+  get config(): Config {
+    return this.#config;
+  }
+
+  /** Addresses actually listened on, e.g. for tests using port 0. */
+  get bound(): string[] {
+    return [...this.#listening.values()].map((l) => `${l.endpoint.frontEnd} ${l.bound}`);
+  }
+
+  async start(): Promise<void> {
+    if (this.#passed !== null && this.#config.listen.length > 0) {
+      this.#log.info(
+        { mtaproxy_event: 'socket_activation', sockets: this.#passed.map((p) => `${p.fd}=${p.name}`).join(',') },
+        `listener: using ${this.#passed.length} socket(s) passed by systemd; "listen" in ${this.#config.file} is ignored`,
+      );
+    }
+    await this.#reconcileListeners(this.#config);
+    this.#startTimers();
+    const summary = this.#summary();
+    this.#log.info({ mtaproxy_event: 'started', manager_id: this.managerId, listening: this.bound.join(', ') }, `mtaproxy started: ${summary}`);
+    this.#notifier.ready(summary);
+  }
+
+  /** SIGHUP and `mtaproxy reload` both end here; concurrent requests share one reload. */
+  reload(): Promise<ReloadResult> {
+    if (this.#stopping) return Promise.resolve({ ok: false, message: 'shutting down', errors: [] });
+    this.#reloading ??= this.#reload().finally(() => {
+      this.#reloading = null;
+    });
+    return this.#reloading;
+  }
+
+  async #reload(): Promise<ReloadResult> {
+    this.#notifier.reloading();
+    const file = this.#config.file;
+    this.#log.info({ mtaproxy_event: 'reload', config: file }, `reload: reading ${file}`);
+    const loaded = loadConfigFile(file);
+    if (!loaded.ok) return this.#rejectReload(loaded.errors.map(formatConfigError));
+    try {
+      await this.#reconcileListeners(loaded.config);
+    } catch (err) {
+      return this.#rejectReload([(err as Error).message]);
+    }
+    const changed = changedDirectives(this.#config, loaded.config);
+    this.#config = loaded.config;
+    this.#log.level = loaded.config.logVerbose ? 'debug' : 'info';
+    this.#startTimers();
+    const message = changed.length === 0 ? 'reload: no changes' : `reload: applied (changed: ${changed.join(', ')})`;
+    this.#log.info({ mtaproxy_event: 'reload_applied', changed: changed.join(',') }, message);
+    this.#notifier.ready(`${this.#summary()}; ${message}`);
+    return { ok: true, message, errors: [] };
+  }
+
+  #rejectReload(errors: string[]): ReloadResult {
+    const message = `reload rejected, old config still in effect: ${errors[0] ?? 'unknown error'}${errors.length > 1 ? ` (+${errors.length - 1} more)` : ''}`;
+    for (const error of errors) this.#log.error({ mtaproxy_event: 'reload_rejected' }, `reload rejected: ${error}`);
+    // systemd ends a reload only on READY=1, even a failed one (as HAProxy and Caddy do)
+    this.#notifier.ready(message);
+    return { ok: false, message, errors };
+  }
+
+  #wanted(config: Config): Endpoint[] {
+    const passed = this.#passed ?? [];
+    const endpoints: Endpoint[] = passed.map((p) => ({ kind: 'fd', frontEnd: p.frontEnd, fd: p.fd, name: p.name }));
+    if (this.#passed === null) {
+      for (const address of config.listen) endpoints.push({ kind: 'tcp', frontEnd: 'native', address });
+    }
+    if (!passed.some((p) => p.frontEnd === 'admin')) endpoints.push({ kind: 'unix', frontEnd: 'admin', path: config.adminSocket });
+    return endpoints;
+  }
+
+  /** Binds what is new first (all or nothing), then closes what is no longer wanted. */
+  async #reconcileListeners(config: Config): Promise<void> {
+    const wanted = new Map(this.#wanted(config).map((e) => [endpointKey(e), e]));
+    const added: Listening[] = [];
+    try {
+      for (const [key, endpoint] of wanted) {
+        if (this.#listening.has(key)) continue;
+        added.push(await listen(endpoint, (socket) => this.#accept(socket, endpoint)));
+      }
+    } catch (err) {
+      for (const l of added) closeListening(l);
+      throw err;
+    }
+    for (const l of added) {
+      this.#listening.set(endpointKey(l.endpoint), l);
+      this.#log.info({ mtaproxy_event: 'listening', front_end: l.endpoint.frontEnd, address: l.bound }, `listener: ${l.endpoint.frontEnd} on ${l.bound}`);
+    }
+    for (const [key, l] of this.#listening) {
+      if (wanted.has(key)) continue;
+      closeListening(l);
+      this.#listening.delete(key);
+      this.#log.info({ mtaproxy_event: 'listener_closed', address: l.bound }, `listener: closed ${l.bound} (no longer configured)`);
+    }
+  }
+
+  #accept(socket: Socket, endpoint: Endpoint): void {
+    socket.on('error', (err) => this.#log.debug({ mtaproxy_event: 'socket_error', err: err.message }, `socket error: ${err.message}`));
+    if (this.#stopping) {
+      socket.destroy();
+      return;
+    }
+    if (endpoint.frontEnd === 'admin') {
+      this.#serveAdmin(socket);
+      return;
+    }
+    const address = socket.remoteAddress;
+    if (!this.#config.allowFrom.allows(address)) {
+      socket.destroy(); // paused since accept: nothing was read, nothing is written
+      const count = this.#refusals.record(address ?? '?', this.#now());
+      if (count > 0) {
+        this.#log.warn(
+          { mtaproxy_event: 'connection_refused', peer: address ?? '?', count },
+          `listener: refused ${address ?? '?'}: not in allow_from${count > 1 ? ` (${count} refusals since last logged)` : ''}`,
+        );
+      }
+      return;
+    }
+    this.#connections.add(socket);
+    socket.on('close', () => this.#connections.delete(socket));
+    this.#log.debug({ mtaproxy_event: 'connection', peer: address }, `listener: connection from ${address}:${socket.remotePort}`);
+    serveNative(socket, {
+      secrets: () => this.#config.secrets,
+      handshakeTimeoutMs: () => this.#config.handshakeTimeoutMs,
+      log: this.#log,
+      now: this.#now,
+      openSession: (session) => this.#openSession(session),
+      closeSession: (session, reason) => this.#closeSession(session, reason),
+    });
+    socket.resume();
+  }
+
+  /**
+   * One session per MTA instance name: a newer session replaces the older one. An MTA that lost
+   * its connection reconnects before the proxy notices the old one is dead; refusing it would
+   * lock it out until the ping timeout. Two MTAs sharing a name show up as repeated warnings.
+   */
+  #openSession(session: ControlSession): void {
+    const old = this.#sessions.get(session.name);
+    this.#sessions.set(session.name, session);
+    if (old !== undefined) {
+      this.#log.warn(
+        { mtaproxy_event: 'session_replaced', session: session.name, peer: session.peer, old_peer: old.peer },
+        `session(${session.name}): replaced by a new session from ${session.peer} (old one from ${old.peer}); two MTAs with the same name?`,
+      );
+      old.end('replaced', `421 replaced by a newer session from ${session.peer}`);
+    }
+    this.#log.info({ mtaproxy_event: 'session_opened', session: session.name, peer: session.peer }, `session(${session.name}): opened from ${session.peer}`);
+  }
+
+  #closeSession(session: ControlSession, reason: string): void {
+    if (this.#sessions.get(session.name) === session) this.#sessions.delete(session.name);
+    this.#log.info({ mtaproxy_event: 'session_closed', session: session.name, reason }, `session(${session.name}): closed: ${reason}`);
+  }
+
+  #serveAdmin(socket: Socket): void {
+    const splitter = new LineSplitter(MAX_ADMIN_LINE);
+    const answer = (reply: AdminReply): void => {
+      socket.end(`${JSON.stringify(reply)}\n`);
+    };
+    socket.setTimeout(10_000, () => socket.destroy());
+    socket.on('data', (chunk: Buffer) => {
+      let lines: string[];
+      try {
+        lines = splitter.push(chunk);
+      } catch (err) {
+        if (err instanceof LineTooLongError) return answer({ ok: false, message: err.message });
+        throw err;
+      }
+      const line = lines[0];
+      if (line === undefined) return;
+      socket.removeAllListeners('data');
+      const command = parseAdminRequest(line);
+      if (command === 'status') return answer({ ok: true, message: 'status', lines: this.status().map((r) => r.msg) });
+      if (command === 'reload') {
+        void this.reload().then((r) => answer({ ok: r.ok, message: r.message, errors: r.errors }));
+        return;
+      }
+      answer({ ok: false, message: command });
+    });
+    socket.resume();
+  }
+
+  status(): StatusRecord[] {
+    return statusRecords({
+      managerId: this.managerId,
+      openConnections: this.#connections.size,
+      throttles: 0,
+      window: WINDOW,
+      sessions: [...this.#sessions.values()].map((s) => s.snapshot()),
+      remote: { active: 0, cached: 0 },
+    });
+  }
+
+  #summary(): string {
+    return `${this.#connections.size} connections, ${this.#sessions.size} sessions, listening on ${[...this.#listening.values()].filter((l) => l.endpoint.frontEnd !== 'admin').map((l) => l.bound).join(' ')}`;
+  }
+
+  #startTimers(): void {
+    for (const t of this.#timers) clearInterval(t);
+    const config = this.#config;
+    this.#timers = [
+      setInterval(() => {
+        for (const record of this.status()) this.#log.info(record.fields, record.msg);
+        this.#notifier.status(this.#summary());
+      }, config.statusIntervalMs),
+      // one timer for all sessions, not one per session
+      setInterval(() => {
+        for (const session of this.#sessions.values()) {
+          if (session.checkAlive(2 * config.pingIntervalMs)) session.ping();
+        }
+      }, config.pingIntervalMs),
+    ];
+    const watchdog = this.#notifier.watchdogIntervalMs;
+    if (watchdog !== null) this.#timers.push(setInterval(() => this.#notifier.watchdog(), watchdog));
+    for (const t of this.#timers) t.unref();
+  }
+
+  /** SIGTERM: stop accepting, tell every session, wait for them (bounded), then cut the rest. */
+  async shutdown(reason: string): Promise<void> {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    this.#notifier.stopping(`stopping: ${reason}`);
+    this.#log.info({ mtaproxy_event: 'stopping', reason }, `mtaproxy stopping (${reason}): ${this.#sessions.size} sessions, ${this.#connections.size} connections`);
+    for (const t of this.#timers) clearInterval(t);
+    for (const l of this.#listening.values()) closeListening(l);
+    this.#listening.clear();
+    for (const session of this.#sessions.values()) session.end('shutdown', '421 mtaproxy shutting down');
+    for (const socket of this.#connections) if (!socket.writableEnded) socket.end();
+    const deadline = this.#config.shutdownTimeoutMs;
+    const drained = await new Promise<boolean>((resolve) => {
+      const check = setInterval(() => {
+        if (this.#connections.size === 0) {
+          clearInterval(check);
+          clearTimeout(timeout);
+          resolve(true);
+        }
+      }, 20);
+      const timeout = setTimeout(() => {
+        clearInterval(check);
+        resolve(false);
+      }, deadline);
+    });
+    if (!drained) {
+      this.#log.warn({ mtaproxy_event: 'shutdown_forced', connections: this.#connections.size }, `shutdown: cutting ${this.#connections.size} connections still open after ${deadline}ms`);
+      for (const socket of this.#connections) socket.destroy();
+    }
+    this.#log.info({ mtaproxy_event: 'stopped' }, 'mtaproxy stopped');
+  }
+}

@@ -1,0 +1,96 @@
+// The native front-end: the HMAC handshake, then the connection's role (a control session).
+import { randomBytes } from 'node:crypto';
+import type { Socket } from 'node:net';
+import type { SharedSecret } from '../config/secret.js';
+import type { Logger } from '../log/logger.js';
+import { MAX_CONTROL_LINE } from '../protocol/control.js';
+import { greetingLine, MAX_HANDSHAKE_LINE, NONCE_BYTES, serverProof, verifyAuth } from '../protocol/handshake.js';
+import { LineSplitter, LineTooLongError } from '../protocol/lines.js';
+import { ControlSession } from './session.js';
+
+export interface NativeContext {
+  /** Read at the moment of each handshake, so a reload applies to the next connection. */
+  secrets(): readonly SharedSecret[];
+  handshakeTimeoutMs(): number;
+  log: Logger;
+  now(): number;
+  /** Registers the new session (replacing an older one with the same name). */
+  openSession(session: ControlSession): void;
+  closeSession(session: ControlSession, reason: string): void;
+}
+
+type State =
+  | { step: 'auth' }
+  | { step: 'role'; name: string }
+  | { step: 'session'; session: ControlSession };
+
+export function serveNative(socket: Socket, ctx: NativeContext): void {
+  const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+  const serverNonce = randomBytes(NONCE_BYTES).toString('hex');
+  const splitter = new LineSplitter(MAX_HANDSHAKE_LINE);
+  let state: State = { step: 'auth' };
+
+  const reject = (reason: string, reply: string, name?: string): void => {
+    ctx.log.warn(
+      { mtaproxy_event: 'handshake_failed', peer, ...(name === undefined ? {} : { session: name }) },
+      `native: handshake from ${peer} failed: ${reason}`,
+    );
+    socket.end(`${reply}\n`);
+    socket.destroySoon();
+    state = { step: 'auth' };
+    socket.removeListener('data', onData);
+  };
+
+  const timer = setTimeout(() => reject(`no authentication within ${ctx.handshakeTimeoutMs()}ms`, 'ERR 421 handshake timeout'), ctx.handshakeTimeoutMs());
+  timer.unref();
+
+  const onLine = (line: string): void => {
+    switch (state.step) {
+      case 'auth': {
+        const verdict = verifyAuth(line, serverNonce, ctx.secrets());
+        if (!verdict.ok) return reject(verdict.reason, 'ERR 535 authentication failed', verdict.name);
+        socket.write(`OK ${serverProof(verdict.secret, serverNonce, verdict.clientNonce, verdict.name)}\n`);
+        state = { step: 'role', name: verdict.name };
+        return;
+      }
+      case 'role': {
+        if (line !== 'CONTROL') return reject(`expected CONTROL after authentication, got "${line.slice(0, 40)}"`, 'ERR 500 expected CONTROL', state.name);
+        clearTimeout(timer);
+        splitter.maxLength = MAX_CONTROL_LINE;
+        const session = new ControlSession({
+          name: state.name,
+          socket,
+          splitter,
+          log: ctx.log,
+          now: ctx.now,
+          onClose: (s, reason) => ctx.closeSession(s, reason),
+        });
+        state = { step: 'session', session };
+        socket.write(`250 control session ${session.name}\n`);
+        ctx.openSession(session);
+        return;
+      }
+      case 'session':
+        state.session.handleLine(line);
+    }
+  };
+
+  const onData = (chunk: Buffer): void => {
+    let lines: string[];
+    try {
+      lines = splitter.push(chunk);
+    } catch (err) {
+      if (!(err instanceof LineTooLongError)) throw err;
+      if (state.step === 'session') return state.session.fail(err.message);
+      return reject(err.message, 'ERR 500 line too long', state.step === 'role' ? state.name : undefined);
+    }
+    for (const line of lines) {
+      onLine(line);
+      if (socket.destroyed || !socket.readable) return;
+    }
+  };
+
+  socket.on('data', onData);
+  socket.on('close', () => clearTimeout(timer));
+  socket.write(`${greetingLine(serverNonce)}\n`);
+}

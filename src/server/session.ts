@@ -1,0 +1,168 @@
+// A control session: one long-lived connection per MTA instance (docs/protocol.md §3).
+import type { Socket } from 'node:net';
+import type { Logger } from '../log/logger.js';
+import {
+  formatReply,
+  formatRequest,
+  parseBacklog,
+  parseControlLine,
+  WINDOW,
+  ZERO_BACKLOG,
+  type Backlog,
+  type ControlMessage,
+} from '../protocol/control.js';
+import type { LineSplitter } from '../protocol/lines.js';
+import type { SessionSnapshot } from '../status/format.js';
+
+type Handler = (session: ControlSession, tag: string, args: string[]) => void;
+
+const HANDLERS: Readonly<Record<string, Handler>> = {
+  PING: (s, tag) => s.reply(tag, 250, 'PONG'),
+  BACKLOG: (s, tag, args) => {
+    const backlog = parseBacklog(args);
+    if (typeof backlog === 'string') return s.reply(tag, 501, backlog);
+    s.backlog = backlog;
+    s.reply(tag, 250, 'OK');
+  },
+  QUIT: (s, tag) => {
+    s.reply(tag, 221, 'bye');
+    s.end('client quit');
+  },
+};
+
+export class ControlSession {
+  readonly name: string;
+  readonly peer: string;
+  readonly connectedAt: number;
+  backlog: Backlog = ZERO_BACKLOG;
+  #socket: Socket;
+  #splitter: LineSplitter;
+  #log: Logger;
+  #now: () => number;
+  #lastHeard: number;
+  #rttMs: number | null = null;
+  #rttAt: number | null = null;
+  #nextTag = 1;
+  /** proxy requests awaiting the MTA's reply: tag -> sent at (ms) */
+  readonly #pending = new Map<string, number>();
+  #forwardIn = 0;
+  #forwardOut = 0;
+  #backOut = 0;
+  #closed = false;
+  #onClose: (session: ControlSession, reason: string) => void;
+
+  constructor(opts: {
+    name: string;
+    socket: Socket;
+    splitter: LineSplitter;
+    log: Logger;
+    now: () => number;
+    onClose: (session: ControlSession, reason: string) => void;
+  }) {
+    this.name = opts.name;
+    this.#socket = opts.socket;
+    this.peer = `${opts.socket.remoteAddress}:${opts.socket.remotePort}`;
+    this.#splitter = opts.splitter;
+    this.#log = opts.log;
+    this.#now = opts.now;
+    this.connectedAt = opts.now();
+    this.#lastHeard = this.connectedAt;
+    this.#onClose = opts.onClose;
+    opts.socket.on('close', () => this.#closedBy('connection closed'));
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Lines read from the socket after the handshake, in order. */
+  handleLine(line: string): void {
+    if (this.#closed) return;
+    this.#lastHeard = this.#now();
+    const msg: ControlMessage = parseControlLine(line);
+    switch (msg.kind) {
+      case 'request': {
+        const handler = HANDLERS[msg.verb];
+        this.#forwardIn++;
+        if (handler === undefined) this.reply(msg.tag, 500, `unknown command ${msg.verb}`);
+        else handler(this, msg.tag, msg.args);
+        return;
+      }
+      case 'reply': {
+        const sentAt = this.#pending.get(msg.tag);
+        if (sentAt === undefined) return this.fail(`reply to unknown request ${msg.tag}`);
+        this.#pending.delete(msg.tag);
+        this.#rttMs = this.#now() - sentAt;
+        this.#rttAt = this.#now();
+        return;
+      }
+      case 'notice':
+        return;
+      case 'invalid':
+        return this.fail(`protocol error: ${msg.reason}`);
+    }
+  }
+
+  reply(tag: string, code: number, text: string): void {
+    this.#forwardIn = Math.max(0, this.#forwardIn - 1);
+    this.#forwardOut++;
+    this.#write(formatReply(tag, code, text), () => this.#forwardOut--);
+  }
+
+  /** Sends a proxy->MTA ping; the round trip shows in the status line. */
+  ping(): void {
+    if (this.#pending.size >= WINDOW) return; // the MTA is not answering: the idle check closes it
+    const tag = `s${this.#nextTag++}`;
+    this.#pending.set(tag, this.#now());
+    this.#backOut++;
+    this.#write(formatRequest(tag, 'PING'), () => this.#backOut--);
+  }
+
+  /** Called on every ping tick: true if the MTA has been silent too long (it is then closed). */
+  checkAlive(silenceLimitMs: number): boolean {
+    if (this.#now() - this.#lastHeard <= silenceLimitMs) return true;
+    this.fail(`no traffic for ${Math.round((this.#now() - this.#lastHeard) / 1000)}s (ping timeout)`, 421);
+    return false;
+  }
+
+  /** Closes with a notice the MTA can log, e.g. on shutdown or replacement. */
+  end(reason: string, notice?: string): void {
+    if (this.#closed) return;
+    if (notice !== undefined) this.#write(`* ${notice}`);
+    this.#socket.end();
+    this.#closedBy(reason);
+  }
+
+  fail(reason: string, code = 500): void {
+    this.#log.warn({ mtaproxy_event: 'session_error', session: this.name, peer: this.peer }, `session(${this.name}): ${reason}`);
+    this.end(reason, `${code} ${reason}`);
+  }
+
+  destroy(): void {
+    this.#socket.destroy();
+  }
+
+  snapshot(): SessionSnapshot {
+    const now = this.#now();
+    return {
+      name: this.name,
+      connectedMs: now - this.connectedAt,
+      pingRttMs: this.#rttMs,
+      pingAgeMs: this.#rttAt === null ? null : now - this.#rttAt,
+      backlog: this.backlog,
+      forward: { in: this.#forwardIn, out: this.#forwardOut, buf: this.#splitter.buffered },
+      back: { in: this.#pending.size, out: this.#backOut, buf: this.#socket.writableLength },
+    };
+  }
+
+  #write(line: string, flushed?: () => void): void {
+    if (this.#socket.destroyed || !this.#socket.writable) return;
+    this.#socket.write(`${line}\n`, flushed);
+  }
+
+  #closedBy(reason: string): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#onClose(this, reason);
+  }
+}

@@ -1,0 +1,133 @@
+// The periodic status lines (seed format) and their structured fields. Pure: a snapshot in,
+// records out. Field names become journald fields upper-cased (docs/operations.md).
+import type { Backlog } from '../protocol/control.js';
+
+export interface Flow {
+  /** requests received (forward) or sent (back) and not yet answered */
+  readonly in: number;
+  /** messages written but not yet handed to the kernel */
+  readonly out: number;
+  /** bytes buffered: unparsed input (forward) or unsent output (back) */
+  readonly buf: number;
+}
+
+export interface SessionSnapshot {
+  readonly name: string;
+  readonly connectedMs: number;
+  /** last measured round trip, or null before the first pong */
+  readonly pingRttMs: number | null;
+  readonly pingAgeMs: number | null;
+  readonly backlog: Backlog;
+  readonly forward: Flow;
+  readonly back: Flow;
+}
+
+export interface StatusSnapshot {
+  readonly managerId: string;
+  readonly openConnections: number;
+  readonly throttles: number;
+  readonly window: number;
+  readonly sessions: readonly SessionSnapshot[];
+  readonly remote: { readonly active: number; readonly cached: number };
+}
+
+export type FieldValue = string | number;
+
+export interface StatusRecord {
+  readonly msg: string;
+  readonly fields: Readonly<Record<string, FieldValue>>;
+}
+
+/** Go-style durations as in the seed: "19s", "5m0s", "1h5m19s". */
+export function formatUptime(ms: number): string {
+  const total = Math.max(0, Math.floor(ms / 1000));
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const s = total % 60;
+  if (h > 0) return `${h}h${m}m${s}s`;
+  if (m > 0) return `${m}m${s}s`;
+  return `${s}s`;
+}
+
+function flowText(name: string, f: Flow, window: number): string {
+  return `${name}(in=${f.in}/${window} out=${f.out}/${window} buf=${f.buf})`;
+}
+
+function flowFields(prefix: string, f: Flow): Record<string, number> {
+  return { [`${prefix}_in`]: f.in, [`${prefix}_out`]: f.out, [`${prefix}_buf`]: f.buf };
+}
+
+function backlogFields(b: Backlog): Record<string, number> {
+  return { backlog_ram: b.ram, backlog_bounce: b.bounce, backlog_disk: b.disk };
+}
+
+function sumFlows(flows: readonly Flow[]): Flow {
+  return flows.reduce((a, f) => ({ in: a.in + f.in, out: a.out + f.out, buf: a.buf + f.buf }), { in: 0, out: 0, buf: 0 });
+}
+
+export function statusRecords(s: StatusSnapshot): StatusRecord[] {
+  const backlog = s.sessions.reduce(
+    (a, x) => ({ ram: a.ram + x.backlog.ram, bounce: a.bounce + x.backlog.bounce, disk: a.disk + x.backlog.disk }),
+    { ram: 0, bounce: 0, disk: 0 },
+  );
+  const forward = sumFlows(s.sessions.map((x) => x.forward));
+  const back = sumFlows(s.sessions.map((x) => x.back));
+  const records: StatusRecord[] = [
+    {
+      msg: `listener: open_connections=${s.openConnections}`,
+      fields: { mtaproxy_event: 'status', status_line: 'listener', open_connections: s.openConnections },
+    },
+    {
+      msg:
+        `throttle: manager(${s.managerId}): throttles=${s.throttles} sessions=${s.sessions.length} ` +
+        `backlog(ram=${backlog.ram} bounce=${backlog.bounce} disk=${backlog.disk}) ` +
+        `${flowText('forward', forward, s.window)} ${flowText('back', back, s.window)}`,
+      fields: {
+        mtaproxy_event: 'status',
+        status_line: 'manager',
+        manager_id: s.managerId,
+        throttles: s.throttles,
+        sessions: s.sessions.length,
+        ...backlogFields(backlog),
+        ...flowFields('forward', forward),
+        ...flowFields('back', back),
+      },
+    },
+  ];
+  for (const x of s.sessions) {
+    const ping =
+      x.pingRttMs === null || x.pingAgeMs === null
+        ? 'ping=none'
+        : `ping=${x.pingRttMs.toFixed(3)}ms(${Math.floor(x.pingAgeMs / 1000)}s ago)`;
+    const pingFields: Record<string, number> =
+      x.pingRttMs === null || x.pingAgeMs === null ? {} : { ping_ms: Number(x.pingRttMs.toFixed(3)), ping_age_s: Math.floor(x.pingAgeMs / 1000) };
+    records.push({
+      msg:
+        `throttle: session(${x.name}): timeconnected=${formatUptime(x.connectedMs)} ${ping} ` +
+        `backlog(ram=${x.backlog.ram} bounce=${x.backlog.bounce} disk=${x.backlog.disk}) ` +
+        `${flowText('forward', x.forward, s.window)} ${flowText('back', x.back, s.window)}`,
+      fields: {
+        mtaproxy_event: 'status',
+        status_line: 'session',
+        session: x.name,
+        time_connected_s: Math.floor(x.connectedMs / 1000),
+        ...pingFields,
+        ...backlogFields(x.backlog),
+        ...flowFields('forward', x.forward),
+        ...flowFields('back', x.back),
+      },
+    });
+  }
+  const connections = s.remote.active + s.remote.cached;
+  records.push({
+    msg: `direct_remote_smtp: connections=${connections}(active=${s.remote.active} cached=${s.remote.cached})`,
+    fields: {
+      mtaproxy_event: 'status',
+      status_line: 'direct_remote_smtp',
+      connections,
+      connections_active: s.remote.active,
+      connections_cached: s.remote.cached,
+    },
+  });
+  return records;
+}
