@@ -45,14 +45,20 @@ function fail(message: string, code = 1): never {
 
 function adminSocketPath(configFile: string, explicit: string | undefined): string {
   if (explicit !== undefined) return explicit;
+  let text: string;
   try {
-    // lenient on purpose: the file may be the invalid config that reload is about to report
-    const raw = parseToml(readFileSync(configFile, 'utf8')) as Record<string, unknown>;
-    if (typeof raw.admin_socket === 'string') return raw.admin_socket;
+    text = readFileSync(configFile, 'utf8');
   } catch {
-    // fall back to the default
+    return DEFAULT_ADMIN_SOCKET;
   }
-  return DEFAULT_ADMIN_SOCKET;
+  // Lenient on purpose: the file may be the broken config that reload is about to report, so a
+  // TOML syntax error elsewhere must not send us to the wrong socket.
+  try {
+    const raw = parseToml(text) as Record<string, unknown>;
+    return typeof raw.admin_socket === 'string' ? raw.admin_socket : DEFAULT_ADMIN_SOCKET;
+  } catch {
+    return /^\s*admin_socket\s*=\s*["']([^"']+)["']/m.exec(text)?.[1] ?? DEFAULT_ADMIN_SOCKET;
+  }
 }
 
 async function run(configFile: string): Promise<void> {

@@ -94,8 +94,9 @@ export async function startDaemon(opts: { extra?: string; secret?: string; liste
       waiters.push({ re, resolve: (l) => { clearTimeout(timer); resolve(l); } });
     });
   };
+  // under systemd-socket-activate the daemon is exec'd only at the first connection
   const startedOrFailed = await Promise.race([
-    waitForLine(/mtaproxy started|not valid|cannot listen|socket activation/, 10_000),
+    waitForLine(opts.command ? /^Listening on / : /mtaproxy started|not valid|cannot listen|socket activation/, 10_000),
     exited.then((code) => `exited ${code}`),
   ]);
   if (!/mtaproxy started/.test(startedOrFailed) && !opts.command) throw new Error(`daemon did not start: ${startedOrFailed}\n${lines.join('\n')}`);

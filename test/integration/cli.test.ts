@@ -1,0 +1,80 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { configText, ROOT, runCli, startDaemon, tempDir, type RunningDaemon } from '../helpers/daemon.js';
+
+const running: RunningDaemon[] = [];
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((d) => d.stop()));
+});
+
+describe('mtaproxy CLI', () => {
+  it('--help names every command and directive; --version prints the package version', async () => {
+    const help = await runCli(['--help']);
+    expect(help.code).toBe(0);
+    for (const word of ['check-config', 'reload', 'status', 'gen-secret', '--config-filename', 'allow_from', 'auth_shared_secret_file', 'SIGHUP']) {
+      expect(help.stdout).toContain(word);
+    }
+    const { version } = (await import(join(ROOT, 'package.json'), { with: { type: 'json' } })).default as { version: string };
+    expect(await runCli(['--version'])).toMatchObject({ code: 0, stdout: `${version}\n` });
+  });
+
+  it('exits 2 on usage errors', async () => {
+    expect(await runCli(['frobnicate'])).toMatchObject({ code: 2, stderr: 'mtaproxy: unknown command "frobnicate"\nTry "mtaproxy --help".\n' });
+    expect((await runCli(['--no-such-flag'])).code).toBe(2);
+    expect((await runCli(['gen-secret', 'extra'])).code).toBe(2);
+  });
+
+  it('check-config prints OK or every error, exit 0/1', async () => {
+    const ok = await runCli(['check-config', join(ROOT, 'examples/mtaproxy.toml')]);
+    expect(ok).toMatchObject({ code: 0, stdout: `${join(ROOT, 'examples/mtaproxy.toml')}: OK\n` });
+    const dir = tempDir();
+    const bad = join(dir, 'bad.toml');
+    writeFileSync(bad, 'listen = "localhost:807"\nauth_shared_secret = "short"\nverbose = true\n');
+    const r = await runCli(['check-config', bad]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toEqual([
+      `${bad}:1:10: listen: "localhost:807": "localhost" is not an IP address (host names are not accepted: they may resolve differently later)`,
+      `${bad}:2:1: auth_shared_secret: is 5 characters; at least 32 are required (mtaproxy gen-secret makes one)`,
+      `${bad}:3:1: verbose: unknown directive`,
+    ]);
+    expect(await runCli(['check-config', join(dir, 'missing.toml')])).toMatchObject({ code: 1, stderr: `${join(dir, 'missing.toml')}: cannot read config: no such file\n` });
+  });
+
+  it('gen-secret prints a fresh secret the config accepts', async () => {
+    const a = (await runCli(['gen-secret'])).stdout.trim();
+    const b = (await runCli(['gen-secret'])).stdout.trim();
+    expect(a).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(a).not.toBe(b);
+    const dir = tempDir();
+    writeFileSync(join(dir, 'c.toml'), `auth_shared_secret = "${a}"\n`);
+    expect((await runCli(['check-config', join(dir, 'c.toml')])).code).toBe(0);
+  });
+
+  it('reload and status say clearly when no daemon is running', async () => {
+    const dir = tempDir();
+    const file = join(dir, 'c.toml');
+    writeFileSync(file, configText({ adminSocket: join(dir, 'admin.sock') }));
+    const r = await runCli(['reload', `--config-filename=${file}`]);
+    expect(r).toMatchObject({ code: 1, stderr: `mtaproxy: cannot reach the daemon's admin socket ${join(dir, 'admin.sock')}: is mtaproxy running?\n` });
+  });
+
+  it('reload finds the admin socket even when the new config has a TOML syntax error', async () => {
+    const d = await startDaemon();
+    running.push(d);
+    d.writeConfig(`${configText({ adminSocket: d.adminSocket })}\nlisten = [\n`);
+    const r = await d.cli(['reload']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^mtaproxy: reload rejected, old config still in effect: .*mtaproxy\.toml:\d+:\d+: TOML syntax: /);
+  });
+
+  it('refuses to start on an invalid config, printing every error', async () => {
+    const dir = tempDir();
+    const file = join(dir, 'c.toml');
+    writeFileSync(file, 'allow_from = ["300.0.0.0/8"]\n');
+    const r = await runCli([`--config-filename=${file}`]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`mtaproxy: ${file} is not valid (2 errors):\n${file}:1:1: auth_shared_secret: is required`);
+    expect(r.stderr).toContain(`${file}:1:15: allow_from: "300.0.0.0/8" is not an IP address or CIDR`);
+  });
+});
