@@ -1,0 +1,62 @@
+import { describe, expect, it } from 'vitest';
+import { parseAdminReply, parseAdminRequest } from '../../src/protocol/admin.js';
+import { formatBacklog, parseBacklog, parseControlLine } from '../../src/protocol/control.js';
+import { LineSplitter, LineTooLongError } from '../../src/protocol/lines.js';
+
+describe('LineSplitter', () => {
+  it('splits across chunks, strips CR, keeps the partial line buffered', () => {
+    const s = new LineSplitter(16);
+    expect(s.push(Buffer.from('PI'))).toEqual([]);
+    expect(s.buffered).toBe(2);
+    expect(s.push(Buffer.from('NG\r\n1 X\nrest'))).toEqual(['PING', '1 X']);
+    expect(s.buffered).toBe(4);
+    expect(s.push(Buffer.from('\n\n'))).toEqual(['rest', '']);
+    expect(s.buffered).toBe(0);
+  });
+
+  it('refuses lines over the limit, complete or not', () => {
+    expect(() => new LineSplitter(4).push(Buffer.from('12345\n'))).toThrow(LineTooLongError);
+    expect(() => new LineSplitter(4).push(Buffer.from('12345'))).toThrow('line longer than 4 bytes');
+    expect(new LineSplitter(4).push(Buffer.from('1234\r\n'))).toEqual(['1234']);
+  });
+
+  it('keeps multi-byte characters split across chunks intact', () => {
+    const s = new LineSplitter(64);
+    const bytes = Buffer.from('é€\n');
+    expect(s.push(bytes.subarray(0, 1))).toEqual([]);
+    expect(s.push(bytes.subarray(1))).toEqual(['é€']);
+  });
+});
+
+describe('control codec', () => {
+  it('tells requests, replies and notices apart by tag and second word', () => {
+    expect(parseControlLine('7 BACKLOG ram=1 bounce=2 disk=3')).toEqual({ kind: 'request', tag: '7', verb: 'BACKLOG', args: ['ram=1', 'bounce=2', 'disk=3'] });
+    expect(parseControlLine('s12 PING')).toEqual({ kind: 'request', tag: 's12', verb: 'PING', args: [] });
+    expect(parseControlLine('s12 250 PONG')).toEqual({ kind: 'reply', tag: 's12', code: 250, text: 'PONG' });
+    expect(parseControlLine('* 421 shutting down')).toEqual({ kind: 'notice', code: 421, text: 'shutting down' });
+    expect(parseControlLine('PING').kind).toBe('invalid');
+    expect(parseControlLine('x1 PING').kind).toBe('invalid');
+    expect(parseControlLine('1 ping').kind).toBe('invalid');
+    expect(parseControlLine('* PING').kind).toBe('invalid');
+  });
+
+  it('parses backlog reports strictly', () => {
+    expect(parseBacklog(['disk=3', 'ram=1', 'bounce=2'])).toEqual({ ram: 1, bounce: 2, disk: 3 });
+    expect(parseBacklog(['ram=1', 'bounce=2'])).toMatch(/needs/);
+    expect(parseBacklog(['ram=1', 'ram=2', 'bounce=2', 'disk=1'])).toMatch(/twice/);
+    expect(parseBacklog(['ram=-1', 'bounce=2', 'disk=1'])).toMatch(/bad backlog field/);
+    expect(formatBacklog({ ram: 1, bounce: 2, disk: 3 })).toBe('ram=1 bounce=2 disk=3');
+  });
+});
+
+describe('admin codec', () => {
+  it('accepts only known commands', () => {
+    expect(parseAdminRequest('{"command":"reload"}')).toBe('reload');
+    expect(parseAdminRequest('{"command":"status"}')).toBe('status');
+    expect(parseAdminRequest('{"command":"rm -rf"}')).toMatch(/unknown command/);
+    expect(parseAdminRequest('reload')).toBe('request is not JSON');
+    expect(parseAdminRequest('null')).toMatch(/unknown command/);
+    expect(parseAdminReply('{"ok":false,"message":"x"}')).toEqual({ ok: false, message: 'x' });
+    expect(parseAdminReply('{"ok":"yes"}')).toBeNull();
+  });
+});
