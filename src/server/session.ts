@@ -121,7 +121,7 @@ export class ControlSession {
   /** Called on every ping tick: true if the MTA has been silent too long (it is then closed). */
   checkAlive(silenceLimitMs: number): boolean {
     if (this.#now() - this.#lastHeard <= silenceLimitMs) return true;
-    this.fail(`no traffic for ${Math.round((this.#now() - this.#lastHeard) / 1000)}s (ping timeout)`, 421);
+    this.fail(`no traffic for ${((this.#now() - this.#lastHeard) / 1000).toFixed(1)}s (ping timeout)`, 421);
     return false;
   }
 

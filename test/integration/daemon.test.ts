@@ -104,8 +104,8 @@ describe('control sessions', () => {
     await mute.line(/^250 control session mute$/);
     expect(await mute.line(/^s\d+ PING$/)).toMatch(/^s\d+ PING$/);
     const took = await mute.closed;
-    expect(took).toBeLessThan(1500);
-    expect(mute.received()).toMatch(/\* 421 no traffic for 0s \(ping timeout\)\n$/);
+    expect(took).toBeLessThan(3000);
+    expect(mute.received()).toMatch(/\* 421 no traffic for \d+\.\ds \(ping timeout\)\n$/);
     await d.waitForLine(/session\(mute\): closed: no traffic/);
     expect(await good.ping()).toBeGreaterThan(0); // the answering session is unaffected
     await good.quit();
