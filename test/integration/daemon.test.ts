@@ -245,3 +245,38 @@ describe('shutdown', () => {
     await d.waitForLine(/shutdown: cutting 1 connections still open after 300ms/);
   });
 });
+
+describe('bad input', () => {
+  it('answers garbage on the admin socket with an error and keeps running', async () => {
+    const d = await daemon();
+    const { connect } = await import('node:net');
+    const ask = (payload: string): Promise<string> =>
+      new Promise((resolve) => {
+        const s = connect(d.adminSocket);
+        let data = '';
+        s.on('data', (c: Buffer) => (data += c.toString()));
+        s.on('close', () => resolve(data));
+        s.on('error', () => resolve(data));
+        s.write(payload);
+      });
+    expect(await ask('hello\n')).toBe('{"ok":false,"message":"request is not JSON"}\n');
+    expect(await ask('{"command":"shutdown"}\n')).toBe('{"ok":false,"message":"unknown command (expected \\"reload\\" or \\"status\\")"}\n');
+    expect(await ask('x'.repeat(5000))).toBe('{"ok":false,"message":"line longer than 1024 bytes"}\n');
+    expect((await d.cli(['status'])).code).toBe(0);
+  });
+
+  it('survives random bytes on the native port', async () => {
+    const d = await daemon();
+    const { randomBytes } = await import('node:crypto');
+    for (let i = 0; i < 50; i++) {
+      const c = await rawConnect(d.port);
+      c.send(randomBytes(1 + (i * 97) % 3000).toString('latin1'));
+      if (i % 2 === 0) c.send('\n');
+      c.socket.end();
+      await c.closed;
+    }
+    const ok = await ControlClient.connect({ host: '127.0.0.1', port: d.port, name: 'server-a', secret: SECRET });
+    await ok.quit();
+    expect(d.proc.exitCode).toBeNull();
+  });
+});
