@@ -73,12 +73,20 @@ export function systemdNsAvailable(): { ok: boolean; reason?: string } {
   return { ok: true };
 }
 
-/** Boot systemd (up to basic.target) with `workdir` (absolute, not under /run) visible inside. */
-export async function bootSystemd(workdir: string): Promise<SystemdNs> {
+/**
+ * Boot systemd (up to basic.target) with `workdir` (absolute, not under /run) visible inside, and
+ * the directories in `keep` too (the namespace gets a fresh /tmp, which would hide e.g. a checkout
+ * cloned under /tmp whose build the units run).
+ */
+export async function bootSystemd(workdir: string, keep: string[] = []): Promise<SystemdNs> {
   // boot.sh --wait stays our child until its stdin closes: on shutdown(), or when this process dies,
   // however it dies; then it powers systemd off and removes the cgroup. detached: own session, so a
   // terminal's Ctrl-C does not kill it before it has cleaned up.
-  const boot = spawn('bash', [BOOT_SH, workdir, '--wait'], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  const boot = spawn('bash', [BOOT_SH, workdir, '--wait'], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+    env: { ...process.env, NS_KEEP: keep.join(':') },
+  });
   const exited = new Promise<void>((resolve) => boot.once('close', () => resolve()));
   let stdout = '';
   let stderr = '';

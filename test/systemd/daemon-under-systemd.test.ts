@@ -29,7 +29,7 @@ describe.skipIf(!available.ok)(`mtaproxy under systemd${available.ok ? '' : ` (s
     port = await freePort();
     configFile = join(workdir, 'mtaproxy.toml');
     await writeFile(configFile, configText({ adminSocket: '/run/mtaproxy/admin.sock', listen: '127.0.0.1:1', extra: 'status_interval = "300ms"' }));
-    ns = await bootSystemd(workdir);
+    ns = await bootSystemd(workdir, [ROOT.replace(/\/$/, '')]);
     // The shipped units, pointed at this checkout's build and a test config. The test runs the
     // daemon as root: the mtaproxy system user is created by the packages, not here.
     const program = `${process.execPath} ${join(ROOT, 'dist/cli/main.js')}`;

@@ -6,11 +6,17 @@ WORK=$1
 
 # /run: systemd keeps its state, sockets and transient units there; a fresh tmpfs, as at boot.
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
-# /tmp: a fresh tmpfs (units with PrivateTmp= and the host's files do not mix). WORK may live under
-# /tmp, so park a bind mount of it in /run while /tmp is replaced, then move it back in place.
-mkdir /run/.work && mount --bind "$WORK" /run/.work
+# /tmp: a fresh tmpfs (units with PrivateTmp= and the host's files do not mix). WORK, and the
+# directories named in NS_KEEP (colon-separated, e.g. a checkout whose build the units run), may
+# live under /tmp: park bind mounts of them in /run while /tmp is replaced, then move them back.
+keep=("$WORK")
+IFS=: read -r -a extra <<< "${NS_KEEP:-}"
+for d in "${extra[@]}"; do [ -n "$d" ] && keep+=("$d"); done
+i=0
+for d in "${keep[@]}"; do mkdir -p "/run/.keep$i" && mount --bind "$d" "/run/.keep$i"; i=$((i + 1)); done
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
-mkdir -p "$WORK" && mount --move /run/.work "$WORK" && rmdir /run/.work
+i=0
+for d in "${keep[@]}"; do mkdir -p "$d" && mount --move "/run/.keep$i" "$d" && rmdir "/run/.keep$i"; i=$((i + 1)); done
 # /sys/fs/cgroup: replace the host's (hybrid) view by a plain cgroup2 mount; thanks to the cgroup
 # namespace its root is boot.sh's subtree, so systemd runs in unified mode inside that subtree only.
 umount -R /sys/fs/cgroup
