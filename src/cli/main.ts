@@ -149,7 +149,9 @@ async function main(argv: string[]): Promise<void> {
       try {
         reply = await askDaemon(socketPath, command);
       } catch (err) {
-        fail((err as Error).message);
+        // the file may name a new admin_socket the running daemon has not opened yet
+        if (values['admin-socket'] !== undefined || socketPath === DEFAULT_ADMIN_SOCKET) fail((err as Error).message);
+        reply = await askDaemon(DEFAULT_ADMIN_SOCKET, command).catch(() => fail((err as Error).message));
       }
       if (command === 'status' && reply.ok) return void process.stdout.write(`${(reply.lines ?? []).join('\n')}\n`);
       if (reply.ok) return void process.stdout.write(`${reply.message}\n`);

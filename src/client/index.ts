@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { SharedSecret } from '../config/secret.js';
 import { formatBacklog, formatReply, formatRequest, MAX_CONTROL_LINE, parseControlLine, type Backlog } from '../protocol/control.js';
-import { authLine, MAX_HANDSHAKE_LINE, NONCE_BYTES, parseGreeting, PROTOCOL_VERSION, verifyServerProof } from '../protocol/handshake.js';
+import { authLine, NONCE_BYTES, parseGreeting, PROTOCOL_VERSION, verifyServerProof } from '../protocol/handshake.js';
 import { LineSplitter } from '../protocol/lines.js';
 
 export type { Backlog };
@@ -45,7 +45,7 @@ interface Pending {
 export async function authenticate(opts: ConnectOptions): Promise<{ socket: Socket; splitter: LineSplitter; leftover: string[] }> {
   const secret = new SharedSecret(opts.secret);
   const socket = connect({ host: opts.host, port: opts.port });
-  const splitter = new LineSplitter(MAX_HANDSHAKE_LINE);
+  const splitter = new LineSplitter(MAX_CONTROL_LINE);
   const clientNonce = randomBytes(NONCE_BYTES).toString('hex');
   return new Promise((resolve, reject) => {
     let serverNonce: string | null = null;
@@ -107,7 +107,6 @@ export class ControlClient {
   private constructor(name: string, socket: Socket, splitter: LineSplitter, leftover: string[]) {
     this.name = name;
     this.#socket = socket;
-    splitter.maxLength = MAX_CONTROL_LINE;
     let onClosed: (reason: string) => void = () => {};
     this.closed = new Promise((resolve) => (onClosed = resolve));
     socket.on('data', (chunk: Buffer) => {

@@ -153,8 +153,9 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
   const secretValue = (key: string, value: unknown): void => {
     if (typeof value !== 'string') return fail(key, 'must be a string');
     // Never echo the value: only its length.
-    if (value.length < MIN_SECRET_LENGTH) {
-      return fail(key, `is ${value.length} characters; at least ${MIN_SECRET_LENGTH} are required (mtaproxy gen-secret makes one)`);
+    const length = [...value].length; // characters, not UTF-16 units
+    if (length < MIN_SECRET_LENGTH) {
+      return fail(key, `is ${length} characters; at least ${MIN_SECRET_LENGTH} are required (mtaproxy gen-secret makes one)`);
     }
     secrets.push(new SharedSecret(value));
   };

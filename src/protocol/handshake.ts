@@ -5,9 +5,6 @@ import type { SharedSecret } from '../config/secret.js';
 
 export const PROTOCOL_VERSION = 1;
 export const NONCE_BYTES = 32;
-/** Handshake lines are short; anything longer is garbage or an attack. */
-export const MAX_HANDSHAKE_LINE = 512;
-
 const NONCE = /^[0-9a-f]{64}$/;
 const PROOF = /^[0-9a-f]{64}$/;
 /** Instance names appear in logs and journald fields: keep them printable and short. */

@@ -3,16 +3,11 @@
  * length limit, so a peer that never sends a newline cannot make us buffer without bound.
  */
 export class LineSplitter {
-  #maxLength: number;
+  readonly #maxLength: number;
   #pending: Buffer | null = null;
 
   constructor(maxLength: number) {
     this.#maxLength = maxLength;
-  }
-
-  /** The limit changes when a connection moves from the handshake to a session. */
-  set maxLength(value: number) {
-    this.#maxLength = value;
   }
 
   /** Bytes received but not yet part of a complete line. */
@@ -32,7 +27,9 @@ export class LineSplitter {
       start = nl + 1;
     }
     const rest = data.length - start;
-    if (rest > this.#maxLength) throw new LineTooLongError(this.#maxLength);
+    // a pending "\r" may still turn out to be part of the line's "\r\n"
+    const limit = data[data.length - 1] === 13 ? this.#maxLength + 1 : this.#maxLength;
+    if (rest > limit) throw new LineTooLongError(this.#maxLength);
     this.#pending = rest === 0 ? null : data.subarray(start);
     return lines;
   }

@@ -43,6 +43,7 @@ export class Daemon {
   readonly #sessions = new Map<string, ControlSession>();
   readonly #refusals = new RefusalLog();
   #timers: NodeJS.Timeout[] = [];
+  #watchdog: NodeJS.Timeout | null = null;
   #reloading: Promise<ReloadResult> | null = null;
   #stopping = false;
 
@@ -72,6 +73,8 @@ export class Daemon {
     }
     await this.#reconcileListeners(this.#config);
     this.#startTimers();
+    const watchdog = this.#notifier.watchdogIntervalMs;
+    if (watchdog !== null) this.#watchdog = setInterval(() => this.#notifier.watchdog(), watchdog);
     const summary = this.#summary();
     this.#log.info({ mtaproxy_event: 'started', manager_id: this.managerId, listening: this.bound.join(', ') }, `mtaproxy started: ${summary}`);
     this.#notifier.ready(summary);
@@ -97,10 +100,12 @@ export class Daemon {
     } catch (err) {
       return this.#rejectReload([(err as Error).message]);
     }
-    const changed = changedDirectives(this.#config, loaded.config);
+    // under socket activation `listen` is not used, so a change to it changes nothing
+    const changed = changedDirectives(this.#config, loaded.config).filter((d) => d !== 'listen' || this.#passed === null);
+    const timersChanged = loaded.config.statusIntervalMs !== this.#config.statusIntervalMs || loaded.config.pingIntervalMs !== this.#config.pingIntervalMs;
     this.#config = loaded.config;
     this.#log.level = loaded.config.logVerbose ? 'debug' : 'info';
-    this.#startTimers();
+    if (timersChanged) this.#startTimers();
     const message = changed.length === 0 ? 'reload: no changes' : `reload: applied (changed: ${changed.join(', ')})`;
     this.#log.info({ mtaproxy_event: 'reload_applied', changed: changed.join(',') }, message);
     this.#notifier.ready(`${this.#summary()}; ${message}`);
@@ -267,8 +272,6 @@ export class Daemon {
         }
       }, config.pingIntervalMs),
     ];
-    const watchdog = this.#notifier.watchdogIntervalMs;
-    if (watchdog !== null) this.#timers.push(setInterval(() => this.#notifier.watchdog(), watchdog));
     for (const t of this.#timers) t.unref();
   }
 
@@ -279,6 +282,7 @@ export class Daemon {
     this.#notifier.stopping(`stopping: ${reason}`);
     this.#log.info({ mtaproxy_event: 'stopping', reason }, `mtaproxy stopping (${reason}): ${this.#sessions.size} sessions, ${this.#connections.size} connections`);
     for (const t of this.#timers) clearInterval(t);
+    if (this.#watchdog !== null) clearInterval(this.#watchdog);
     for (const l of this.#listening.values()) closeListening(l);
     this.#listening.clear();
     for (const session of this.#sessions.values()) session.end('shutdown', '421 mtaproxy shutting down');

@@ -4,7 +4,7 @@ import type { Socket } from 'node:net';
 import type { SharedSecret } from '../config/secret.js';
 import type { Logger } from '../log/logger.js';
 import { MAX_CONTROL_LINE } from '../protocol/control.js';
-import { greetingLine, MAX_HANDSHAKE_LINE, NONCE_BYTES, serverProof, verifyAuth } from '../protocol/handshake.js';
+import { greetingLine, NONCE_BYTES, serverProof, verifyAuth } from '../protocol/handshake.js';
 import { LineSplitter, LineTooLongError } from '../protocol/lines.js';
 import { ControlSession } from './session.js';
 
@@ -27,7 +27,8 @@ type State =
 export function serveNative(socket: Socket, ctx: NativeContext): void {
   const peer = `${socket.remoteAddress}:${socket.remotePort}`;
   const serverNonce = randomBytes(NONCE_BYTES).toString('hex');
-  const splitter = new LineSplitter(MAX_HANDSHAKE_LINE);
+  // one limit for the whole connection: the handshake timeout bounds what a peer can make us hold
+  const splitter = new LineSplitter(MAX_CONTROL_LINE);
   let state: State = { step: 'auth' };
 
   const reject = (reason: string, reply: string, name?: string): void => {
@@ -41,7 +42,11 @@ export function serveNative(socket: Socket, ctx: NativeContext): void {
     socket.removeListener('data', onData);
   };
 
-  const timer = setTimeout(() => reject(`no authentication within ${ctx.handshakeTimeoutMs()}ms`, 'ERR 421 handshake timeout'), ctx.handshakeTimeoutMs());
+  const timeoutMs = ctx.handshakeTimeoutMs();
+  const timer = setTimeout(() => {
+    if (state.step === 'role') reject(`authenticated but no CONTROL within ${timeoutMs}ms`, 'ERR 421 handshake timeout', state.name);
+    else reject(`no authentication within ${timeoutMs}ms`, 'ERR 421 handshake timeout');
+  }, timeoutMs);
   timer.unref();
 
   const onLine = (line: string): void => {
@@ -56,7 +61,6 @@ export function serveNative(socket: Socket, ctx: NativeContext): void {
       case 'role': {
         if (line !== 'CONTROL') return reject(`expected CONTROL after authentication, got "${line.slice(0, 40)}"`, 'ERR 500 expected CONTROL', state.name);
         clearTimeout(timer);
-        splitter.maxLength = MAX_CONTROL_LINE;
         const session = new ControlSession({
           name: state.name,
           socket,

@@ -86,6 +86,8 @@ export class ControlSession {
         this.#forwardIn++;
         if (handler === undefined) this.reply(msg.tag, 500, `unknown command ${msg.verb}`);
         else handler(this, msg.tag, msg.args);
+        // the window: with 16 requests unanswered, stop reading until replies go out
+        if (this.#forwardIn >= WINDOW) this.#socket.pause();
         return;
       }
       case 'reply': {
@@ -105,6 +107,7 @@ export class ControlSession {
 
   reply(tag: string, code: number, text: string): void {
     this.#forwardIn = Math.max(0, this.#forwardIn - 1);
+    if (this.#forwardIn < WINDOW && this.#socket.isPaused()) this.#socket.resume();
     this.#forwardOut++;
     this.#write(formatReply(tag, code, text), () => this.#forwardOut--);
   }
@@ -129,7 +132,8 @@ export class ControlSession {
   end(reason: string, notice?: string): void {
     if (this.#closed) return;
     if (notice !== undefined) this.#write(`* ${notice}`);
-    this.#socket.end();
+    // close once the notice is flushed; do not wait for the MTA's side (no half-open sessions)
+    this.#socket.destroySoon();
     this.#closedBy(reason);
   }
 

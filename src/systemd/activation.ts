@@ -3,7 +3,11 @@
 
 export const SD_LISTEN_FDS_START = 3;
 
-/** The front-ends a passed socket can serve; systemd names unnamed sockets "unknown". */
+/**
+ * The front-ends a passed socket can serve. Without FileDescriptorName= systemd names a socket
+ * after its unit ("mtaproxy.socket"), and "unknown" when LISTEN_FDNAMES is missing altogether:
+ * both mean the native protocol.
+ */
 export type FrontEnd = 'native' | 'admin';
 
 export interface PassedSocket {
@@ -22,6 +26,7 @@ export function parseActivation(env: NodeJS.ProcessEnv, pid: number): Activation
   if (env.LISTEN_PID !== undefined && Number(env.LISTEN_PID) !== pid) return null; // meant for another process
   const count = Number(env.LISTEN_FDS);
   if (!Number.isInteger(count) || count < 0 || count > 64) return { ok: false, error: `LISTEN_FDS="${env.LISTEN_FDS}" is not a count` };
+  if (count === 0) return null; // nothing passed: bind from the config
   const names = env.LISTEN_FDNAMES === undefined ? [] : env.LISTEN_FDNAMES.split(':');
   if (env.LISTEN_FDNAMES !== undefined && names.length !== count) {
     return { ok: false, error: `LISTEN_FDNAMES names ${names.length} sockets but LISTEN_FDS=${count}` };
@@ -29,7 +34,7 @@ export function parseActivation(env: NodeJS.ProcessEnv, pid: number): Activation
   const sockets: PassedSocket[] = [];
   for (let i = 0; i < count; i++) {
     const name = names[i] ?? 'unknown';
-    const frontEnd = FRONT_ENDS[name];
+    const frontEnd = FRONT_ENDS[name] ?? (name.endsWith('.socket') ? 'native' : undefined);
     if (frontEnd === undefined) {
       return { ok: false, error: `socket ${i + SD_LISTEN_FDS_START} has FileDescriptorName=${name}; this version serves: native, admin` };
     }

@@ -75,7 +75,7 @@ describe('native handshake', () => {
     huge.send('A'.repeat(100_000));
     expect(await huge.line(/^ERR /)).toBe('ERR 500 line too long');
     await huge.closed;
-    await d.waitForLine(/failed: line longer than 512 bytes/);
+    await d.waitForLine(/failed: line longer than 4096 bytes/);
 
     const silent = await rawConnect(d.port);
     const took = await silent.closed;
@@ -231,15 +231,11 @@ describe('shutdown', () => {
     await d.waitForLine(/mtaproxy stopped/);
   });
 
-  it('cuts sessions that do not close within shutdown_timeout and still exits 0', async () => {
+  it('cuts connections that do not close within shutdown_timeout and still exits 0', async () => {
     const d = await daemon({ extra: 'shutdown_timeout = "300ms"' });
     const stubborn = await rawConnect(d.port);
-    const greeting = parseGreeting(await stubborn.line(/^MTAPROXY /));
-    if (greeting === null) throw new Error('no greeting');
-    stubborn.socket.allowHalfOpen = true;
-    stubborn.send(`${authLine(new SharedSecret(SECRET), greeting.serverNonce, NONCE, 'stubborn')}\nCONTROL\n`);
-    await stubborn.line(/^250 /);
-    stubborn.socket.on('end', () => {}); // never end our side
+    stubborn.socket.allowHalfOpen = true; // never answer the daemon's FIN
+    await stubborn.line(/^MTAPROXY /);
     d.proc.kill('SIGTERM');
     expect(await d.exited).toBe(0);
     await d.waitForLine(/shutdown: cutting 1 connections still open after 300ms/);

@@ -18,6 +18,10 @@ describe('LineSplitter', () => {
     expect(() => new LineSplitter(4).push(Buffer.from('12345\n'))).toThrow(LineTooLongError);
     expect(() => new LineSplitter(4).push(Buffer.from('12345'))).toThrow('line longer than 4 bytes');
     expect(new LineSplitter(4).push(Buffer.from('1234\r\n'))).toEqual(['1234']);
+    const split = new LineSplitter(4);
+    expect(split.push(Buffer.from('1234\r'))).toEqual([]); // the "\r" may belong to "\r\n"
+    expect(split.push(Buffer.from('\n'))).toEqual(['1234']);
+    expect(() => new LineSplitter(4).push(Buffer.from('12345\r'))).toThrow(LineTooLongError);
   });
 
   it('keeps multi-byte characters split across chunks intact', () => {

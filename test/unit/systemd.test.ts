@@ -15,6 +15,9 @@ describe('socket activation', () => {
       ],
     });
     expect(parseActivation({ LISTEN_FDS: '1', LISTEN_PID: '42' }, 42)).toEqual({ ok: true, sockets: [{ fd: 3, name: 'unknown', frontEnd: 'native' }] });
+    // without FileDescriptorName= systemd uses the unit's name
+    expect(parseActivation({ LISTEN_FDS: '1', LISTEN_PID: '42', LISTEN_FDNAMES: 'mtaproxy.socket' }, 42)).toEqual({ ok: true, sockets: [{ fd: 3, name: 'mtaproxy.socket', frontEnd: 'native' }] });
+    expect(parseActivation({ LISTEN_FDS: '0', LISTEN_PID: '42' }, 42)).toBeNull();
   });
 
   it('ignores sockets meant for another process and reports inconsistent variables', () => {
