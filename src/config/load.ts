@@ -1,5 +1,25 @@
 import { readFileSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
+import ipaddr from 'ipaddr.js';
 import { parseConfig, type ConfigResult } from './parse.js';
+
+/**
+ * Is `ip` an address of this host? Exact match with an interface address, or inside a loopback
+ * interface's prefix (Linux answers for all of 127.0.0.0/8 on lo, which tests use as 127.0.0.2…).
+ */
+export function isLocalAddress(ip: string): boolean {
+  if (!ipaddr.isValid(ip)) return false;
+  const wanted = ipaddr.process(ip);
+  for (const addresses of Object.values(networkInterfaces())) {
+    for (const a of addresses ?? []) {
+      const local = ipaddr.process(a.address);
+      if (local.kind() !== wanted.kind()) continue;
+      if (local.toString() === wanted.toString()) return true;
+      if (a.internal && a.cidr !== null && wanted.match(ipaddr.parseCIDR(a.cidr))) return true;
+    }
+  }
+  return false;
+}
 
 /** Reads and validates a config file. Never throws: an unreadable file is a ConfigError too. */
 export function loadConfigFile(file: string): ConfigResult {
@@ -10,5 +30,5 @@ export function loadConfigFile(file: string): ConfigResult {
     const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message;
     return { ok: false, errors: [{ file, line: 0, column: 0, key: '', message: `cannot read config: ${reason}` }] };
   }
-  return parseConfig(text, file, { readSecretFile: (path) => readFileSync(path, 'utf8') });
+  return parseConfig(text, file, { readSecretFile: (path) => readFileSync(path, 'utf8'), isLocalAddress });
 }

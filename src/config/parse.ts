@@ -15,8 +15,21 @@ export interface ListenAddress {
   readonly port: number;
 }
 
+export interface EgressConfig {
+  /** local addresses MTAs may send from; each was checked to exist on this host */
+  readonly sourceIps: readonly string[];
+  readonly ports: readonly number[];
+  readonly allowPrivateDestinations: boolean;
+  readonly connectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  readonly maxTunnels: number;
+  /** longest a CONNECT or ACQUIRE may wait for its throttle */
+  readonly throttleWaitTimeoutMs: number;
+}
+
 export interface Config {
   readonly file: string;
+  readonly egress: EgressConfig;
   readonly listen: readonly ListenAddress[];
   readonly allowFrom: AllowList;
   /** The secret new handshakes are answered with, then an optional previous one (rotation). */
@@ -42,6 +55,8 @@ export type ConfigResult = { ok: true; config: Config } | { ok: false; errors: C
 export interface ConfigIo {
   /** Reads auth_shared_secret_file; throws an Error whose message says why it could not. */
   readSecretFile(path: string): string;
+  /** Whether an address belongs to this host (egress.source_ips must). */
+  isLocalAddress(ip: string): boolean;
 }
 
 export function formatConfigError(e: ConfigError): string {
@@ -65,7 +80,18 @@ export const DIRECTIVES: Readonly<Record<string, Directive>> = {
   admin_socket: { help: 'Unix socket for mtaproxy reload/status' },
   handshake_timeout: { help: 'time an MTA has to authenticate, e.g. "10s"' },
   ping_interval: { help: 'control-session ping period; a session silent for two periods is closed' },
-  shutdown_timeout: { help: 'on SIGTERM, how long sessions get to close before they are cut' },
+  shutdown_timeout: { help: 'on SIGTERM, how long connections get to close before they are cut' },
+  egress: { help: 'table [egress]: where deliveries may go and from which addresses (below)' },
+};
+
+export const EGRESS_DIRECTIVES: Readonly<Record<string, Directive>> = {
+  source_ips: { help: 'local IPs MTAs may send from; each must exist on this host' },
+  ports: { help: 'destination ports deliveries may use (default [25, 465, 587])' },
+  allow_private_destinations: { help: 'allow loopback/private/link-local destinations (default false)' },
+  connect_timeout: { help: 'outbound TCP connect timeout (default "30s")' },
+  idle_timeout: { help: 'a tunnel with no traffic either way this long is closed (default "5m")' },
+  max_tunnels: { help: 'cap on concurrent tunnels (default 10000)' },
+  throttle_wait_timeout: { help: 'longest a delivery waits for a throttle slot (default "60s")' },
 };
 
 const DURATION_PART = /(\d+(?:\.\d+)?)(ms|s|m|h)/gy;
@@ -116,15 +142,30 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
     errors.push({ file, line: at.line, column: at.column, key, message });
   };
 
-  for (const key of Object.keys(raw)) {
-    if (!(key in DIRECTIVES)) {
-      const hint = Object.keys(DIRECTIVES).find((known) => editDistance(known, key) <= 2);
-      fail(key, `unknown directive${hint ? `; did you mean "${hint}"?` : ''}`);
+  /** The value at a dotted path ("egress.ports"), or undefined. */
+  const get = (key: string): unknown => {
+    let value: unknown = raw;
+    for (const part of key.split('.')) value = (value as Record<string, unknown> | undefined)?.[part];
+    return value;
+  };
+  const checkKeys = (table: Record<string, unknown>, prefix: string, known: Readonly<Record<string, Directive>>): void => {
+    for (const key of Object.keys(table)) {
+      if (!(key in known)) {
+        const hint = Object.keys(known).find((k) => editDistance(k, key) <= 2);
+        fail(prefix + key, `unknown directive${hint ? `; did you mean "${prefix}${hint}"?` : ''}`);
+      }
     }
+  };
+  checkKeys(raw, '', DIRECTIVES);
+  const egressTable = raw.egress;
+  if (egressTable !== undefined && (typeof egressTable !== 'object' || egressTable === null || Array.isArray(egressTable))) {
+    fail('egress', 'must be a table: [egress]');
+  } else if (egressTable !== undefined) {
+    checkKeys(egressTable as Record<string, unknown>, 'egress.', EGRESS_DIRECTIVES);
   }
 
   const stringList = (key: string, fallback: string[]): string[] => {
-    const value = raw[key];
+    const value = get(key);
     if (value === undefined) return fallback;
     if (typeof value === 'string') return [value];
     if (Array.isArray(value) && value.every((v) => typeof v === 'string')) return value as string[];
@@ -189,14 +230,14 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
   }
 
   const bool = (key: string, fallback: boolean): boolean => {
-    const value = raw[key];
+    const value = get(key);
     if (value === undefined) return fallback;
     if (typeof value === 'boolean') return value;
     fail(key, 'must be true or false');
     return fallback;
   };
   const duration = (key: string, fallbackMs: number, minMs: number, maxMs: number): number => {
-    const value = raw[key];
+    const value = get(key);
     if (value === undefined) return fallbackMs;
     const ms = parseDuration(value);
     if (ms === null) {
@@ -210,15 +251,54 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
     return ms;
   };
   const path = (key: string, fallback: string): string => {
-    const value = raw[key];
+    const value = get(key);
     if (value === undefined) return fallback;
     if (typeof value === 'string' && value.startsWith('/')) return value;
     fail(key, 'must be an absolute path');
     return fallback;
   };
 
+  const integer = (key: string, fallback: number, min: number, max: number): number => {
+    const value = get(key);
+    if (value === undefined) return fallback;
+    if (typeof value === 'number' && Number.isInteger(value) && value >= min && value <= max) return value;
+    fail(key, `must be a whole number from ${min} to ${max}`);
+    return fallback;
+  };
+
+  const sourceIps: string[] = [];
+  for (const entry of stringList('egress.source_ips', [])) {
+    const at = locateString(text, where('egress.source_ips'), entry);
+    if (!ipaddr.isValid(entry) || (!entry.includes(':') && !ipaddr.IPv4.isValidFourPartDecimal(entry))) {
+      fail('egress.source_ips', `"${entry}" is not an IP address`, at);
+    } else if (!io.isLocalAddress(entry)) {
+      fail('egress.source_ips', `"${entry}" is not an address of this host (ip -br addr shows them)`, at);
+    } else {
+      sourceIps.push(ipaddr.process(entry).toString());
+    }
+  }
+  let ports: number[] = [25, 465, 587];
+  const portsValue = get('egress.ports');
+  if (portsValue !== undefined) {
+    if (Array.isArray(portsValue) && portsValue.length > 0 && portsValue.every((p) => Number.isInteger(p) && p >= 1 && p <= 65535)) {
+      ports = portsValue as number[];
+    } else {
+      fail('egress.ports', 'must be a non-empty array of port numbers (1..65535)');
+    }
+  }
+  const egress: EgressConfig = {
+    sourceIps,
+    ports,
+    allowPrivateDestinations: bool('egress.allow_private_destinations', false),
+    connectTimeoutMs: duration('egress.connect_timeout', 30_000, 100, 600_000),
+    idleTimeoutMs: duration('egress.idle_timeout', 300_000, 1000, 3_600_000),
+    maxTunnels: integer('egress.max_tunnels', 10_000, 1, 1_000_000),
+    throttleWaitTimeoutMs: duration('egress.throttle_wait_timeout', 60_000, 0, 3_600_000),
+  };
+
   const config: Config = {
     file,
+    egress,
     listen,
     allowFrom: new AllowList(rules),
     secrets,
@@ -265,5 +345,17 @@ export function changedDirectives(before: Config, after: Config): string[] {
     ['shutdown_timeout', 'shutdownTimeoutMs'],
   ];
   for (const [name, field] of scalars) if (before[field] !== after[field]) changed.push(name);
+  const egressFields: Record<keyof EgressConfig, string> = {
+    sourceIps: 'source_ips',
+    ports: 'ports',
+    allowPrivateDestinations: 'allow_private_destinations',
+    connectTimeoutMs: 'connect_timeout',
+    idleTimeoutMs: 'idle_timeout',
+    maxTunnels: 'max_tunnels',
+    throttleWaitTimeoutMs: 'throttle_wait_timeout',
+  };
+  for (const [field, name] of Object.entries(egressFields) as [keyof EgressConfig, string][]) {
+    if (!same(before.egress[field], after.egress[field])) changed.push(`egress.${name}`);
+  }
   return changed;
 }

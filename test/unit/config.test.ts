@@ -2,7 +2,11 @@ import { describe, expect, it } from 'vitest';
 import { changedDirectives, formatConfigError, parseConfig, parseDuration, parseListenAddress, type ConfigResult } from '../../src/config/parse.js';
 
 const SECRET = 'x'.repeat(40);
-const noFiles = { readSecretFile: (p: string): string => { throw new Error(`ENOENT: no such file "${p}"`); } };
+const LOCAL = new Set(['192.0.2.10', '192.0.2.11', '2001:db8::10']);
+const noFiles = {
+  readSecretFile: (p: string): string => { throw new Error(`ENOENT: no such file "${p}"`); },
+  isLocalAddress: (ip: string): boolean => LOCAL.has(ip),
+};
 const parse = (text: string, io = noFiles): ConfigResult => parseConfig(text, '/etc/mtaproxy/mtaproxy.toml', io);
 const errorsOf = (text: string, io = noFiles): string[] => {
   const r = parse(text, io);
@@ -59,7 +63,7 @@ describe('config', () => {
   });
 
   it('rejects unknown tables', () => {
-    expect(errorsOf(`auth_shared_secret = "${SECRET}"\n[egres]\nx = 1\n`)).toEqual(['/etc/mtaproxy/mtaproxy.toml:2:1: egres: unknown directive']);
+    expect(errorsOf(`auth_shared_secret = "${SECRET}"\n[egres]\nx = 1\n`)).toEqual(['/etc/mtaproxy/mtaproxy.toml:2:1: egres: unknown directive; did you mean "egress"?']);
   });
 
   it('reports wrong types', () => {
@@ -91,7 +95,7 @@ describe('config', () => {
   });
 
   it('reads the secret from a file (first line) and reports unreadable files', () => {
-    const r = parse('auth_shared_secret_file = "/etc/mtaproxy/secret"\n', { readSecretFile: () => `${SECRET}\n` });
+    const r = parse('auth_shared_secret_file = "/etc/mtaproxy/secret"\n', { ...noFiles, readSecretFile: () => `${SECRET}\n` });
     expect(r.ok && r.config.secrets[0]?.key().toString()).toBe(SECRET);
     expect(errorsOf('auth_shared_secret_file = "/nope"\n')).toEqual([
       '/etc/mtaproxy/mtaproxy.toml:1:1: auth_shared_secret_file: cannot read "/nope": ENOENT: no such file "/nope"',
@@ -138,5 +142,31 @@ describe('config', () => {
     expect(JSON.stringify(r.config)).not.toContain(SECRET);
     expect(inspect(r.config, { depth: 5 })).not.toContain(SECRET);
     expect(`${String(r.config.secrets[0])}`).toBe('[secret]');
+  });
+
+  it('reads the [egress] table with defaults', () => {
+    const r = parse(`auth_shared_secret = "${SECRET}"\n`);
+    expect(r.ok && r.config.egress).toEqual({
+      sourceIps: [], ports: [25, 465, 587], allowPrivateDestinations: false, connectTimeoutMs: 30_000,
+      idleTimeoutMs: 300_000, maxTunnels: 10_000, throttleWaitTimeoutMs: 60_000,
+    });
+    const full = parse(
+      `auth_shared_secret = "${SECRET}"\n[egress]\nsource_ips = ["192.0.2.10", "2001:db8::10"]\nports = [25, 2525]\nallow_private_destinations = true\nconnect_timeout = "5s"\nidle_timeout = "1m"\nmax_tunnels = 50\nthrottle_wait_timeout = "2s"\n`,
+    );
+    expect(full.ok && full.config.egress).toEqual({
+      sourceIps: ['192.0.2.10', '2001:db8::10'], ports: [25, 2525], allowPrivateDestinations: true, connectTimeoutMs: 5000,
+      idleTimeoutMs: 60_000, maxTunnels: 50, throttleWaitTimeoutMs: 2000,
+    });
+  });
+
+  it('rejects source IPs that are not on this host, and bad egress values, with their lines', () => {
+    expect(errorsOf(`auth_shared_secret = "${SECRET}"\n[egress]\nsource_ips = [\n  "192.0.2.10",\n  "198.51.100.7",\n  "10.0.0.300",\n]\nports = [25, 0]\nmax_tunnels = 1.5\nsource_ip = "x"\n`)).toEqual([
+      '/etc/mtaproxy/mtaproxy.toml:5:3: egress.source_ips: "198.51.100.7" is not an address of this host (ip -br addr shows them)',
+      '/etc/mtaproxy/mtaproxy.toml:6:3: egress.source_ips: "10.0.0.300" is not an IP address',
+      '/etc/mtaproxy/mtaproxy.toml:8:1: egress.ports: must be a non-empty array of port numbers (1..65535)',
+      '/etc/mtaproxy/mtaproxy.toml:9:1: egress.max_tunnels: must be a whole number from 1 to 1000000',
+      '/etc/mtaproxy/mtaproxy.toml:10:1: egress.source_ip: unknown directive; did you mean "egress.source_ips"?',
+    ]);
+    expect(errorsOf(`auth_shared_secret = "${SECRET}"\negress = 5\n`)).toEqual(['/etc/mtaproxy/mtaproxy.toml:2:1: egress: must be a table: [egress]']);
   });
 });
