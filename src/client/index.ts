@@ -8,11 +8,73 @@
 import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { SharedSecret } from '../config/secret.js';
+import type { Declaration } from '../throttle/manager.js';
 import { formatBacklog, formatReply, formatRequest, MAX_CONTROL_LINE, parseControlLine, type Backlog } from '../protocol/control.js';
 import { authLine, NONCE_BYTES, parseGreeting, PROTOCOL_VERSION, verifyServerProof } from '../protocol/handshake.js';
 import { LineSplitter } from '../protocol/lines.js';
 
-export type { Backlog };
+export type { Backlog, Declaration };
+
+export interface TunnelOptions extends ConnectOptions {
+  /** local address of the proxy host to send from (one of its egress.source_ips) */
+  source: string;
+  /** destination host (IP or name) and port, e.g. the MX */
+  destination: { host: string; port: number };
+  /** throttle key this MTA declared on its control session */
+  throttle: string;
+  /** longest wait for a connection slot, ms (capped by the proxy's egress.throttle_wait_timeout) */
+  waitMs?: number;
+}
+
+/**
+ * Reads one "\n"-terminated line at the byte level and puts whatever follows it back into the
+ * socket, byte-exact: after a CONNECT reply the destination's bytes may share the same read.
+ */
+function readReplyLine(socket: Socket, pending: Buffer): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let buffered = pending;
+    const finish = (err: Error | null, line = ''): void => {
+      socket.removeListener('data', onData);
+      socket.removeListener('close', onClose);
+      if (err !== null) return reject(err);
+      resolve(line);
+    };
+    const onData = (chunk: Buffer): void => {
+      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+      const nl = buffered.indexOf(10);
+      if (nl === -1) {
+        if (buffered.length > MAX_CONTROL_LINE) finish(new ProxyError('EPROTOCOL', 'CONNECT reply too long'));
+        return;
+      }
+      socket.pause();
+      if (nl + 1 < buffered.length) socket.unshift(buffered.subarray(nl + 1));
+      finish(null, buffered.toString('utf8', 0, nl).replace(/\r$/, ''));
+    };
+    const onClose = (): void => finish(new ProxyError('ECONNECTION', 'proxy closed the connection before replying to CONNECT'));
+    socket.on('data', onData);
+    socket.on('close', onClose);
+    if (pending.length > 0) onData(Buffer.alloc(0));
+  });
+}
+
+/**
+ * Opens a delivery: resolves with a socket connected to the destination through the proxy,
+ * from the chosen source address (the reply names both ends), or rejects with the reply code.
+ */
+export async function openTunnel(opts: TunnelOptions): Promise<{ socket: Socket; local: string; remote: string }> {
+  const { socket, splitter, leftover } = await authenticate(opts);
+  const host = opts.destination.host.includes(':') ? `[${opts.destination.host}]` : opts.destination.host;
+  socket.write(`CONNECT ${opts.source} ${host}:${opts.destination.port} ${opts.throttle}${opts.waitMs === undefined ? '' : ` wait=${opts.waitMs}`}\n`);
+  const reply = leftover[0] ?? (await readReplyLine(socket, splitter.takePending()));
+  const m = /^(\d{3}) (.*)$/.exec(reply);
+  const code = Number(m?.[1] ?? 0);
+  if (code !== 250) {
+    socket.destroy();
+    throw new ProxyError(code >= 500 ? 'EPOLICY' : 'ETEMPFAIL', `CONNECT refused: ${reply}`, code || null);
+  }
+  const ends = /^connected (\S+) -> (\S+)$/.exec(m?.[2] ?? '');
+  return { socket, local: ends?.[1] ?? '', remote: ends?.[2] ?? '' };
+}
 
 export interface ConnectOptions {
   host: string;
@@ -186,6 +248,29 @@ export class ControlClient {
 
   async reportBacklog(backlog: Backlog): Promise<void> {
     await this.request('BACKLOG', [formatBacklog(backlog)]);
+  }
+
+  /** Declares this MTA's limits for a throttle; resolves with the cluster-wide effective limits. */
+  async declare(d: Declaration): Promise<string> {
+    const reply = await this.request('DECLARE', [
+      d.key,
+      `source=${d.sourceIp}`,
+      `max_connections=${d.maxConnections}`,
+      `max_messages_per_hour=${d.maxMessagesPerHour}`,
+      `mode=${d.mode}`,
+    ]);
+    return reply.text;
+  }
+
+  /** Takes a connection slot (resolves with its lease id) or a message token (resolves with null). */
+  async acquire(key: string, kind: 'connection' | 'message', waitMs?: number): Promise<number | null> {
+    const reply = await this.request('ACQUIRE', waitMs === undefined ? [key, kind] : [key, kind, `wait=${waitMs}`]);
+    const m = /^lease (\d+)$/.exec(reply.text);
+    return m === null ? null : Number(m[1]);
+  }
+
+  async release(leaseId: number): Promise<void> {
+    await this.request('RELEASE', [leaseId]);
   }
 
   async quit(): Promise<void> {

@@ -15,6 +15,13 @@ export class LineSplitter {
     return this.#pending?.length ?? 0;
   }
 
+  /** Hands over the bytes of an incomplete line (when the stream stops being line-based). */
+  takePending(): Buffer {
+    const rest = this.#pending ?? Buffer.alloc(0);
+    this.#pending = null;
+    return rest;
+  }
+
   /** Returns the complete lines in `chunk`, or throws LineTooLongError. */
   push(chunk: Buffer): string[] {
     const data = this.#pending === null ? chunk : Buffer.concat([this.#pending, chunk]);

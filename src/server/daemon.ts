@@ -14,7 +14,9 @@ import type { PassedSocket } from '../systemd/activation.js';
 import { closeListening, endpointKey, listen, type Endpoint, type Listening } from './listeners.js';
 import { serveNative } from './native.js';
 import { RefusalLog } from './ratelimit.js';
-import type { ControlSession } from './session.js';
+import type { ControlSession, SessionServices } from './session.js';
+import { ThrottleService } from '../throttle/service.js';
+import { handleDelivery, type DeliveryContext } from '../egress/delivery.js';
 
 export interface ReloadResult {
   ok: boolean;
@@ -42,6 +44,10 @@ export class Daemon {
   readonly #connections = new Set<Socket>();
   readonly #sessions = new Map<string, ControlSession>();
   readonly #refusals = new RefusalLog();
+  readonly #throttle: ThrottleService;
+  readonly #tunnels = new Set<Socket>();
+  readonly #services: SessionServices;
+  readonly #delivery: DeliveryContext;
   #timers: NodeJS.Timeout[] = [];
   #watchdog: NodeJS.Timeout | null = null;
   #reloading: Promise<ReloadResult> | null = null;
@@ -53,6 +59,16 @@ export class Daemon {
     this.#notifier = opts.notifier;
     this.#passed = opts.passed;
     this.#now = opts.now ?? (() => performance.now());
+    this.#throttle = new ThrottleService(this.#now);
+    this.#services = { throttle: this.#throttle, egress: () => this.#config.egress };
+    this.#delivery = {
+      egress: () => this.#config.egress,
+      sessionId: (name) => this.#sessions.get(name)?.id,
+      throttle: this.#throttle,
+      tunnels: this.#tunnels,
+      stopping: () => this.#stopping,
+      log: this.#log,
+    };
   }
 
   get config(): Config {
@@ -187,6 +203,8 @@ export class Daemon {
       now: this.#now,
       openSession: (session) => this.#openSession(session),
       closeSession: (session, reason) => this.#closeSession(session, reason),
+      services: this.#services,
+      deliver: (name, line, s) => handleDelivery(this.#delivery, name, line, s),
     });
     socket.resume();
   }
@@ -246,10 +264,10 @@ export class Daemon {
     return statusRecords({
       managerId: this.managerId,
       openConnections: this.#connections.size,
-      throttles: 0,
+      throttles: this.#throttle.manager.throttleCount,
       window: WINDOW,
       sessions: [...this.#sessions.values()].map((s) => s.snapshot()),
-      remote: { active: 0, cached: 0 },
+      remote: { active: this.#tunnels.size, cached: 0 },
     });
   }
 
@@ -286,6 +304,7 @@ export class Daemon {
     for (const l of this.#listening.values()) closeListening(l);
     this.#listening.clear();
     for (const session of this.#sessions.values()) session.end('shutdown', '421 mtaproxy shutting down');
+    this.#throttle.stop();
     for (const socket of this.#connections) if (!socket.writableEnded) socket.end();
     const deadline = this.#config.shutdownTimeoutMs;
     const drained = await new Promise<boolean>((resolve) => {

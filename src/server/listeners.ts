@@ -49,8 +49,9 @@ function unixSocketInUse(path: string): Promise<boolean> {
 
 /** Binds one endpoint; rejects with an operator-readable Error. */
 export async function listen(endpoint: Endpoint, onConnection: (socket: Socket) => void): Promise<Listening> {
-  // pauseOnConnect: not a byte is read before allow_from has been checked
-  const server = createServer({ pauseOnConnect: true }, onConnection);
+  // pauseOnConnect: not a byte is read before allow_from has been checked. allowHalfOpen: a tunnel
+  // passes the MTA's FIN on and still returns the destination's last reply (QUIT -> 221).
+  const server = createServer({ pauseOnConnect: true, allowHalfOpen: true }, onConnection);
   if (endpoint.kind === 'unix') {
     if (await unixSocketInUse(endpoint.path)) throw new Error(`${endpoint.path} is in use by another process (is mtaproxy already running?)`);
     try {

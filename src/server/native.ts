@@ -6,7 +6,7 @@ import type { Logger } from '../log/logger.js';
 import { MAX_CONTROL_LINE } from '../protocol/control.js';
 import { greetingLine, NONCE_BYTES, serverProof, verifyAuth } from '../protocol/handshake.js';
 import { LineSplitter, LineTooLongError } from '../protocol/lines.js';
-import { ControlSession } from './session.js';
+import { ControlSession, type SessionServices } from './session.js';
 
 export interface NativeContext {
   /** Read at the moment of each handshake, so a reload applies to the next connection. */
@@ -17,12 +17,16 @@ export interface NativeContext {
   /** Registers the new session (replacing an older one with the same name). */
   openSession(session: ControlSession): void;
   closeSession(session: ControlSession, reason: string): void;
+  services: SessionServices;
+  /** Takes over the connection for a delivery (CONNECT). */
+  deliver(name: string, line: string, socket: Socket): void;
 }
 
 type State =
   | { step: 'auth' }
   | { step: 'role'; name: string }
-  | { step: 'session'; session: ControlSession };
+  | { step: 'session'; session: ControlSession }
+  | { step: 'delivery' };
 
 export function serveNative(socket: Socket, ctx: NativeContext): void {
   const peer = `${socket.remoteAddress}:${socket.remotePort}`;
@@ -59,7 +63,19 @@ export function serveNative(socket: Socket, ctx: NativeContext): void {
         return;
       }
       case 'role': {
-        if (line !== 'CONTROL') return reject(`expected CONTROL after authentication, got "${line.slice(0, 40)}"`, 'ERR 500 expected CONTROL', state.name);
+        if (line.startsWith('CONNECT ')) {
+          clearTimeout(timer);
+          const name = state.name;
+          state = { step: 'delivery' };
+          socket.removeListener('data', onData);
+          socket.pause();
+          if (splitter.buffered > 0 || pendingLines > 0) {
+            return reject('sent data after CONNECT before the reply', '501 send nothing after CONNECT until its reply', name);
+          }
+          ctx.deliver(name, line, socket);
+          return;
+        }
+        if (line !== 'CONTROL') return reject(`expected CONTROL or CONNECT after authentication, got "${line.slice(0, 40)}"`, 'ERR 500 expected CONTROL or CONNECT', state.name);
         clearTimeout(timer);
         const session = new ControlSession({
           name: state.name,
@@ -67,6 +83,7 @@ export function serveNative(socket: Socket, ctx: NativeContext): void {
           splitter,
           log: ctx.log,
           now: ctx.now,
+          services: ctx.services,
           onClose: (s, reason) => ctx.closeSession(s, reason),
         });
         state = { step: 'session', session };
@@ -76,8 +93,12 @@ export function serveNative(socket: Socket, ctx: NativeContext): void {
       }
       case 'session':
         state.session.handleLine(line);
+        return;
+      case 'delivery':
+        return;
     }
   };
+  let pendingLines = 0;
 
   const onData = (chunk: Buffer): void => {
     let lines: string[];
@@ -88,13 +109,19 @@ export function serveNative(socket: Socket, ctx: NativeContext): void {
       if (state.step === 'session') return state.session.fail(err.message);
       return reject(err.message, 'ERR 500 line too long', state.step === 'role' ? state.name : undefined);
     }
-    for (const line of lines) {
-      onLine(line);
-      if (socket.destroyed || !socket.readable) return;
+    for (let i = 0; i < lines.length; i++) {
+      pendingLines = lines.length - i - 1;
+      onLine(lines[i] as string);
+      if (socket.destroyed || state.step === 'delivery') return;
     }
   };
 
   socket.on('data', onData);
   socket.on('close', () => clearTimeout(timer));
+  // the listener allows half-open connections (for tunnels); before that, a FIN ends it all
+  socket.on('end', () => {
+    if (state.step === 'session') state.session.end('MTA closed its side');
+    else if (state.step !== 'delivery') socket.end();
+  });
   socket.write(`${greetingLine(serverNonce)}\n`);
 }

@@ -13,8 +13,19 @@ import {
 } from '../protocol/control.js';
 import type { LineSplitter } from '../protocol/lines.js';
 import type { SessionSnapshot } from '../status/format.js';
+import type { EgressConfig } from '../config/parse.js';
+import { parseDeclare, parseAcquire } from '../protocol/throttle.js';
+import type { ThrottleService } from '../throttle/service.js';
+
+/** What control sessions use of the daemon. */
+export interface SessionServices {
+  throttle: ThrottleService;
+  egress(): EgressConfig;
+}
 
 type Handler = (session: ControlSession, tag: string, args: string[]) => void;
+
+let sessionSerial = 0;
 
 const HANDLERS: Readonly<Record<string, Handler>> = {
   PING: (s, tag) => s.reply(tag, 250, 'PONG'),
@@ -22,7 +33,35 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
     const backlog = parseBacklog(args);
     if (typeof backlog === 'string') return s.reply(tag, 501, backlog);
     s.backlog = backlog;
+    s.services.throttle.setBacklog(s.id, backlog.ram + backlog.bounce + backlog.disk);
     s.reply(tag, 250, 'OK');
+  },
+  DECLARE: (s, tag, args) => {
+    const d = parseDeclare(args);
+    if (typeof d === 'string') return s.reply(tag, 501, d);
+    const egress = s.services.egress();
+    if (!egress.sourceIps.includes(d.sourceIp)) return s.reply(tag, 550, `source ${d.sourceIp} is not in egress.source_ips`);
+    const warning = s.services.throttle.declare(s.id, d);
+    if (warning !== null) s.warn(warning);
+    const limits = s.services.throttle.manager.limits(d.key);
+    s.reply(tag, 250, `${d.key} max_connections=${limits?.maxConnections} max_messages_per_hour=${limits?.maxMessagesPerHour} mode=${limits?.mode}`);
+  },
+  ACQUIRE: (s, tag, args) => {
+    const a = parseAcquire(args);
+    if (typeof a === 'string') return s.reply(tag, 501, a);
+    const maxWait = s.services.egress().throttleWaitTimeoutMs;
+    s.track(tag, s.services.throttle.acquire(s.id, a.key, a.kind, Math.min(a.waitMs ?? maxWait, maxWait), (outcome) => {
+      s.untrack(tag);
+      if (outcome.ok) s.reply(tag, 250, a.kind === 'connection' ? `lease ${outcome.lease.id}` : 'message');
+      else s.reply(tag, outcome.code, outcome.message);
+    }));
+  },
+  RELEASE: (s, tag, args) => {
+    const id = Number(args[0]);
+    const lease = args.length === 1 && Number.isInteger(id) ? s.services.throttle.manager.lease(id) : undefined;
+    if (lease === undefined || lease.session !== s.id) return s.reply(tag, 550, `no lease ${String(args[0]).slice(0, 20)} held by this session`);
+    s.services.throttle.release(id);
+    s.reply(tag, 250, 'released');
   },
   QUIT: (s, tag) => {
     s.reply(tag, 221, 'bye');
@@ -31,7 +70,12 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
 };
 
 export class ControlSession {
+  /** unique per connection: a replacing session with the same name must not share leases */
+  readonly id: string;
   readonly name: string;
+  readonly services: SessionServices;
+  /** queued ACQUIREs by tag, cancelled if the session goes away */
+  readonly #waits = new Map<string, () => void>();
   readonly peer: string;
   readonly connectedAt: number;
   backlog: Backlog = ZERO_BACKLOG;
@@ -57,9 +101,12 @@ export class ControlSession {
     splitter: LineSplitter;
     log: Logger;
     now: () => number;
+    services: SessionServices;
     onClose: (session: ControlSession, reason: string) => void;
   }) {
     this.name = opts.name;
+    this.id = `${opts.name}#${++sessionSerial}`;
+    this.services = opts.services;
     this.#socket = opts.socket;
     this.peer = `${opts.socket.remoteAddress}:${opts.socket.remotePort}`;
     this.#splitter = opts.splitter;
@@ -137,6 +184,18 @@ export class ControlSession {
     this.#closedBy(reason);
   }
 
+  track(tag: string, cancel: () => void): void {
+    this.#waits.set(tag, cancel);
+  }
+
+  untrack(tag: string): void {
+    this.#waits.delete(tag);
+  }
+
+  warn(message: string): void {
+    this.#log.warn({ mtaproxy_event: 'throttle_conflict', session: this.name }, message);
+  }
+
   fail(reason: string, code = 500): void {
     this.#log.warn({ mtaproxy_event: 'session_error', session: this.name, peer: this.peer }, `session(${this.name}): ${reason}`);
     this.end(reason, `${code} ${reason}`);
@@ -167,6 +226,10 @@ export class ControlSession {
   #closedBy(reason: string): void {
     if (this.#closed) return;
     this.#closed = true;
+    for (const cancel of this.#waits.values()) cancel();
+    this.#waits.clear();
+    // its leases, waits and declarations go: the limits are recomputed for the others
+    this.services.throttle.leave(this.id);
     this.#onClose(this, reason);
   }
 }

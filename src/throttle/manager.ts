@@ -162,7 +162,7 @@ export class ThrottleManager {
   acquire(session: string, key: string, kind: LeaseKind, now: number, deadline: number): AcquireResult {
     const t = this.#throttles.get(key);
     if (t === undefined || !t.declarations.has(session)) {
-      return { status: 'error', code: 553, message: `throttle ${key} is not declared by ${session}` };
+      return { status: 'error', code: 553, message: `throttle ${key} is not declared on this MTA's control session` };
     }
     this.#refill(t, now);
     // The tag is fixed at arrival: a session that queues many requests chains its own tags, so it
@@ -275,7 +275,8 @@ export class ThrottleManager {
   }
 
   #available(t: Throttle, kind: LeaseKind): boolean {
-    return kind === 'connection' ? t.connectionsInUse < t.limits.maxConnections : t.tokens >= 1;
+    // epsilon: a refill computed for exactly one token must not fall short by a rounding error
+    return kind === 'connection' ? t.connectionsInUse < t.limits.maxConnections : t.tokens >= 1 - 1e-9;
   }
 
   #refill(t: Throttle, now: number): void {

@@ -1,0 +1,95 @@
+// Egress decisions, pure: is this delivery allowed, and which reply code says why not
+// (docs/protocol.md, "Deliveries"). The shell resolves names and connects; this module decides.
+import ipaddr from 'ipaddr.js';
+import type { EgressConfig } from '../config/parse.js';
+
+/** Reply codes of a CONNECT, one per failure an operator or MTA must tell apart. */
+export const CONNECT_CODES = {
+  connected: 250,
+  shuttingDown: 421,
+  connectRefused: 442,
+  unreachable: 443,
+  connectTimeout: 444,
+  throttleTimeout: 451,
+  tooManyTunnels: 452,
+  bindFailed: 454,
+  syntax: 501,
+  sourceNotAllowed: 550,
+  portNotAllowed: 551,
+  destinationNotAllowed: 552,
+  throttleUnknown: 553,
+} as const;
+
+export interface ConnectRequest {
+  readonly sourceIp: string;
+  /** an IP address or a host name (resolved by the proxy) */
+  readonly host: string;
+  readonly port: number;
+  readonly throttle: string;
+  /** how long to wait for the throttle, at most egress.throttle_wait_timeout */
+  readonly waitMs: number | null;
+}
+
+export type Refusal = { code: number; message: string };
+
+const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
+export const THROTTLE_KEY = /^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$/;
+
+/** "CONNECT <source-ip> <host>:<port> <throttle> [wait=<ms>]"; "[v6]:port" for IPv6 hosts. */
+export function parseConnect(line: string): ConnectRequest | Refusal {
+  const parts = line.split(' ');
+  const syntax = (why: string): Refusal => ({ code: CONNECT_CODES.syntax, message: `${why}; expected "CONNECT <source-ip> <host>:<port> <throttle> [wait=<ms>]"` });
+  if (parts[0] !== 'CONNECT' || parts.length < 4 || parts.length > 5) return syntax('wrong number of fields');
+  const [, sourceIp = '', target = '', throttle = '', option] = parts;
+  if (!ipaddr.isValid(sourceIp)) return syntax(`"${sourceIp.slice(0, 60)}" is not an IP address`);
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(target);
+  if (m === null) return syntax(`"${target.slice(0, 80)}" is not host:port`);
+  const host = m[1] ?? m[2] ?? '';
+  if (m[1] !== undefined ? !ipaddr.IPv6.isValid(host) : !(ipaddr.IPv4.isValidFourPartDecimal(host) || (HOST_NAME.test(host) && !/^[\d.]+$/.test(host)))) {
+    return syntax(`"${host.slice(0, 80)}" is not an IP address or host name`);
+  }
+  const port = Number(m[3]);
+  if (port < 1 || port > 65535) return syntax(`port ${port} is out of range`);
+  if (!THROTTLE_KEY.test(throttle)) return syntax(`throttle key "${throttle.slice(0, 40)}" must be 1-128 of A-Z a-z 0-9 . _ : @ + -`);
+  let waitMs: number | null = null;
+  if (option !== undefined) {
+    const w = /^wait=(\d{1,9})$/.exec(option);
+    if (w === null) return syntax(`unknown option "${option.slice(0, 40)}"`);
+    waitMs = Number(w[1]);
+  }
+  return { sourceIp: ipaddr.process(sourceIp).toString(), host, port, throttle, waitMs };
+}
+
+/** Checks what can be checked before resolving the destination. */
+export function checkRequest(req: ConnectRequest, egress: EgressConfig): Refusal | null {
+  if (!egress.sourceIps.includes(req.sourceIp)) {
+    return {
+      code: CONNECT_CODES.sourceNotAllowed,
+      message: `source ${req.sourceIp} is not in egress.source_ips${egress.sourceIps.length === 0 ? ' (none configured)' : ''}`,
+    };
+  }
+  if (!egress.ports.includes(req.port)) {
+    return { code: CONNECT_CODES.portNotAllowed, message: `destination port ${req.port} is not in egress.ports (${egress.ports.join(', ')})` };
+  }
+  return null;
+}
+
+/**
+ * Checks the resolved destination address: the same family as the source, and a public unicast
+ * address unless egress.allow_private_destinations (checked after DNS, so a name cannot smuggle
+ * a private address past the policy).
+ */
+export function checkDestination(address: string, sourceIp: string, egress: EgressConfig): Refusal | null {
+  if (!ipaddr.isValid(address)) return { code: CONNECT_CODES.unreachable, message: `"${address}" is not an address` };
+  const dest = ipaddr.process(address);
+  if (dest.kind() !== ipaddr.process(sourceIp).kind()) {
+    return { code: CONNECT_CODES.destinationNotAllowed, message: `destination ${address} is ${dest.kind()} but source ${sourceIp} is not` };
+  }
+  if (!egress.allowPrivateDestinations && dest.range() !== 'unicast') {
+    return {
+      code: CONNECT_CODES.destinationNotAllowed,
+      message: `destination ${address} is ${dest.range()}; set egress.allow_private_destinations = true to allow it`,
+    };
+  }
+  return null;
+}

@@ -1,0 +1,91 @@
+// Outbound connections from a chosen source address, and the byte tunnel between the MTA and the
+// destination: a hand-written write/drain loop per direction (half the memory of stream.pipe()
+// per idle tunnel, design.md §9), half-close passed through, one idle timeout for both directions.
+import { connect, type Socket } from 'node:net';
+import { CONNECT_CODES, type Refusal } from './policy.js';
+
+export class EgressError extends Error {
+  readonly code: number;
+  constructor(refusal: Refusal) {
+    super(refusal.message);
+    this.code = refusal.code;
+  }
+}
+
+/** Connects to address:port from sourceIp; rejects with an EgressError naming the cause. */
+export function connectFrom(sourceIp: string, address: string, port: number, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: address, port, localAddress: sourceIp, allowHalfOpen: true, noDelay: true });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new EgressError({ code: CONNECT_CODES.connectTimeout, message: `connect to ${address}:${port} timed out after ${timeoutMs}ms` }));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeAllListeners('error');
+      resolve(socket);
+    });
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      socket.destroy();
+      const where = `${address}:${port} from ${sourceIp}`;
+      switch (err.code) {
+        case 'EADDRNOTAVAIL':
+        case 'EADDRINUSE':
+          return reject(new EgressError({ code: CONNECT_CODES.bindFailed, message: `cannot bind source ${sourceIp}: ${err.code}` }));
+        case 'ECONNREFUSED':
+          return reject(new EgressError({ code: CONNECT_CODES.connectRefused, message: `${where}: connection refused` }));
+        case 'ETIMEDOUT':
+          return reject(new EgressError({ code: CONNECT_CODES.connectTimeout, message: `${where}: timed out` }));
+        default:
+          return reject(new EgressError({ code: CONNECT_CODES.unreachable, message: `${where}: ${err.code ?? err.message}` }));
+      }
+    });
+  });
+}
+
+export interface TunnelResult {
+  bytesUp: number;
+  bytesDown: number;
+  durationMs: number;
+  /** "closed" (both sides finished), "idle timeout", or the first socket error */
+  outcome: string;
+}
+
+/** Pumps bytes both ways until both directions are done or something fails; reports once. */
+export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, onDone: (result: TunnelResult) => void): void {
+  const started = performance.now();
+  let bytesUp = 0;
+  let bytesDown = 0;
+  let outcome: string | null = null;
+  let ended = 0;
+
+  const finish = (why: string): void => {
+    if (outcome !== null) return;
+    outcome = why;
+    client.destroy();
+    remote.destroy();
+    onDone({ bytesUp, bytesDown, durationMs: performance.now() - started, outcome });
+  };
+
+  const pump = (from: Socket, to: Socket, count: (n: number) => void): void => {
+    from.on('data', (chunk: Buffer) => {
+      count(chunk.length);
+      if (!to.write(chunk)) from.pause();
+    });
+    to.on('drain', () => from.resume());
+    from.on('end', () => {
+      to.end(); // half-close: the other side may still answer (QUIT -> 221)
+      if (++ended === 2) finish('closed');
+    });
+  };
+  pump(client, remote, (n) => (bytesUp += n));
+  pump(remote, client, (n) => (bytesDown += n));
+  for (const s of [client, remote]) {
+    s.on('error', (err: NodeJS.ErrnoException) => finish(`${s === client ? 'mta' : 'remote'} error ${err.code ?? err.message}`));
+    s.on('close', () => finish(ended === 2 ? 'closed' : `${s === client ? 'mta' : 'remote'} closed`));
+  }
+  // every byte either way is a read or a write on the client socket, so one timer covers both
+  client.setTimeout(idleTimeoutMs, () => finish('idle timeout'));
+  client.resume();
+}

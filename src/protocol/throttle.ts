@@ -1,0 +1,50 @@
+// Control-session throttle requests (docs/protocol.md, "Throttles"). Pure.
+import ipaddr from 'ipaddr.js';
+import { THROTTLE_KEY } from '../egress/policy.js';
+import type { Declaration, LeaseKind } from '../throttle/manager.js';
+
+const MAX_LIMIT = 100_000_000;
+
+function fields(args: readonly string[], allowed: readonly string[]): Record<string, string> | string {
+  const out: Record<string, string> = {};
+  for (const arg of args) {
+    const eq = arg.indexOf('=');
+    const name = eq === -1 ? arg : arg.slice(0, eq);
+    if (eq === -1 || !allowed.includes(name)) return `unexpected "${arg.slice(0, 40)}" (expected ${allowed.map((a) => `${a}=`).join(' ')})`;
+    if (name in out) return `${name}= given twice`;
+    out[name] = arg.slice(eq + 1);
+  }
+  return out;
+}
+
+function count(value: string | undefined, name: string): number | string {
+  if (value === undefined) return `${name}= is required`;
+  if (!/^\d{1,9}$/.test(value) || Number(value) < 1 || Number(value) > MAX_LIMIT) return `${name} must be a whole number from 1 to ${MAX_LIMIT}`;
+  return Number(value);
+}
+
+/** "DECLARE <key> source=<ip> max_connections=<n> max_messages_per_hour=<n> mode=sum|average" */
+export function parseDeclare(args: readonly string[]): Declaration | string {
+  const [key = '', ...rest] = args;
+  if (!THROTTLE_KEY.test(key)) return `throttle key "${key.slice(0, 40)}" must be 1-128 of A-Z a-z 0-9 . _ : @ + -`;
+  const f = fields(rest, ['source', 'max_connections', 'max_messages_per_hour', 'mode']);
+  if (typeof f === 'string') return f;
+  if (f.source === undefined || !ipaddr.isValid(f.source)) return 'source=<ip> is required';
+  const maxConnections = count(f.max_connections, 'max_connections');
+  if (typeof maxConnections === 'string') return maxConnections;
+  const maxMessagesPerHour = count(f.max_messages_per_hour, 'max_messages_per_hour');
+  if (typeof maxMessagesPerHour === 'string') return maxMessagesPerHour;
+  if (f.mode !== 'sum' && f.mode !== 'average') return 'mode must be sum or average';
+  return { key, sourceIp: ipaddr.process(f.source).toString(), maxConnections, maxMessagesPerHour, mode: f.mode };
+}
+
+/** "ACQUIRE <key> connection|message [wait=<ms>]" */
+export function parseAcquire(args: readonly string[]): { key: string; kind: LeaseKind; waitMs: number | null } | string {
+  const [key = '', kind = '', ...rest] = args;
+  if (!THROTTLE_KEY.test(key)) return `throttle key "${key.slice(0, 40)}" is not valid`;
+  if (kind !== 'connection' && kind !== 'message') return 'kind must be connection or message';
+  const f = fields(rest, ['wait']);
+  if (typeof f === 'string') return f;
+  if (f.wait !== undefined && !/^\d{1,9}$/.test(f.wait)) return 'wait must be milliseconds';
+  return { key, kind, waitMs: f.wait === undefined ? null : Number(f.wait) };
+}

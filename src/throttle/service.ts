@@ -1,0 +1,94 @@
+// The imperative shell around the pure ThrottleManager: one timer for all deadlines and refills,
+// and callbacks for queued requests.
+import { ThrottleManager, type Declaration, type Lease, type LeaseKind, type ThrottleEvent } from './manager.js';
+
+export type AcquireOutcome = { ok: true; lease: Lease } | { ok: false; code: number; message: string };
+
+export class ThrottleService {
+  readonly manager = new ThrottleManager();
+  readonly #now: () => number;
+  readonly #waiting = new Map<number, (outcome: AcquireOutcome) => void>();
+  #timer: NodeJS.Timeout | null = null;
+  #timerAt = Infinity;
+
+  constructor(now: () => number) {
+    this.#now = now;
+  }
+
+  declare(session: string, d: Declaration): string | null {
+    const { events, warning } = this.manager.declare(session, d, this.#now());
+    this.#dispatch(events);
+    return warning;
+  }
+
+  setBacklog(session: string, backlog: number): void {
+    this.manager.setBacklog(session, backlog);
+  }
+
+  /** Calls `done` once: at once, when granted later, or at the deadline. Returns a canceller. */
+  acquire(session: string, key: string, kind: LeaseKind, waitMs: number, done: (outcome: AcquireOutcome) => void): () => void {
+    const now = this.#now();
+    const result = this.manager.acquire(session, key, kind, now, now + waitMs);
+    if (result.status === 'granted') {
+      done({ ok: true, lease: result.lease });
+      return () => {};
+    }
+    if (result.status === 'error') {
+      done({ ok: false, code: result.code, message: result.message });
+      return () => {};
+    }
+    this.#waiting.set(result.waitId, done);
+    this.#schedule();
+    return () => {
+      if (this.#waiting.delete(result.waitId)) this.manager.cancel(result.waitId);
+    };
+  }
+
+  release(leaseId: number): void {
+    this.#dispatch(this.manager.release(leaseId, this.#now()));
+  }
+
+  leave(session: string): void {
+    this.#dispatch(this.manager.leave(session, this.#now()));
+  }
+
+  stop(): void {
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    this.#timer = null;
+  }
+
+  #dispatch(events: ThrottleEvent[]): void {
+    for (const e of events) {
+      const done = this.#waiting.get(e.waitId);
+      this.#waiting.delete(e.waitId);
+      if (done === undefined) {
+        // the requester went away between the grant and now: give the slot straight back
+        if (e.type === 'granted') this.#dispatch(this.manager.release(e.lease.id, this.#now()));
+        continue;
+      }
+      if (e.type === 'granted') done({ ok: true, lease: e.lease });
+      else done({ ok: false, code: 451, message: `throttle ${e.key}: no ${e.kind} became available in time` });
+    }
+    this.#schedule();
+  }
+
+  /** One timer, set for the earliest moment a tick can change anything. */
+  #schedule(): void {
+    const next = this.manager.nextWakeup(this.#now());
+    if (next === null) {
+      if (this.#timer !== null) clearTimeout(this.#timer);
+      this.#timer = null;
+      this.#timerAt = Infinity;
+      return;
+    }
+    if (this.#timer !== null && this.#timerAt <= next) return;
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    this.#timerAt = next;
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.#timerAt = Infinity;
+      this.#dispatch(this.manager.tick(this.#now()));
+    }, Math.max(0, Math.ceil(next - this.#now())));
+    this.#timer.unref();
+  }
+}

@@ -1,0 +1,207 @@
+// Deliveries through the proxy to a real SMTP server (smtp-server), sent by a real SMTP client
+// (nodemailer's SMTPConnection) over the tunnel, from the source address the MTA chose.
+import { createHash, randomBytes } from 'node:crypto';
+import type { AddressInfo, Socket } from 'node:net';
+import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
+import { SMTPServer } from 'smtp-server';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { ControlClient, openTunnel, ProxyError } from '../../src/client/index.js';
+import { SharedSecret } from '../../src/config/secret.js';
+import { authLine, parseGreeting } from '../../src/protocol/handshake.js';
+import { freePort, SECRET, startDaemon, type RunningDaemon } from '../helpers/daemon.js';
+import { rawConnect } from '../helpers/raw.js';
+
+interface Received {
+  remoteAddress: string;
+  sha256: string;
+  size: number;
+}
+
+let smtp: SMTPServer;
+let smtpPort = 0;
+const received: Received[] = [];
+
+beforeAll(async () => {
+  smtp = new SMTPServer({
+    authOptional: true,
+    disabledCommands: ['STARTTLS'],
+    size: 50 * 1024 * 1024,
+    logger: false,
+    onData(stream, session, callback) {
+      const hash = createHash('sha256');
+      let size = 0;
+      stream.on('data', (c: Buffer) => {
+        hash.update(c);
+        size += c.length;
+      });
+      stream.on('end', () => {
+        received.push({ remoteAddress: session.remoteAddress, sha256: hash.digest('hex'), size });
+        callback();
+      });
+    },
+  });
+  await new Promise<void>((resolve) => smtp.listen(0, '127.0.0.1', resolve));
+  smtpPort = (smtp.server.address() as AddressInfo).port;
+});
+afterAll(async () => {
+  await new Promise<void>((resolve) => smtp.close(() => resolve()));
+});
+
+const running: RunningDaemon[] = [];
+const clients: ControlClient[] = [];
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.destroy();
+  await Promise.all(running.splice(0).map((d) => d.stop()));
+});
+
+async function proxy(extra = ''): Promise<RunningDaemon> {
+  const d = await startDaemon({
+    extra: `ping_interval = "200ms"\n[egress]\nsource_ips = ["127.0.0.2", "127.0.0.3"]\nports = [${smtpPort}, 25]\nallow_private_destinations = true\nthrottle_wait_timeout = "5s"\n${extra}`,
+  });
+  running.push(d);
+  return d;
+}
+
+async function session(d: RunningDaemon, name: string): Promise<ControlClient> {
+  const c = await ControlClient.connect({ host: '127.0.0.1', port: d.port, name, secret: SECRET });
+  clients.push(c);
+  return c;
+}
+
+const tunnel = (d: RunningDaemon, name: string, source: string, throttle: string, port = smtpPort, waitMs?: number) =>
+  openTunnel({ host: '127.0.0.1', port: d.port, name, secret: SECRET, source, destination: { host: '127.0.0.1', port }, throttle, ...(waitMs === undefined ? {} : { waitMs }) });
+
+/** Sends one message over an open tunnel with nodemailer's SMTP client. */
+async function sendOver(socket: Socket, body: Buffer): Promise<void> {
+  const conn = new SMTPConnection({ connection: socket, name: 'mta.example', ignoreTLS: true } as ConstructorParameters<typeof SMTPConnection>[0]);
+  await new Promise<void>((resolve, reject) => {
+    conn.once('error', reject);
+    conn.connect(() => resolve());
+  });
+  await new Promise<void>((resolve, reject) => {
+    conn.send({ from: 'a@example.com', to: ['b@example.net'] }, body, (err) => (err ? reject(err) : resolve()));
+  });
+  conn.quit();
+  await new Promise<void>((resolve) => conn.once('end', () => resolve()));
+}
+
+describe('deliveries', () => {
+  it('connects from the chosen source address and carries a 10 MB message byte-identical', async () => {
+    const d = await proxy();
+    const a = await session(d, 'server-a');
+    expect(await a.declare({ key: 'local-2', sourceIp: '127.0.0.2', maxConnections: 2, maxMessagesPerHour: 1000, mode: 'sum' })).toBe('local-2 max_connections=2 max_messages_per_hour=1000 mode=sum');
+    await a.declare({ key: 'local-3', sourceIp: '127.0.0.3', maxConnections: 2, maxMessagesPerHour: 1000, mode: 'sum' });
+
+    const body = Buffer.concat([Buffer.from('Subject: big\r\n\r\n'), Buffer.from(randomBytes(7_500_000).toString('base64').replace(/.{76}/g, '$&\r\n')), Buffer.from('\r\n.leading dot\r\n')]);
+    expect(body.length).toBeGreaterThan(10_000_000);
+    const t = await tunnel(d, 'server-a', '127.0.0.2', 'local-2');
+    expect(t.local).toMatch(/^127\.0\.0\.2:\d+$/);
+    expect(t.remote).toBe(`127.0.0.1:${smtpPort}`);
+    const status = await d.cli(['status']);
+    expect(status.stdout).toMatch(/throttles=2 sessions=1 /);
+    expect(status.stdout).toContain('direct_remote_smtp: connections=1(active=1 cached=0)');
+    await sendOver(t.socket, body);
+    const got = received.at(-1) as Received;
+    expect(got.remoteAddress).toBe('127.0.0.2');
+    expect(got.size).toBe(body.length);
+    expect(got.sha256).toBe(createHash('sha256').update(body).digest('hex'));
+    await d.waitForLine(/delivery\(server-a\): 127\.0\.0\.2:\d+ -> 127\.0\.0\.1:\d+ throttle=local-2 up=\d{8} down=\d+ \d+ms closed/);
+
+    const t3 = await tunnel(d, 'server-a', '127.0.0.3', 'local-3');
+    await sendOver(t3.socket, Buffer.from('Subject: small\r\n\r\nhello\r\n'));
+    expect(received.at(-1)?.remoteAddress).toBe('127.0.0.3');
+  });
+
+  it('answers each failure with its own code and a reason', async () => {
+    const d = await proxy();
+    const a = await session(d, 'server-a');
+    await a.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 100, mode: 'sum' });
+    const closedPort = await freePort();
+    const refused = async (p: Promise<unknown>): Promise<string> => {
+      const err = await p.catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ProxyError);
+      return (err as ProxyError).message;
+    };
+    expect(await refused(tunnel(d, 'server-a', '127.0.0.9', 'k'))).toBe('CONNECT refused: 550 source 127.0.0.9 is not in egress.source_ips');
+    expect(await refused(tunnel(d, 'server-a', '127.0.0.2', 'k', 2626))).toBe(`CONNECT refused: 551 destination port 2626 is not in egress.ports (${smtpPort}, 25)`);
+    expect(await refused(tunnel(d, 'server-a', '127.0.0.2', 'nope'))).toBe("CONNECT refused: 553 throttle nope is not declared on this MTA's control session");
+    expect(await refused(tunnel(d, 'server-z', '127.0.0.2', 'k'))).toBe('CONNECT refused: 553 server-z has no control session: open one and DECLARE k first');
+    expect(await refused(tunnel(d, 'server-a', '127.0.0.2', 'k', 25))).toMatch(/^CONNECT refused: 442 127\.0\.0\.1:25 from 127\.0\.0\.2: connection refused$/);
+    expect(closedPort).toBeGreaterThan(0);
+
+    const held = await tunnel(d, 'server-a', '127.0.0.2', 'k');
+    const started = performance.now();
+    expect(await refused(tunnel(d, 'server-a', '127.0.0.2', 'k', smtpPort, 200))).toBe('CONNECT refused: 451 throttle k: no connection became available in time');
+    expect(performance.now() - started).toBeGreaterThanOrEqual(190);
+    held.socket.destroy();
+    // the slot comes back when the tunnel closes
+    const next = await tunnel(d, 'server-a', '127.0.0.2', 'k', smtpPort, 2000);
+    next.socket.destroy();
+    await d.waitForLine(/delivery\(server-a\): 127\.0\.0\.2 -> 127\.0\.0\.1:\d+ throttle=k refused: 451/);
+  });
+
+  it('refuses private destinations unless allowed, after resolving names', async () => {
+    const d = await startDaemon({ extra: `[egress]\nsource_ips = ["127.0.0.2"]\nports = [${smtpPort}]\n` });
+    running.push(d);
+    const a = await session(d, 'server-a');
+    await a.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 5, maxMessagesPerHour: 100, mode: 'sum' });
+    for (const host of ['127.0.0.1', 'localhost']) {
+      const err = await openTunnel({ host: '127.0.0.1', port: d.port, name: 'server-a', secret: SECRET, source: '127.0.0.2', destination: { host, port: smtpPort }, throttle: 'k' }).catch((e: unknown) => e);
+      expect((err as ProxyError).message).toBe('CONNECT refused: 552 destination 127.0.0.1 is loopback; set egress.allow_private_destinations = true to allow it');
+    }
+  });
+
+  it('waits in line for a slot and gets it when another delivery ends', async () => {
+    const d = await proxy();
+    const a = await session(d, 'server-a');
+    await a.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 100, mode: 'sum' });
+    const first = await tunnel(d, 'server-a', '127.0.0.2', 'k');
+    const second = tunnel(d, 'server-a', '127.0.0.2', 'k', smtpPort, 3000);
+    await new Promise((r) => setTimeout(r, 150));
+    await sendOver(first.socket, Buffer.from('Subject: one\r\n\r\n1\r\n'));
+    const t = await second;
+    await sendOver(t.socket, Buffer.from('Subject: two\r\n\r\n2\r\n'));
+  });
+});
+
+describe('cooperative throttling over control sessions', () => {
+  it('average mode: one cluster-wide limit; a killed MTA\'s lease returns within two ping intervals', async () => {
+    const d = await proxy();
+    // a raw MTA that takes the only slot, then stops answering pings (as a frozen or killed process)
+    const mute = await rawConnect(d.port);
+    const greeting = parseGreeting(await mute.line(/^MTAPROXY /));
+    if (greeting === null) throw new Error('no greeting');
+    mute.send(`${authLine(new SharedSecret(SECRET), greeting.serverNonce, 'cd'.repeat(32), 'frozen')}\nCONTROL\n`);
+    mute.send('1 DECLARE k source=127.0.0.2 max_connections=1 max_messages_per_hour=100 mode=average\n2 ACQUIRE k connection\n');
+    expect(await mute.line(/^2 /)).toMatch(/^2 250 lease \d+$/);
+
+    const b = await session(d, 'server-b');
+    expect(await b.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 100, mode: 'average' })).toContain('max_connections=1 ');
+    const started = performance.now();
+    const lease = await b.acquire('k', 'connection', 5000);
+    const waited = performance.now() - started;
+    expect(lease).toBeGreaterThan(0);
+    // ping_interval is 200 ms: silent for 2 intervals -> closed, its lease returned
+    expect(waited).toBeGreaterThan(250);
+    expect(waited).toBeLessThan(2 * 200 + 400);
+    await d.waitForLine(/session\(frozen\): closed: no traffic/);
+    await b.release(lease as number);
+  });
+
+  it('sum mode adds the MTAs\' limits and enforces them on ACQUIRE; messages are rate-limited', async () => {
+    const d = await proxy();
+    const a = await session(d, 'server-a');
+    const b = await session(d, 'server-b');
+    await a.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 2, maxMessagesPerHour: 60, mode: 'sum' });
+    expect(await b.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 60, mode: 'sum' })).toBe('k max_connections=3 max_messages_per_hour=120 mode=sum');
+    const leases = [await a.acquire('k', 'connection', 0), await a.acquire('k', 'connection', 0), await b.acquire('k', 'connection', 0)];
+    await expect(b.acquire('k', 'connection', 0)).rejects.toThrow(/451 throttle k: no connection available/);
+    await a.release(leases[0] as number);
+    expect(await b.acquire('k', 'connection', 0)).toBeGreaterThan(0);
+    await expect(b.release(leases[0] as number)).rejects.toThrow(/550 no lease/);
+    // 120/hour = one token every 30 s: the bucket started with server-a's burst of 1
+    expect(await a.acquire('k', 'message', 0)).toBeNull();
+    await expect(b.acquire('k', 'message', 100)).rejects.toThrow(/451 throttle k: no message became available in time/);
+    await expect(a.declare({ key: 'x', sourceIp: '127.0.0.9', maxConnections: 1, maxMessagesPerHour: 1, mode: 'sum' })).rejects.toThrow('550 source 127.0.0.9 is not in egress.source_ips');
+  });
+});
