@@ -7,10 +7,12 @@ import { parse as parseToml } from 'smol-toml';
 import { DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG_PATH, DIRECTIVES, formatConfigError } from '../config/parse.js';
 import { loadConfigFile } from '../config/load.js';
 import { chooseSink, createLogger } from '../log/logger.js';
+import type { SharedSecret } from '../config/secret.js';
 import { Daemon } from '../server/daemon.js';
 import { forgetActivation, parseActivation } from '../systemd/activation.js';
 import { createNotifier } from '../systemd/notify.js';
 import { askDaemon } from './admin-client.js';
+import { simulate } from './simulate.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -23,6 +25,12 @@ Usage:
                                             the reason if it was rejected (the old config stays)
   mtaproxy status [--config-filename=PATH]  print the daemon's live status lines
   mtaproxy gen-secret                       print a fresh random auth_shared_secret
+  mtaproxy simulate [--config-filename=PATH] [--mtas=3] [--seconds=10] [--max-connections=4]
+                    [--mode=sum|average] [--throttle=sim] [--source=IP]
+                                            run simulated MTAs with changing backlogs against the
+                                            daemon of that config (its first listen address, secret,
+                                            first egress.source_ips entry) and print its status
+                                            lines and the share each MTA got
 
 Options:
   -c, --config-filename=PATH  config file (TOML)
@@ -112,6 +120,12 @@ async function main(argv: string[]): Promise<void> {
       options: {
         'config-filename': { type: 'string', short: 'c' },
         'admin-socket': { type: 'string' },
+        mtas: { type: 'string' },
+        seconds: { type: 'string' },
+        'max-connections': { type: 'string' },
+        mode: { type: 'string' },
+        throttle: { type: 'string' },
+        source: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'V' },
       },
@@ -158,6 +172,37 @@ async function main(argv: string[]): Promise<void> {
       process.stderr.write(`mtaproxy: ${reply.message}\n`);
       for (const e of reply.errors ?? []) process.stderr.write(`  ${e}\n`);
       process.exit(1);
+      return;
+    }
+    case 'simulate': {
+      tooMany(0);
+      const loaded = loadConfigFile(configFile);
+      if (!loaded.ok) fail(`${configFile} is not valid:\n${loaded.errors.map(formatConfigError).join('\n')}`);
+      const c = loaded.config;
+      const listen = c.listen[0];
+      const source = values.source ?? c.egress.sourceIps[0];
+      if (listen === undefined) fail(`${configFile} has no listen address`);
+      if (source === undefined) fail(`${configFile} has no egress.source_ips (or pass --source=IP)`);
+      const num = (v: string | undefined, fallback: number, name: string): number => {
+        if (v === undefined) return fallback;
+        if (!/^\d+$/.test(v) || Number(v) < 1) fail(`--${name} must be a positive whole number`, 2);
+        return Number(v);
+      };
+      const mode = values.mode ?? 'sum';
+      if (mode !== 'sum' && mode !== 'average') fail('--mode must be sum or average', 2);
+      await simulate({
+        host: listen.host === '0.0.0.0' ? '127.0.0.1' : listen.host === '::' ? '::1' : listen.host,
+        port: listen.port,
+        secret: (c.secrets[0] as SharedSecret).key().toString('utf8'),
+        mtas: num(values.mtas, 3, 'mtas'),
+        seconds: num(values.seconds, 10, 'seconds'),
+        source,
+        throttle: values.throttle ?? 'sim',
+        maxConnections: num(values['max-connections'], 4, 'max-connections'),
+        mode,
+        adminSocket: values['admin-socket'] ?? c.adminSocket,
+        out: (line) => process.stdout.write(`${line}\n`),
+      });
       return;
     }
     case 'gen-secret':

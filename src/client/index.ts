@@ -218,8 +218,8 @@ export class ControlClient {
       p?.resolve({ code: msg.code, text: msg.text });
     } else if (msg.kind === 'request') {
       // the proxy's own requests (PING) are answered at once; that round trip is its RTT
-      if (msg.verb === 'PING') this.#socket.write(`${formatReply(msg.tag, 250, 'PONG')}\n`);
-      else this.#socket.write(`${formatReply(msg.tag, 500, `unknown command ${msg.verb}`)}\n`);
+      if (msg.verb === 'PING') this.#send(formatReply(msg.tag, 250, 'PONG'));
+      else this.#send(formatReply(msg.tag, 500, `unknown command ${msg.verb}`));
     } else if (msg.kind === 'notice') {
       this.notices.push(`${msg.code} ${msg.text}`);
       if (msg.code >= 400) this.#closeReason = `${msg.code} ${msg.text}`;
@@ -235,9 +235,28 @@ export class ControlClient {
         resolve: (reply) => (reply.code >= 400 ? reject(new ProxyError('EREPLY', `${verb}: ${reply.code} ${reply.text}`, reply.code)) : resolve(reply)),
         reject,
       });
-      this.#socket.write(`${formatRequest(tag, verb, args)}\n`);
+      this.#send(formatRequest(tag, verb, args));
     });
   }
+
+  /** Sends a request that gets no reply (tag "-"): for RELEASE on a hot path. */
+  notify(verb: string, args: readonly (string | number)[] = []): void {
+    if (!this.#socket.destroyed) this.#send(formatRequest('-', verb, args));
+  }
+
+  /** Coalesces the lines of one burst of calls into one write (pipelined requests). */
+  #send(line: string): void {
+    this.#outbox.push(line);
+    if (this.#outbox.length === 1) {
+      queueMicrotask(() => {
+        const text = `${this.#outbox.join('\n')}\n`;
+        this.#outbox = [];
+        if (!this.#socket.destroyed) this.#socket.write(text);
+      });
+    }
+  }
+
+  #outbox: string[] = [];
 
   /** Round trip to the proxy, in milliseconds. */
   async ping(): Promise<number> {
@@ -273,6 +292,11 @@ export class ControlClient {
     await this.request('RELEASE', [leaseId]);
   }
 
+  /** Releases without waiting for (or getting) a reply. */
+  releaseNow(leaseId: number): void {
+    this.notify('RELEASE', [leaseId]);
+  }
+
   async quit(): Promise<void> {
     await this.request('QUIT');
     this.#socket.end();
@@ -282,3 +306,5 @@ export class ControlClient {
     this.#socket.destroy();
   }
 }
+
+export { ResilientControl, type ResilientOptions } from './resilient.js';

@@ -1,7 +1,8 @@
 // Control-session message codec (docs/protocol.md §3). Pure.
 //   request: "<tag> <VERB> [args]"   reply: "<tag> <code> <text>"   notice: "* <code> <text>"
 // Tags the MTA chooses are decimal; the proxy's own requests use "s<decimal>", so each side can
-// tell a reply from a request by the tag alone.
+// tell a reply from a request by the tag alone. The tag "-" asks for no reply (a fire-and-forget
+// RELEASE saves the MTA a round trip per delivery).
 
 export const MAX_CONTROL_LINE = 4096;
 /** Requests in flight per direction before the receiver stops reading (docs: forward/back). */
@@ -13,7 +14,7 @@ export type ControlMessage =
   | { kind: 'notice'; code: number; text: string }
   | { kind: 'invalid'; reason: string };
 
-const TAG = /^(?:s?\d{1,10})$/;
+const TAG = /^(?:s?\d{1,10}|-)$/;
 
 export function parseControlLine(line: string): ControlMessage {
   const first = line.indexOf(' ');

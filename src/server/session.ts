@@ -50,8 +50,10 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
     const a = parseAcquire(args);
     if (typeof a === 'string') return s.reply(tag, 501, a);
     const maxWait = s.services.egress().throttleWaitTimeoutMs;
+    s.acquireStarted();
     s.track(tag, s.services.throttle.acquire(s.id, a.key, a.kind, Math.min(a.waitMs ?? maxWait, maxWait), (outcome) => {
       s.untrack(tag);
+      s.acquireEnded();
       if (outcome.ok) s.reply(tag, 250, a.kind === 'connection' ? `lease ${outcome.lease.id}` : 'message');
       else s.reply(tag, outcome.code, outcome.message);
     }));
@@ -126,6 +128,38 @@ export class ControlSession {
   handleLine(line: string): void {
     if (this.#closed) return;
     this.#lastHeard = this.#now();
+    // The window bounds the requests that wait (ACQUIRE): past 16, further ACQUIREs are held
+    // back in order, and past 16 held back the socket is paused, so a pipelining MTA is slowed
+    // down instead of buffered without bound. Everything else (RELEASE, PING, pong replies…) is
+    // answered at once, so a full window never keeps an MTA from releasing what it holds.
+    if (/^\S+ ACQUIRE /.test(line) && (this.#waitingAcquires >= WINDOW || this.#deferred.length > 0)) {
+      this.#deferred.push(line);
+      if (this.#deferred.length >= WINDOW) this.#socket.pause();
+      return;
+    }
+    this.#process(line);
+  }
+
+  /** A waiting ACQUIRE was answered: let a held-back one in. */
+  #admit(): void {
+    while (this.#deferred.length > 0 && this.#waitingAcquires < WINDOW && !this.#closed) this.#process(this.#deferred.shift() as string);
+    if (this.#deferred.length < WINDOW && this.#socket.isPaused() && !this.#closed) this.#socket.resume();
+  }
+
+  #deferred: string[] = [];
+  #waitingAcquires = 0;
+
+  /** Counts ACQUIREs until answered (the window), see handleLine. */
+  acquireStarted(): void {
+    this.#waitingAcquires++;
+  }
+
+  acquireEnded(): void {
+    this.#waitingAcquires--;
+    queueMicrotask(() => this.#admit());
+  }
+
+  #process(line: string): void {
     const msg: ControlMessage = parseControlLine(line);
     switch (msg.kind) {
       case 'request': {
@@ -133,8 +167,6 @@ export class ControlSession {
         this.#forwardIn++;
         if (handler === undefined) this.reply(msg.tag, 500, `unknown command ${msg.verb}`);
         else handler(this, msg.tag, msg.args);
-        // the window: with 16 requests unanswered, stop reading until replies go out
-        if (this.#forwardIn >= WINDOW) this.#socket.pause();
         return;
       }
       case 'reply': {
@@ -154,7 +186,10 @@ export class ControlSession {
 
   reply(tag: string, code: number, text: string): void {
     this.#forwardIn = Math.max(0, this.#forwardIn - 1);
-    if (this.#forwardIn < WINDOW && this.#socket.isPaused()) this.#socket.resume();
+    if (tag === '-') {
+      if (code >= 400) this.#log.debug({ mtaproxy_event: 'session_error', session: this.name }, `session(${this.name}): unanswered request failed: ${code} ${text}`);
+      return;
+    }
     this.#forwardOut++;
     this.#write(formatReply(tag, code, text), () => this.#forwardOut--);
   }
@@ -170,6 +205,8 @@ export class ControlSession {
 
   /** Called on every ping tick: true if the MTA has been silent too long (it is then closed). */
   checkAlive(silenceLimitMs: number): boolean {
+    // while the window is full we do not read, so silence proves nothing: the MTA waits on us
+    if (this.#socket.isPaused()) this.#lastHeard = this.#now();
     if (this.#now() - this.#lastHeard <= silenceLimitMs) return true;
     this.fail(`no traffic for ${((this.#now() - this.#lastHeard) / 1000).toFixed(1)}s (ping timeout)`, 421);
     return false;
@@ -179,6 +216,7 @@ export class ControlSession {
   end(reason: string, notice?: string): void {
     if (this.#closed) return;
     if (notice !== undefined) this.#write(`* ${notice}`);
+    this.#flush();
     // close once the notice is flushed; do not wait for the MTA's side (no half-open sessions)
     this.#socket.destroySoon();
     this.#closedBy(reason);
@@ -213,15 +251,36 @@ export class ControlSession {
       pingRttMs: this.#rttMs,
       pingAgeMs: this.#rttAt === null ? null : now - this.#rttAt,
       backlog: this.backlog,
-      forward: { in: this.#forwardIn, out: this.#forwardOut, buf: this.#splitter.buffered },
+      forward: { in: this.#forwardIn, out: this.#forwardOut, buf: this.#splitter.buffered + this.#deferred.reduce((n, l) => n + l.length + 1, 0) },
       back: { in: this.#pending.size, out: this.#backOut, buf: this.#socket.writableLength },
     };
   }
 
+  /**
+   * Lines are coalesced until the current burst of work is done (one microtask), so replies to a
+   * pipelined batch of requests leave in one write, not one syscall each.
+   */
   #write(line: string, flushed?: () => void): void {
     if (this.#socket.destroyed || !this.#socket.writable) return;
-    this.#socket.write(`${line}\n`, flushed);
+    this.#batch.push(line);
+    if (flushed !== undefined) this.#batchFlushed.push(flushed);
+    if (this.#batch.length === 1) queueMicrotask(() => this.#flush());
   }
+
+  #flush(): void {
+    if (this.#batch.length === 0) return;
+    const text = `${this.#batch.join('\n')}\n`;
+    const flushed = this.#batchFlushed;
+    this.#batch = [];
+    this.#batchFlushed = [];
+    if (this.#socket.destroyed || !this.#socket.writable) return;
+    this.#socket.write(text, () => {
+      for (const f of flushed) f();
+    });
+  }
+
+  #batch: string[] = [];
+  #batchFlushed: (() => void)[] = [];
 
   #closedBy(reason: string): void {
     if (this.#closed) return;

@@ -193,6 +193,16 @@ export class ThrottleManager {
     return events;
   }
 
+  /** Withdraws one declaration (derived throttles nobody uses any more). */
+  undeclare(session: string, key: string, now: number): ThrottleEvent[] {
+    const t = this.#throttles.get(key);
+    if (t === undefined || !t.declarations.delete(session)) return [];
+    const limits = reconcile(t.declarations.values());
+    const events = limits === null ? [] : ((t.limits = limits), this.#serve(t, now));
+    this.#forgetIfUnused(t);
+    return events;
+  }
+
   /** Cancels a queued request (e.g. its requester went away). */
   cancel(waitId: number): void {
     for (const t of this.#throttles.values()) {

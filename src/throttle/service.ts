@@ -48,6 +48,10 @@ export class ThrottleService {
     this.#dispatch(this.manager.release(leaseId, this.#now()));
   }
 
+  undeclare(session: string, key: string): void {
+    this.#dispatch(this.manager.undeclare(session, key, this.#now()));
+  }
+
   leave(session: string): void {
     this.#dispatch(this.manager.leave(session, this.#now()));
   }

@@ -205,3 +205,28 @@ describe('cooperative throttling over control sessions', () => {
     await expect(a.declare({ key: 'x', sourceIp: '127.0.0.9', maxConnections: 1, maxMessagesPerHour: 1, mode: 'sum' })).rejects.toThrow('550 source 127.0.0.9 is not in egress.source_ips');
   });
 });
+
+describe('the request window', () => {
+  it('holds back ACQUIREs past 16 waiting, still answers RELEASE and pings, and keeps the MTA alive', async () => {
+    const d = await proxy();
+    const a = await session(d, 'server-a');
+    await a.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 100, mode: 'sum' });
+    const held = await a.acquire('k', 'connection', 0);
+    // 20 requests that must wait: 16 fill the window, 4 are held back unprocessed
+    const waiting = Array.from({ length: 20 }, () => a.acquire('k', 'connection', 5000).catch((e: Error) => e));
+    await new Promise((r) => setTimeout(r, 700)); // > 2 ping intervals of 200 ms
+    const status = await d.cli(['status']);
+    expect(status.stdout).toMatch(/session\(server-a\): timeconnected=\d+s ping=\d+\.\d{3}ms\(0s ago\) .* forward\(in=16\/16 out=0\/16 buf=\d+\)/);
+    const started = performance.now();
+    await a.release(held as number); // not stuck behind the window
+    expect(performance.now() - started).toBeLessThan(500);
+    // the slot passes along the queue: each grant is released at once, the next one gets it
+    const results = await Promise.all(waiting.map(async (p) => {
+      const r = await p;
+      if (typeof r === 'number') a.releaseNow(r);
+      return r;
+    }));
+    expect(results.filter((r) => typeof r === 'number')).toHaveLength(20);
+    expect(d.lines.join('\n')).not.toMatch(/session\(server-a\): closed/);
+  });
+});

@@ -1,0 +1,220 @@
+// Shared helpers for the on-demand benchmarks in bench/ (not part of `npm test`).
+// Plain ESM JavaScript: the benches import the built daemon and client from ../dist/.
+import { spawn, execFileSync } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
+import { tmpdir, cpus } from 'node:os';
+import { join } from 'node:path';
+
+export const ROOT = new URL('../', import.meta.url).pathname;
+export const CLI = join(ROOT, 'dist/cli/main.js');
+export const SECRET = 'bench-secret-0123456789-abcdefghijklmnop';
+export const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export async function freePort(host = '127.0.0.1') {
+  const server = createServer();
+  await new Promise((resolve) => server.listen(0, host, resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** Resolves when host:port accepts a TCP connection. */
+export async function waitForPort(port, host = '127.0.0.1', timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise((resolve) => {
+      const s = connect({ host, port });
+      s.once('connect', () => { s.destroy(); resolve(true); });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on ${host}:${port} after ${timeoutMs}ms`);
+    await sleep(30);
+  }
+}
+
+/** Every process started here, so an exit (normal, error, Ctrl-C) stops them by PID. */
+const children = new Set();
+function stopAll() {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) { try { c.kill('SIGKILL'); } catch { /* gone */ } }
+}
+process.on('exit', stopAll);
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { stopAll(); process.exit(130); });
+
+/** Spawns a peer with stdout/stderr to a log file (so the bench spends no CPU reading it). */
+export function spawnPeer(cmd, args, { dir, name, env } = {}) {
+  const logFile = join(dir ?? tmpdir(), `${name ?? 'peer'}.log`);
+  const fd = openSync(logFile, 'w');
+  const proc = spawn(cmd, args, { stdio: ['ignore', fd, fd], env: env ?? process.env });
+  closeSync(fd);
+  children.add(proc);
+  const exited = new Promise((resolve) => proc.on('exit', (code, signal) => { children.delete(proc); resolve(code ?? signal); }));
+  proc.on('error', (err) => { console.error(`${cmd}: ${err.message}`); });
+  return {
+    proc,
+    pid: proc.pid,
+    logFile,
+    exited,
+    log: () => { try { return readFileSync(logFile, 'utf8'); } catch { return ''; } },
+    async stop(signal = 'SIGTERM') {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
+
+/**
+ * Starts the built daemon (dist/cli/main.js) with an [egress] table allowing deliveries from
+ * 127.0.0.2 to the given loopback ports. Resolves once it logged "mtaproxy started".
+ */
+export async function startProxy({ ports, extra = '', nodeArgs = [] }) {
+  const dir = mkdtempSync(join(tmpdir(), 'mtaproxy-bench-'));
+  const port = await freePort();
+  const configFile = join(dir, 'mtaproxy.toml');
+  writeFileSync(configFile, [
+    `listen = "127.0.0.1:${port}"`,
+    'allow_from = ["127.0.0.0/8"]',
+    `auth_shared_secret = "${SECRET}"`,
+    `admin_socket = "${join(dir, 'admin.sock')}"`,
+    'status_interval = "1h"',
+    extra,
+    '[egress]',
+    'source_ips = ["127.0.0.2"]',
+    `ports = [${ports.join(', ')}]`,
+    'allow_private_destinations = true',
+    'throttle_wait_timeout = "10s"',
+    '',
+  ].join('\n'));
+  const peer = spawnPeer(process.execPath, [...nodeArgs, CLI, `--config-filename=${configFile}`], { dir, name: 'mtaproxy' });
+  const deadline = Date.now() + 10_000;
+  while (!/mtaproxy started/.test(peer.log())) {
+    if (peer.proc.exitCode !== null || Date.now() > deadline) throw new Error(`mtaproxy did not start:\n${peer.log()}`);
+    await sleep(30);
+  }
+  return {
+    ...peer,
+    port,
+    dir,
+    configFile,
+    status: () => execFileSync(process.execPath, [CLI, 'status', `--config-filename=${configFile}`]).toString(),
+    async stop() {
+      await peer.stop('SIGTERM');
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** PIDs of pid and all its live descendants (Dante forks its workers). */
+export function processTree(pid) {
+  const parent = new Map();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const f = statFields(Number(entry));
+      parent.set(Number(entry), f.ppid);
+    } catch { /* exited meanwhile */ }
+  }
+  const tree = [pid];
+  for (let i = 0; i < tree.length; i++) for (const [p, pp] of parent) if (pp === tree[i]) tree.push(p);
+  return tree;
+}
+
+function statFields(pid) {
+  const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // the command name is in parentheses and may contain spaces: split after the last ')'
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  // rest[0] is field 3 (state): field n is rest[n - 3]
+  return {
+    ppid: Number(rest[1]),
+    utime: Number(rest[11]),
+    stime: Number(rest[12]),
+    cutime: Number(rest[13]),
+    cstime: Number(rest[14]),
+  };
+}
+
+/**
+ * CPU seconds used so far by pid and its descendants: utime+stime of each live process, plus
+ * the reaped children's cutime+cstime. /proc/PID/stat counts in clock ticks (1/CLK_TCK s).
+ */
+export function cpuSeconds(pid) {
+  let ticks = 0;
+  for (const p of processTree(pid)) {
+    try {
+      const f = statFields(p);
+      ticks += f.utime + f.stime + f.cutime + f.cstime;
+    } catch { /* exited meanwhile */ }
+  }
+  return ticks / CLK_TCK;
+}
+
+/** Resident set size in KiB (VmRSS from /proc/PID/status). */
+export function rssKiB(pid) {
+  const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m === null ? NaN : Number(m[1]);
+}
+
+export function percentile(sorted, p) {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}
+
+export function median(values) {
+  const s = [...values].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** Prints rows (arrays of cells) as an aligned Markdown table. */
+export function printTable(header, rows) {
+  const all = [header, ...rows].map((r) => r.map(String));
+  const widths = header.map((_, i) => Math.max(...all.map((r) => r[i]?.length ?? 0)));
+  const line = (r) => `| ${r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' | ')} |`;
+  console.log(line(all[0]));
+  console.log(`|${widths.map((w, i) => (i === 0 ? `:${'-'.repeat(w + 1)}` : `${'-'.repeat(w + 1)}:`)).join('|')}|`);
+  for (const r of all.slice(1)) console.log(line(r));
+}
+
+export function fmt(n, digits = 0) {
+  if (!Number.isFinite(n)) return 'n/a';
+  return n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+export function machine() {
+  const c = cpus();
+  return `${new Date().toISOString().slice(0, 10)}, ${c.length} CPU (${c[0]?.model ?? '?'}), Node ${process.version}, ulimit -n ${fdLimit()}`;
+}
+
+export function fdLimit() {
+  try {
+    return execFileSync('sh', ['-c', 'ulimit -n']).toString().trim();
+  } catch {
+    return '?';
+  }
+}
+
+export const verdict = (ok) => (ok ? 'PASS' : 'MISS');
+
+/**
+ * The shipped client (src/client/index.ts) connects without TCP_NODELAY. To show what setting it
+ * would change, clientNoDelay(true) makes node:net's connect() (as the built client imports it)
+ * set noDelay on the sockets it opens from then on; clientNoDelay(false) restores the default.
+ */
+import net from 'node:net';
+import { syncBuiltinESMExports } from 'node:module';
+const originalConnect = net.connect;
+export function clientNoDelay(on) {
+  const patched = (...args) => {
+    const s = originalConnect(...args);
+    s.setNoDelay(true);
+    return s;
+  };
+  net.connect = on ? patched : originalConnect;
+  net.createConnection = on ? patched : originalConnect;
+  syncBuiltinESMExports();
+}
