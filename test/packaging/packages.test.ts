@@ -63,6 +63,12 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     const r = await inside(['journalctl', '--no-pager', '-o', 'json', ...filters]);
     return r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, string>);
   };
+  /** journald stores entries asynchronously: wait until more than `before` records match, return the last. */
+  const nextRecord = async (before: number, ...filters: string[]): Promise<Record<string, string> | undefined> => {
+    let records: Record<string, string>[] = [];
+    await waitFor(`a new journal record ${filters.join(' ')}`, async () => (records = await journal(...filters)).length > before);
+    return records.at(-1);
+  };
   const secret = (): string => (readFileSync(SECRET, 'utf8').split('\n')[0] ?? '').trim();
   const connect = async (name: string): Promise<ControlClient> => ControlClient.connect({ host: '127.0.0.1', port: PORT, name, secret: secret() });
   const state = async (unit: string): Promise<string> => (await inside(['systemctl', 'is-active', unit])).stdout.trim();
@@ -183,9 +189,11 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     const session = await connect('server-b');
     // valid: only 192.0.2.1 may connect now; the established session is kept
     writeFileSync(CONFIG, `${original}\nallow_from = ["192.0.2.1"]\nstatus_interval = "300ms"\n`);
+    const applied = (await journal('-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_applied')).length;
+    const rejectedBefore = (await journal('-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_rejected')).length;
     const ok = await inside(['systemctl', 'reload', 'mtaproxy.service']);
     expect(ok.code, ok.stderr).toBe(0);
-    expect((await journal('-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_applied')).at(-1)?.CHANGED).toMatch(/allow_from/);
+    expect((await nextRecord(applied, '-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_applied'))?.CHANGED).toMatch(/allow_from/);
     await expect(connect('server-refused')).rejects.toThrow(/closed the connection|ECONNRESET|ECONNECTION/);
     expect(await session.ping()).toBeGreaterThan(0);
 
@@ -193,7 +201,7 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     writeFileSync(CONFIG, `${original}\nauth_shared_secret_previous = "short"\n`);
     const rejected = await inside(['systemctl', 'reload', 'mtaproxy.service']);
     expect(rejected.code).not.toBe(0);
-    const reason = (await journal('-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_rejected')).at(-1)?.MESSAGE;
+    const reason = (await nextRecord(rejectedBefore, '-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_rejected'))?.MESSAGE;
     expect(reason).toMatch(new RegExp(`^reload rejected: ${CONFIG}:\\d+:1: auth_shared_secret_previous: is 5 characters`));
     expect((await inside(['systemctl', 'show', 'mtaproxy.service', '-p', 'StatusText'])).stdout).toContain('reload rejected, old config still in effect');
     expect(await state('mtaproxy.service')).toBe('active');

@@ -23,6 +23,12 @@ describe.skipIf(!available.ok)(`mtaproxy under systemd${available.ok ? '' : ` (s
     const r = await sd().exec(['journalctl', '--no-pager', '-o', 'json', ...filters]);
     return r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, string>);
   };
+  /** journald stores entries asynchronously: wait until more than `before` records match, return the last. */
+  const nextRecord = async (before: number, ...filters: string[]): Promise<Record<string, string> | undefined> => {
+    let records: Record<string, string>[] = [];
+    await waitFor(`a new journal record ${filters.join(' ')}`, async () => (records = await journal(...filters)).length > before);
+    return records.at(-1);
+  };
 
   beforeAll(async () => {
     workdir = await mkdtemp(join(tmpdir(), 'mtaproxy-systemd-'));
@@ -80,15 +86,17 @@ describe.skipIf(!available.ok)(`mtaproxy under systemd${available.ok ? '' : ` (s
   it('systemctl reload applies a valid config and fails with the reason on an invalid one, keeping sessions', async () => {
     const client = await ControlClient.connect({ host: '127.0.0.1', port, name: 'server-b', secret: SECRET });
     await writeFile(configFile, configText({ adminSocket: '/run/mtaproxy/admin.sock', listen: '127.0.0.1:1', extra: 'status_interval = "300ms"\nlog_verbose = true' }));
+    const applied = (await journal('-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_applied')).length;
+    const rejectedBefore = (await journal('-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_rejected')).length;
     expect(await sd().exec(['systemctl', 'reload', 'mtaproxy.service'])).toMatchObject({ code: 0 });
-    expect((await journal('-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_applied')).at(-1)?.CHANGED).toBe('log_verbose');
+    expect((await nextRecord(applied, '-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_applied'))?.CHANGED).toBe('log_verbose');
 
     await writeFile(configFile, configText({ adminSocket: '/run/mtaproxy/admin.sock', secret: 'too-short' }));
     const rejected = await sd().exec(['systemctl', 'reload', 'mtaproxy.service']);
     expect(rejected.code).not.toBe(0);
-    const errors = await journal('-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_rejected');
-    expect(errors.at(-1)?.MESSAGE).toBe(`reload rejected: ${configFile}:3:1: auth_shared_secret: is 9 characters; at least 32 are required (mtaproxy gen-secret makes one)`);
-    expect(errors.at(-1)?.PRIORITY).toBe('3');
+    const error = await nextRecord(rejectedBefore, '-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_rejected');
+    expect(error?.MESSAGE).toBe(`reload rejected: ${configFile}:3:1: auth_shared_secret: is 9 characters; at least 32 are required (mtaproxy gen-secret makes one)`);
+    expect(error?.PRIORITY).toBe('3');
     const statusText = (await sd().exec(['systemctl', 'show', 'mtaproxy.service', '-p', 'StatusText'])).stdout;
     expect(statusText).toContain('StatusText=reload rejected, old config still in effect:');
     expect((await sd().exec(['systemctl', 'is-active', 'mtaproxy.service'])).stdout.trim()).toBe('active');
@@ -105,6 +113,6 @@ describe.skipIf(!available.ok)(`mtaproxy under systemd${available.ok ? '' : ` (s
     const show = (await sd().exec(['systemctl', 'show', 'mtaproxy.service', '-p', 'Result', '-p', 'ExecMainStatus'])).stdout;
     expect(show).toContain('Result=success');
     expect(show).toContain('ExecMainStatus=0');
-    expect((await journal('-u', 'mtaproxy.service', 'MTAPROXY_EVENT=stopped')).length).toBeGreaterThan(0);
+    expect(await nextRecord(0, '-u', 'mtaproxy.service', 'MTAPROXY_EVENT=stopped')).toBeDefined();
   }, 30_000);
 });
