@@ -27,9 +27,31 @@ export interface EgressConfig {
   readonly throttleWaitTimeoutMs: number;
 }
 
+export interface Socks5User {
+  readonly username: string;
+  readonly password: string;
+  /** the source address this account sends from, unless the client chose one (BIND) */
+  readonly sourceIp: string | null;
+}
+
+export interface Socks5Config {
+  readonly listen: readonly ListenAddress[];
+  readonly users: readonly Socks5User[];
+  readonly allowUnauthenticated: boolean;
+  readonly sourceIp: string | null;
+}
+
+export interface ProxyV2Config {
+  readonly listen: readonly ListenAddress[];
+}
+
 export interface Config {
   readonly file: string;
   readonly egress: EgressConfig;
+  readonly socks5: Socks5Config | null;
+  readonly proxyV2: ProxyV2Config | null;
+  /** limits of the throttles derived from (source IP, destination) for SOCKS5/PROXY v2 */
+  readonly derivedThrottle: { readonly maxConnections: number };
   readonly listen: readonly ListenAddress[];
   readonly allowFrom: AllowList;
   /** The secret new handshakes are answered with, then an optional previous one (rotation). */
@@ -82,7 +104,26 @@ export const DIRECTIVES: Readonly<Record<string, Directive>> = {
   ping_interval: { help: 'control-session ping period; a session silent for two periods is closed' },
   shutdown_timeout: { help: 'on SIGTERM, how long connections get to close before they are cut' },
   egress: { help: 'table [egress]: where deliveries may go and from which addresses (below)' },
+  socks5: { help: 'table [socks5]: a SOCKS5 front-end (RFC 1928/1929) for KumoMTA, curl… (below)' },
+  proxy_v2: { help: 'table [proxy_v2]: a PROXY protocol v2 front-end (KumoMTA ha_proxy_*, Momentum)' },
+  derived_throttle: { help: 'table [derived_throttle]: limits for SOCKS5/PROXY v2 deliveries (below)' },
 };
+
+export const SOCKS5_DIRECTIVES: Readonly<Record<string, Directive>> = {
+  listen: { help: 'addresses of the SOCKS5 front-end, "IP:PORT" (socket activation: FileDescriptorName=socks5)' },
+  users: { help: 'RFC 1929 accounts: [{ username = "…", password = "…", source_ip = "…" (optional) }]' },
+  allow_unauthenticated: { help: 'accept SOCKS5 clients without a username (allow_from still applies; default false)' },
+  source_ip: { help: 'source address for clients that do not choose one (no KumoMTA-style BIND, no per-user source_ip)' },
+};
+
+export const PROXY_V2_DIRECTIVES: Readonly<Record<string, Directive>> = {
+  listen: { help: 'addresses of the PROXY v2 front-end, "IP:PORT" (socket activation: FileDescriptorName=proxy-v2)' },
+};
+
+export const DERIVED_THROTTLE_DIRECTIVES: Readonly<Record<string, Directive>> = {
+  max_connections: { help: 'concurrent connections per (source IP, destination) for SOCKS5/PROXY v2 deliveries (default 10)' },
+};
+
 
 export const EGRESS_DIRECTIVES: Readonly<Record<string, Directive>> = {
   source_ips: { help: 'local IPs MTAs may send from; each must exist on this host' },
@@ -92,6 +133,13 @@ export const EGRESS_DIRECTIVES: Readonly<Record<string, Directive>> = {
   idle_timeout: { help: 'a tunnel with no traffic either way this long is closed (default "5m")' },
   max_tunnels: { help: 'cap on concurrent tunnels (default 10000)' },
   throttle_wait_timeout: { help: 'longest a delivery waits for a throttle slot (default "60s")' },
+};
+
+const TABLES: Readonly<Record<string, Readonly<Record<string, Directive>>>> = {
+  egress: EGRESS_DIRECTIVES,
+  socks5: SOCKS5_DIRECTIVES,
+  proxy_v2: PROXY_V2_DIRECTIVES,
+  derived_throttle: DERIVED_THROTTLE_DIRECTIVES,
 };
 
 const DURATION_PART = /(\d+(?:\.\d+)?)(ms|s|m|h)/gy;
@@ -157,11 +205,12 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
     }
   };
   checkKeys(raw, '', DIRECTIVES);
-  const egressTable = raw.egress;
-  if (egressTable !== undefined && (typeof egressTable !== 'object' || egressTable === null || Array.isArray(egressTable))) {
-    fail('egress', 'must be a table: [egress]');
-  } else if (egressTable !== undefined) {
-    checkKeys(egressTable as Record<string, unknown>, 'egress.', EGRESS_DIRECTIVES);
+  const isTable = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  for (const [name, known] of Object.entries(TABLES)) {
+    const table = raw[name];
+    if (table === undefined) continue;
+    if (!isTable(table)) fail(name, `must be a table: [${name}]`);
+    else checkKeys(table, `${name}.`, known);
   }
 
   const stringList = (key: string, fallback: string[]): string[] => {
@@ -296,9 +345,70 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
     throttleWaitTimeoutMs: duration('egress.throttle_wait_timeout', 60_000, 0, 3_600_000),
   };
 
+  const listenList = (key: string): ListenAddress[] => {
+    const out: ListenAddress[] = [];
+    for (const entry of stringList(key, [])) {
+      const parsed = parseListenAddress(entry);
+      if (typeof parsed === 'string') fail(key, parsed, locateString(text, where(key), entry));
+      else out.push(parsed);
+    }
+    return out;
+  };
+  const sourceIp = (key: string): string | null => {
+    const value = get(key);
+    if (value === undefined) return null;
+    if (typeof value !== 'string' || !ipaddr.isValid(value)) {
+      fail(key, 'must be an IP address');
+      return null;
+    }
+    const ip = ipaddr.process(value).toString();
+    if (!sourceIps.includes(ip)) fail(key, `${ip} is not in egress.source_ips`);
+    return ip;
+  };
+
+  let socks5: Socks5Config | null = null;
+  if (raw.socks5 !== undefined) {
+    const users: Socks5User[] = [];
+    const usersValue = get('socks5.users');
+    if (usersValue !== undefined) {
+      if (!Array.isArray(usersValue)) {
+        fail('socks5.users', 'must be an array of { username, password, source_ip? } tables');
+      } else {
+        usersValue.forEach((u: unknown, i) => {
+          const at = `socks5.users[${i}]`;
+          const entry = u as Record<string, unknown>;
+          if (typeof u !== 'object' || u === null || typeof entry.username !== 'string' || typeof entry.password !== 'string') {
+            return fail('socks5.users', `${at} needs username and password strings`);
+          }
+          const extra = Object.keys(entry).filter((k) => !['username', 'password', 'source_ip'].includes(k));
+          if (extra.length > 0) return fail('socks5.users', `${at}: unknown key ${extra[0]}`);
+          // RFC 1929: each is 1..255 bytes
+          if (Buffer.byteLength(entry.username) < 1 || Buffer.byteLength(entry.username) > 255 || Buffer.byteLength(entry.password) < 1 || Buffer.byteLength(entry.password) > 255) {
+            return fail('socks5.users', `${at}: username and password must be 1..255 bytes`);
+          }
+          let userSource: string | null = null;
+          if (entry.source_ip !== undefined) {
+            if (typeof entry.source_ip !== 'string' || !ipaddr.isValid(entry.source_ip)) return fail('socks5.users', `${at}: source_ip must be an IP address`);
+            userSource = ipaddr.process(entry.source_ip).toString();
+            if (!sourceIps.includes(userSource)) return fail('socks5.users', `${at}: source_ip ${userSource} is not in egress.source_ips`);
+          }
+          users.push({ username: entry.username, password: entry.password, sourceIp: userSource });
+        });
+      }
+    }
+    const allowUnauthenticated = bool('socks5.allow_unauthenticated', false);
+    if (users.length === 0 && !allowUnauthenticated) fail('socks5', 'needs users, or allow_unauthenticated = true');
+    socks5 = { listen: listenList('socks5.listen'), users, allowUnauthenticated, sourceIp: sourceIp('socks5.source_ip') };
+  }
+  const proxyV2: ProxyV2Config | null = raw.proxy_v2 === undefined ? null : { listen: listenList('proxy_v2.listen') };
+  const derivedThrottle = { maxConnections: integer('derived_throttle.max_connections', 10, 1, 1_000_000) };
+
   const config: Config = {
     file,
     egress,
+    socks5,
+    proxyV2,
+    derivedThrottle,
     listen,
     allowFrom: new AllowList(rules),
     secrets,
@@ -357,5 +467,9 @@ export function changedDirectives(before: Config, after: Config): string[] {
   for (const [field, name] of Object.entries(egressFields) as [keyof EgressConfig, string][]) {
     if (!same(before.egress[field], after.egress[field])) changed.push(`egress.${name}`);
   }
+  // SOCKS5 passwords are compared but never shown
+  if (!same(before.socks5, after.socks5)) changed.push('socks5');
+  if (!same(before.proxyV2, after.proxyV2)) changed.push('proxy_v2');
+  if (!same(before.derivedThrottle, after.derivedThrottle)) changed.push('derived_throttle');
   return changed;
 }

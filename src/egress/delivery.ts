@@ -1,6 +1,7 @@
-// One delivery: CONNECT checked against the egress policy, a connection slot of its throttle
-// taken (waiting if needed), the destination resolved and checked, the outbound connection made
-// from the chosen source address, then the tunnel. One log record per delivery.
+// One delivery, whatever front-end it came in by (native CONNECT, SOCKS5, PROXY v2): checked
+// against the egress policy, a connection slot of its throttle taken (waiting if needed), the
+// destination resolved and checked, the outbound connection made from the chosen source address,
+// then the tunnel. One log record per delivery.
 import { lookup } from 'node:dns/promises';
 import type { Socket } from 'node:net';
 import ipaddr from 'ipaddr.js';
@@ -14,11 +15,38 @@ export interface DeliveryContext {
   egress(): EgressConfig;
   /** the throttle-manager id of the MTA's current control session, if it has one */
   sessionId(name: string): string | undefined;
+  /** per (source, destination) limit of the throttles derived for SOCKS5 and PROXY v2 */
+  derivedMaxConnections(): number;
   throttle: ThrottleService;
   /** open tunnels (MTA side), for the status line and shutdown */
   tunnels: Set<Socket>;
   stopping(): boolean;
   log: Logger;
+}
+
+/** How a front-end answers its client: a success line, a SOCKS reply, or just closing. */
+export interface DeliveryReplies {
+  connected(local: string, remote: string): void;
+  /** must end the client connection */
+  refused(r: Refusal): void;
+}
+
+export interface Delivery {
+  /** who asked: an MTA instance name, "socks5:user", "proxy-v2" (for logs) */
+  readonly who: string;
+  readonly req: ConnectRequest;
+  /**
+   * The throttle owner: the control session that declared req.throttle (native), or null for a
+   * throttle derived from (source, destination) with limits from [derived_throttle].
+   */
+  readonly owner: string | null;
+}
+
+/** The throttle-manager session that owns all derived throttles. */
+export const DERIVED_OWNER = 'derived';
+
+export function derivedThrottleKey(sourceIp: string, host: string, port: number): string {
+  return `${sourceIp}>${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
 
 async function resolve(req: ConnectRequest): Promise<string | Refusal> {
@@ -31,59 +59,53 @@ async function resolve(req: ConnectRequest): Promise<string | Refusal> {
   }
 }
 
-export function handleDelivery(ctx: DeliveryContext, name: string, line: string, mta: Socket): void {
+export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies: DeliveryReplies): void {
+  const { req, who } = d;
   const peer = `${mta.remoteAddress}:${mta.remotePort}`;
   const started = performance.now();
+  const owner = d.owner ?? DERIVED_OWNER;
   let cancelWait: (() => void) | null = null;
   let leaseId: number | null = null;
   let done = false;
-  const base = { mtaproxy_event: 'delivery', session: name, peer };
+  const fields = { mtaproxy_event: 'delivery', session: who, peer, source_ip: req.sourceIp, destination: `${req.host}:${req.port}`, throttle: req.throttle };
 
-  const refuse = (r: Refusal, req?: ConnectRequest): void => {
-    if (done) return;
-    done = true;
+  const releaseSlot = (): void => {
     if (leaseId !== null) ctx.throttle.release(leaseId);
-    const where = req === undefined ? '' : ` ${req.sourceIp} -> ${req.host}:${req.port} throttle=${req.throttle}`;
-    ctx.log.warn(
-      { ...base, ...(req && { source_ip: req.sourceIp, destination: `${req.host}:${req.port}`, throttle: req.throttle }), code: r.code, outcome: 'refused' },
-      `delivery(${name}):${where} refused: ${r.code} ${r.message}`,
-    );
-    mta.end(`${r.code} ${r.message}\n`);
-    mta.destroySoon();
+    leaseId = null;
+    // a derived throttle lives only while deliveries use it
+    const m = ctx.throttle.manager;
+    if (d.owner === null && m.inUse(req.throttle) === 0 && m.waiting(req.throttle) === 0) ctx.throttle.undeclare(DERIVED_OWNER, req.throttle);
   };
 
-  // the MTA gave up while we waited or connected: nothing to report back, give everything back
+  const refuse = (r: Refusal): void => {
+    if (done) return;
+    done = true;
+    releaseSlot();
+    ctx.log.warn({ ...fields, code: r.code, outcome: 'refused' }, `delivery(${who}): ${req.sourceIp} -> ${req.host}:${req.port} throttle=${req.throttle} refused: ${r.code} ${r.message}`);
+    replies.refused(r);
+  };
+
+  // the client gave up while we waited or connected: give everything back
   mta.once('close', () => {
     cancelWait?.();
     if (!done) {
       done = true;
-      if (leaseId !== null) ctx.throttle.release(leaseId);
-      ctx.log.info({ ...base, outcome: 'abandoned' }, `delivery(${name}): MTA closed before the tunnel was open`);
+      releaseSlot();
+      ctx.log.info({ ...fields, outcome: 'abandoned' }, `delivery(${who}): client closed before the tunnel was open`);
     }
   });
   mta.on('error', () => {});
 
-  const req = parseConnect(line);
-  if ('code' in req) return refuse(req);
-  const egress = ctx.egress();
-  const policy = checkRequest(req, egress);
-  if (policy !== null) return refuse(policy, req);
-  if (ctx.stopping()) return refuse({ code: CONNECT_CODES.shuttingDown, message: 'proxy shutting down' }, req);
-  if (ctx.tunnels.size >= egress.maxTunnels) return refuse({ code: CONNECT_CODES.tooManyTunnels, message: `egress.max_tunnels (${egress.maxTunnels}) reached` }, req);
-  const sessionId = ctx.sessionId(name);
-  if (sessionId === undefined) {
-    return refuse({ code: CONNECT_CODES.throttleUnknown, message: `${name} has no control session: open one and DECLARE ${req.throttle} first` }, req);
-  }
-  const open = async (r: ConnectRequest, e: EgressConfig): Promise<void> => {
-    const address = await resolve(r);
-    if (typeof address !== 'string') return refuse(address, r);
-    const bad = checkDestination(address, r.sourceIp, e);
-    if (bad !== null) return refuse(bad, r);
+  const open = async (e: EgressConfig): Promise<void> => {
+    const address = await resolve(req);
+    if (typeof address !== 'string') return refuse(address);
+    const bad = checkDestination(address, req.sourceIp, e);
+    if (bad !== null) return refuse(bad);
     let remote: Socket;
     try {
-      remote = await connectFrom(r.sourceIp, address, r.port, e.connectTimeoutMs);
+      remote = await connectFrom(req.sourceIp, address, req.port, e.connectTimeoutMs);
     } catch (err) {
-      return refuse(err instanceof EgressError ? { code: err.code, message: err.message } : { code: CONNECT_CODES.unreachable, message: String(err) }, r);
+      return refuse(err instanceof EgressError ? { code: err.code, message: err.message } : { code: CONNECT_CODES.unreachable, message: String(err) });
     }
     if (done) {
       remote.destroy();
@@ -91,27 +113,58 @@ export function handleDelivery(ctx: DeliveryContext, name: string, line: string,
     }
     done = true;
     const local = `${remote.localAddress}:${remote.localPort}`;
-    const destination = `${address}:${r.port}`;
-    mta.write(`${CONNECT_CODES.connected} connected ${local} -> ${destination}\n`);
+    const destination = `${address}:${req.port}`;
+    replies.connected(local, destination);
     ctx.tunnels.add(mta);
-    const fields = { ...base, source_ip: r.sourceIp, local, destination, host: r.host, throttle: r.throttle };
-    ctx.log.debug(fields, `delivery(${name}): ${local} -> ${destination} open (waited ${Math.round(performance.now() - started)}ms)`);
+    const open = { ...fields, local, destination, host: req.host };
+    ctx.log.debug(open, `delivery(${who}): ${local} -> ${destination} open (waited ${Math.round(performance.now() - started)}ms)`);
     splice(mta, remote, e.idleTimeoutMs, (result) => {
       ctx.tunnels.delete(mta);
-      if (leaseId !== null) ctx.throttle.release(leaseId);
+      releaseSlot();
       ctx.log.info(
-        { ...fields, bytes_up: result.bytesUp, bytes_down: result.bytesDown, duration_ms: Math.round(result.durationMs), outcome: result.outcome },
-        `delivery(${name}): ${local} -> ${destination} throttle=${r.throttle} up=${result.bytesUp} down=${result.bytesDown} ${Math.round(result.durationMs)}ms ${result.outcome}`,
+        { ...open, bytes_up: result.bytesUp, bytes_down: result.bytesDown, duration_ms: Math.round(result.durationMs), outcome: result.outcome },
+        `delivery(${who}): ${local} -> ${destination} throttle=${req.throttle} up=${result.bytesUp} down=${result.bytesDown} ${Math.round(result.durationMs)}ms ${result.outcome}`,
       );
     });
   };
 
+  const egress = ctx.egress();
+  const policy = checkRequest(req, egress);
+  if (policy !== null) return refuse(policy);
+  if (ctx.stopping()) return refuse({ code: CONNECT_CODES.shuttingDown, message: 'proxy shutting down' });
+  if (ctx.tunnels.size >= egress.maxTunnels) return refuse({ code: CONNECT_CODES.tooManyTunnels, message: `egress.max_tunnels (${egress.maxTunnels}) reached` });
+  if (d.owner === null) {
+    ctx.throttle.declare(DERIVED_OWNER, { key: req.throttle, sourceIp: req.sourceIp, maxConnections: ctx.derivedMaxConnections(), maxMessagesPerHour: 100_000_000, mode: 'sum' });
+  }
   const waitMs = Math.min(req.waitMs ?? egress.throttleWaitTimeoutMs, egress.throttleWaitTimeoutMs);
-  cancelWait = ctx.throttle.acquire(sessionId, req.throttle, 'connection', waitMs, (outcome) => {
+  cancelWait = ctx.throttle.acquire(owner, req.throttle, 'connection', waitMs, (outcome) => {
     cancelWait = null;
-    if (!outcome.ok) return refuse({ code: outcome.code, message: outcome.message }, req);
+    if (!outcome.ok) return refuse({ code: outcome.code, message: outcome.message });
     leaseId = outcome.lease.id;
-    if (done) return ctx.throttle.release(outcome.lease.id);
-    void open(req, egress);
+    if (done) return releaseSlot();
+    void open(egress);
   });
+}
+
+/** The native front-end's CONNECT line: text replies, then the tunnel. */
+export function handleNativeConnect(ctx: DeliveryContext, name: string, line: string, mta: Socket): void {
+  const replies: DeliveryReplies = {
+    connected: (local, remote) => mta.write(`${CONNECT_CODES.connected} connected ${local} -> ${remote}\n`),
+    refused: (r) => {
+      mta.end(`${r.code} ${r.message}\n`);
+      mta.destroySoon();
+    },
+  };
+  const req = parseConnect(line);
+  if ('code' in req) {
+    ctx.log.warn({ mtaproxy_event: 'delivery', session: name, code: req.code, outcome: 'refused' }, `delivery(${name}): refused: ${req.code} ${req.message}`);
+    return replies.refused(req);
+  }
+  const owner = ctx.sessionId(name);
+  if (owner === undefined) {
+    const r = { code: CONNECT_CODES.throttleUnknown, message: `${name} has no control session: open one and DECLARE ${req.throttle} first` };
+    ctx.log.warn({ mtaproxy_event: 'delivery', session: name, code: r.code, outcome: 'refused' }, `delivery(${name}): refused: ${r.code} ${r.message}`);
+    return replies.refused(r);
+  }
+  deliver(ctx, mta, { who: name, req, owner }, replies);
 }

@@ -16,7 +16,9 @@ import { serveNative } from './native.js';
 import { RefusalLog } from './ratelimit.js';
 import type { ControlSession, SessionServices } from './session.js';
 import { ThrottleService } from '../throttle/service.js';
-import { handleDelivery, type DeliveryContext } from '../egress/delivery.js';
+import { handleNativeConnect, type DeliveryContext } from '../egress/delivery.js';
+import { serveSocks5 } from './socks5.js';
+import { serveProxyV2 } from './proxy-v2.js';
 
 export interface ReloadResult {
   ok: boolean;
@@ -64,6 +66,7 @@ export class Daemon {
     this.#delivery = {
       egress: () => this.#config.egress,
       sessionId: (name) => this.#sessions.get(name)?.id,
+      derivedMaxConnections: () => this.#config.derivedThrottle.maxConnections,
       throttle: this.#throttle,
       tunnels: this.#tunnels,
       stopping: () => this.#stopping,
@@ -141,6 +144,8 @@ export class Daemon {
     const endpoints: Endpoint[] = passed.map((p) => ({ kind: 'fd', frontEnd: p.frontEnd, fd: p.fd, name: p.name }));
     if (this.#passed === null) {
       for (const address of config.listen) endpoints.push({ kind: 'tcp', frontEnd: 'native', address });
+      for (const address of config.socks5?.listen ?? []) endpoints.push({ kind: 'tcp', frontEnd: 'socks5', address });
+      for (const address of config.proxyV2?.listen ?? []) endpoints.push({ kind: 'tcp', frontEnd: 'proxy-v2', address });
     }
     if (!passed.some((p) => p.frontEnd === 'admin')) endpoints.push({ kind: 'unix', frontEnd: 'admin', path: config.adminSocket });
     return endpoints;
@@ -195,7 +200,24 @@ export class Daemon {
     }
     this.#connections.add(socket);
     socket.on('close', () => this.#connections.delete(socket));
-    this.#log.debug({ mtaproxy_event: 'connection', peer: address }, `listener: connection from ${address}:${socket.remotePort}`);
+    this.#log.debug({ mtaproxy_event: 'connection', peer: address, front_end: endpoint.frontEnd }, `listener: ${endpoint.frontEnd} connection from ${address}:${socket.remotePort}`);
+    if (endpoint.frontEnd === 'socks5') {
+      const socks5 = this.#config.socks5;
+      if (socks5 === null) {
+        // a socket passed by systemd for a front-end the config does not set up
+        this.#log.warn({ mtaproxy_event: 'connection_refused', peer: address, front_end: 'socks5' }, 'socks5: no [socks5] table in the config; closing');
+        socket.destroy();
+        return;
+      }
+      serveSocks5(socket, { config: socks5, delivery: this.#delivery, log: this.#log, handshakeTimeoutMs: this.#config.handshakeTimeoutMs });
+      socket.resume();
+      return;
+    }
+    if (endpoint.frontEnd === 'proxy-v2') {
+      serveProxyV2(socket, { delivery: this.#delivery, log: this.#log, handshakeTimeoutMs: this.#config.handshakeTimeoutMs });
+      socket.resume();
+      return;
+    }
     serveNative(socket, {
       secrets: () => this.#config.secrets,
       handshakeTimeoutMs: () => this.#config.handshakeTimeoutMs,
@@ -204,7 +226,7 @@ export class Daemon {
       openSession: (session) => this.#openSession(session),
       closeSession: (session, reason) => this.#closeSession(session, reason),
       services: this.#services,
-      deliver: (name, line, s) => handleDelivery(this.#delivery, name, line, s),
+      deliver: (name, line, s) => handleNativeConnect(this.#delivery, name, line, s),
     });
     socket.resume();
   }

@@ -91,7 +91,7 @@ describe('socket activation', () => {
     const s = connect({ host: '127.0.0.1', port });
     s.on('error', () => {});
     expect(await d.exited).toBe(1);
-    expect(d.lines.join('\n')).toContain('socket activation: socket 3 has FileDescriptorName=smtp; this version serves: native, admin');
+    expect(d.lines.join('\n')).toContain('socket activation: socket 3 has FileDescriptorName=smtp; this version serves: native, socks5, proxy-v2, admin');
     s.destroy();
   });
 });

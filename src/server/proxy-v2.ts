@@ -1,0 +1,104 @@
+// PROXY protocol v2 front-end: the client's v2 header names the egress source address and the
+// destination (KumoMTA's ha_proxy_*, Momentum's ha_proxy_client). See docs/proxy-v2.md.
+// The protocol has no reply channel: a valid header starts the tunnel at once; a refused one is
+// logged and the connection closed (after an SMTP 421 greeting when the delivery itself was refused
+// and the destination is not the implicit-TLS port 465, so the MTA logs the reason).
+import type { Socket } from 'node:net';
+import { deliver, derivedThrottleKey, type DeliveryContext, type DeliveryReplies } from '../egress/delivery.js';
+import type { ConnectRequest, Refusal } from '../egress/policy.js';
+import type { Logger } from '../log/logger.js';
+import { decodeProxyV2, proxyV2Target } from '../protocol/proxy-v2.js';
+
+export interface ProxyV2Context {
+  delivery: DeliveryContext;
+  log: Logger;
+  /** time the client has to send a complete header */
+  handshakeTimeoutMs: number;
+}
+
+/** Port of SMTP over implicit TLS: the client expects a TLS handshake, not an SMTP line. */
+const SMTPS_PORT = 465;
+
+/**
+ * What the MTA reads in place of the MX's greeting when its delivery is refused: a 421 (RFC 5321
+ * §3.1: "service not available, closing"), so it defers the message and logs why. Null (just
+ * close) where a text line would not be read as SMTP.
+ */
+export function refusalGreeting(port: number, r: Refusal): string | null {
+  if (port === SMTPS_PORT) return null;
+  // one line, printable ASCII only: the message may quote what the client sent
+  const text = `${r.code} ${r.message}`.replace(/[^\x20-\x7e]/g, '?').slice(0, 400);
+  return `421 4.4.0 mtaproxy refused the connection: ${text}\r\n`;
+}
+
+export function serveProxyV2(socket: Socket, ctx: ProxyV2Context): void {
+  const peer = `${socket.remoteAddress}:${socket.remotePort}`;
+  // never more than one header (decodeProxyV2 bounds it) plus the rest of the read that ended it
+  let received: Buffer = Buffer.alloc(0);
+  let finished = false;
+
+  const finish = (): void => {
+    finished = true;
+    clearTimeout(timer);
+    socket.removeListener('data', onData);
+    socket.removeListener('end', onEnd);
+  };
+
+  /** No delivery was attempted: log why and close at once (nothing can be said to the client). */
+  const refuse = (code: string, reason: string): void => {
+    if (finished) return;
+    finish();
+    ctx.log.warn({ mtaproxy_event: 'proxy_v2_refused', peer, code, bytes: received.length }, `proxy-v2: ${peer}: refused: ${reason}; closing`);
+    socket.destroy();
+  };
+
+  const timeoutMs = ctx.handshakeTimeoutMs;
+  const timer = setTimeout(() => {
+    refuse('timeout', received.length === 0 ? `no PROXY v2 header within ${timeoutMs}ms (nothing received; is the sender configured to send one?)` : `incomplete PROXY v2 header after ${timeoutMs}ms (${received.length} bytes received)`);
+  }, timeoutMs);
+  timer.unref();
+
+  const onEnd = (): void => refuse('eof', `client closed the connection ${received.length === 0 ? 'before sending anything' : `after ${received.length} bytes of an incomplete PROXY v2 header`}`);
+
+  const onData = (chunk: Buffer): void => {
+    received = received.length === 0 ? chunk : Buffer.concat([received, chunk]);
+    const result = decodeProxyV2(received);
+    if (result.status === 'incomplete') return;
+    if (result.status === 'invalid') return refuse(result.code, result.message);
+    const header = result.header;
+    const target = proxyV2Target(header);
+    if ('code' in target) return refuse(target.code, target.message);
+    finish();
+    // the tunnel reads from here on: keep what followed the header in this read for it
+    socket.pause();
+    if (received.length > header.length) socket.unshift(received.subarray(header.length));
+    const req: ConnectRequest = {
+      sourceIp: target.sourceIp,
+      host: target.host,
+      port: target.port,
+      throttle: derivedThrottleKey(target.sourceIp, target.host, target.port),
+      waitMs: null,
+    };
+    const replies: DeliveryReplies = {
+      connected: () => {}, // no reply channel: the MX's greeting is the client's "connected"
+      refused: (r) => {
+        const greeting = refusalGreeting(req.port, r);
+        if (greeting === null || socket.destroyed) {
+          socket.destroy();
+          return;
+        }
+        socket.end(greeting);
+        socket.destroySoon();
+      },
+    };
+    ctx.log.debug(
+      { mtaproxy_event: 'proxy_v2_header', peer, source_ip: req.sourceIp, destination: `${req.host}:${req.port}`, tlvs: header.tlvs.length, early_bytes: received.length - header.length },
+      `proxy-v2: ${peer}: header ${req.sourceIp} -> ${req.host}:${req.port}`,
+    );
+    deliver(ctx.delivery, socket, { who: 'proxy-v2', req, owner: null }, replies);
+  };
+
+  socket.on('data', onData);
+  socket.on('end', onEnd);
+  socket.on('close', () => clearTimeout(timer));
+}
