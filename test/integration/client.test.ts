@@ -1,8 +1,12 @@
 // The MTA-side client against real daemons: reconnect with backoff and re-declaration after a
-// proxy restart.
+// proxy restart; the documented example (examples/deliver.mjs, docs/client.md) run as it is.
+import { execFile } from 'node:child_process';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { SMTPServer } from 'smtp-server';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ResilientControl } from '../../src/client/index.js';
-import { freePort, SECRET, startDaemon, type RunningDaemon } from '../helpers/daemon.js';
+import { freePort, ROOT, SECRET, startDaemon, type RunningDaemon } from '../helpers/daemon.js';
 
 const running: RunningDaemon[] = [];
 afterEach(async () => {
@@ -40,5 +44,40 @@ describe('ResilientControl', () => {
     expect(events).toContain('disconnected');
     expect(events.at(-1)).toBe('connected');
     await mta.stop();
+  });
+});
+
+describe('examples/deliver.mjs (the example in docs/client.md)', () => {
+  it('delivers a message from the chosen source address through a real daemon', async () => {
+    const seen: string[] = [];
+    const smtp = new SMTPServer({
+      authOptional: true,
+      disabledCommands: ['STARTTLS'],
+      logger: false,
+      onData(stream, session, callback) {
+        stream.resume();
+        stream.on('end', () => {
+          seen.push(session.remoteAddress);
+          callback();
+        });
+      },
+    });
+    await new Promise<void>((resolve) => smtp.listen(0, '127.0.0.1', resolve));
+    const mxPort = (smtp.server.address() as AddressInfo).port;
+    try {
+      const d = await startDaemon({ extra: `[egress]\nsource_ips = ["127.0.0.2"]\nports = [${mxPort}]\nallow_private_destinations = true\n` });
+      running.push(d);
+      const env = { ...process.env, MTAPROXY_PORT: String(d.port), MTAPROXY_SECRET: SECRET, SOURCE_IP: '127.0.0.2', MX_PORT: String(mxPort) };
+      const out = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+        execFile(process.execPath, [join(ROOT, 'examples/deliver.mjs')], { env, timeout: 15_000 }, (err, stdout, stderr) => resolve({ code: err ? 1 : 0, stdout, stderr }));
+      });
+      expect(out.code, out.stderr).toBe(0);
+      expect(out.stdout).toMatch(/^example-mx max_connections=2 max_messages_per_hour=3600 mode=sum$/m);
+      expect(out.stdout).toMatch(/^tunnel 127\.0\.0\.2:\d+ -> 127\.0\.0\.1:\d+$/m);
+      expect(out.stdout).toMatch(/^accepted: 250 /m);
+      expect(seen).toEqual(['127.0.0.2']);
+    } finally {
+      await new Promise<void>((resolve) => smtp.close(() => resolve()));
+    }
   });
 });

@@ -166,17 +166,43 @@ describe('SOCKS5 front-end', () => {
     expect(seen.some((m) => m.subject === 'wrong')).toBe(false);
   });
 
+  // The exchange kumod performs (crates/kumod/src/egress_source.rs): greeting 05 02 00 02 with
+  // socks5_proxy_username/password set (05 01 00 without), BIND <source>:0 answered by exactly one
+  // reply, then CONNECT <MX IP>:<port> whose reply must carry an IP (not a name) as BND.ADDR.
   it('takes the source address from a KumoMTA-style BIND, then CONNECTs on the same stream', async () => {
     const { socks } = await proxy();
-    const r = await socksSession(socks, 'kumo', 'kumo-password-55');
+    const r = await rawSocket(socks);
+    r.s.write(Buffer.from([5, 2, 0, 2]));
+    expect([...(await r.read(2))]).toEqual([5, 2]); // username/password chosen when offered
+    r.s.write(credentials('kumo', 'kumo-password-55'));
+    expect([...(await r.read(2))]).toEqual([1, 0]);
     r.s.write(ipv4Request(2, '127.0.0.3', 0));
     // one reply to BIND: succeeded, BND.ADDR = the source address
     expect([...(await r.read(10))]).toEqual([5, 0, 0, 1, 127, 0, 0, 3, 0, 0]);
     r.s.write(ipv4Request(1, '127.0.0.1', smtpPort));
     const reply = await r.read(10);
     expect([...reply.subarray(0, 8)]).toEqual([5, 0, 0, 1, 127, 0, 0, 3]); // bound from 127.0.0.3
+    expect(reply.readUInt16BE(8)).toBeGreaterThan(0); // the outbound connection's local port
     await sendOver(r.s, 'kumo-bind');
     expect(seen.find((m) => m.subject === 'kumo-bind')?.remoteAddress).toBe('127.0.0.3');
+  });
+
+  it('serves KumoMTA without credentials where allow_unauthenticated is set', async () => {
+    const open = await startDaemon({
+      extra: ['[egress]', 'source_ips = ["127.0.0.2"]', `ports = [${smtpPort}]`, 'allow_private_destinations = true', '[socks5]', 'listen = ["127.0.0.1:0"]', 'allow_unauthenticated = true'].join('\n'),
+    });
+    running.push(open);
+    const port = Number(/:(\d+)$/.exec(open.lines.find((l) => l.includes('listener: socks5 on')) ?? '')?.[1] ?? 0);
+    const r = await rawSocket(port);
+    r.s.write(Buffer.from([5, 1, 0]));
+    expect([...(await r.read(2))]).toEqual([5, 0]);
+    r.s.write(ipv4Request(2, '127.0.0.2', 0));
+    expect((await r.read(10))[1]).toBe(0);
+    r.s.write(ipv4Request(1, '127.0.0.1', smtpPort));
+    expect((await r.read(10))[1]).toBe(0);
+    await sendOver(r.s, 'kumo-anonymous');
+    expect(seen.find((m) => m.subject === 'kumo-anonymous')?.remoteAddress).toBe('127.0.0.2');
+    await open.waitForLine(/delivery\(socks5\): 127\.0\.0\.2:\d+ -> 127\.0\.0\.1:\d+/);
   });
 
   it('answers refusals with the RFC 1928 reply: unknown source, port, no source, UDP', async () => {
