@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { configText, ROOT, runCli, startDaemon, tempDir, type RunningDaemon } from '../helpers/daemon.js';
+import { configText, freePort, ROOT, runCli, startDaemon, tempDir, type RunningDaemon } from '../helpers/daemon.js';
 
 const running: RunningDaemon[] = [];
 afterEach(async () => {
@@ -77,4 +77,21 @@ describe('mtaproxy CLI', () => {
     expect(r.stderr).toContain(`mtaproxy: ${file} is not valid (2 errors):\n${file}:1:1: auth_shared_secret: is required`);
     expect(r.stderr).toContain(`${file}:1:15: allow_from: "300.0.0.0/8" is not an IP address or CIDR`);
   });
+
+  it('simulate runs MTAs with backlogs against the daemon and prints its live status lines', async () => {
+    const d = await startDaemon({ listen: `127.0.0.1:${await freePort()}`, extra: '[egress]\nsource_ips = ["127.0.0.2"]\nports = [25]\n' });
+    running.push(d);
+    const r = await d.cli(['simulate', '--mtas=3', '--seconds=2', '--max-connections=2']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^sim-1: declared sim max_connections=2 max_messages_per_hour=100000 mode=sum$/m);
+    expect(r.stdout).toMatch(/^sim-3: declared sim max_connections=6 max_messages_per_hour=300000 mode=sum$/m); // sum: 3 × 2
+    // the daemon's own status lines, with the sessions and their reported backlogs
+    expect(r.stdout).toMatch(/^throttle: manager\([0-9a-f]{8}\): throttles=1 sessions=3 backlog\(ram=[1-9]\d* /m);
+    for (const name of ['sim-1', 'sim-2', 'sim-3']) expect(r.stdout).toMatch(new RegExp(`^throttle: session\\(${name}\\): timeconnected=\\d+s ping=.* backlog\\(ram=\\d+ `, 'm'));
+    const shares = [...r.stdout.matchAll(/^ {2}sim-\d: (\d+\.\d)% of (\d+) grants/gm)];
+    expect(shares).toHaveLength(3);
+    expect(Number(shares[0]?.[2])).toBeGreaterThan(20);
+    expect(shares.reduce((a, m) => a + Number(m[1]), 0)).toBeCloseTo(100, 0);
+    await expect(runCli(['simulate', '--mtas=0', `--config-filename=${d.configFile}`])).resolves.toMatchObject({ code: 2 });
+  }, 20_000);
 });
