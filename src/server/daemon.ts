@@ -125,6 +125,7 @@ export class Daemon {
     this.#config = loaded.config;
     this.#log.level = loaded.config.logVerbose ? 'debug' : 'info';
     if (timersChanged) this.#startTimers();
+    this.#rejectedReload = null;
     const message = changed.length === 0 ? 'reload: no changes' : `reload: applied (changed: ${changed.join(', ')})`;
     this.#log.info({ mtaproxy_event: 'reload_applied', changed: changed.join(',') }, message);
     this.#notifier.ready(`${this.#summary()}; ${message}`);
@@ -135,7 +136,8 @@ export class Daemon {
     const message = `reload rejected, old config still in effect: ${errors[0] ?? 'unknown error'}${errors.length > 1 ? ` (+${errors.length - 1} more)` : ''}`;
     for (const error of errors) this.#log.error({ mtaproxy_event: 'reload_rejected' }, `reload rejected: ${error}`);
     // systemd ends a reload only on READY=1, even a failed one (as HAProxy and Caddy do)
-    this.#notifier.ready(message);
+    this.#rejectedReload = message;
+    this.#notifier.ready(this.#summary());
     return { ok: false, message, errors };
   }
 
@@ -294,8 +296,14 @@ export class Daemon {
   }
 
   #summary(): string {
-    return `${this.#connections.size} connections, ${this.#sessions.size} sessions, listening on ${[...this.#listening.values()].filter((l) => l.endpoint.frontEnd !== 'admin').map((l) => l.bound).join(' ')}`;
+    const summary = `${this.#connections.size} connections, ${this.#sessions.size} sessions, listening on ${[...this.#listening.values()].filter((l) => l.endpoint.frontEnd !== 'admin').map((l) => l.bound).join(' ')}`;
+    // A rejected reload stays visible in `systemctl status` until a reload succeeds: the
+    // periodic STATUS= must not wipe the reason the operator has not read yet.
+    return this.#rejectedReload === null ? summary : `${this.#rejectedReload}; ${summary}`;
   }
+
+  /** The last reload's rejection message, until a reload is applied. */
+  #rejectedReload: string | null = null;
 
   #startTimers(): void {
     for (const t of this.#timers) clearInterval(t);
