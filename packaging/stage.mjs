@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // Builds the installed application tree that both packages ship as /usr/lib/mtaproxy:
 //
+//   STAGEDIR/mtaproxy/node                         the Node.js runtime this build ran on (a private copy:
+//                                                  stock Debian 12 ships Node 18; see README, "Why a private runtime")
 //   STAGEDIR/mtaproxy/package.json                 name + version (dist/cli/main.js reads ../../package.json)
 //   STAGEDIR/mtaproxy/dist/cli/main.js             the whole program, bundled by esbuild (one file)
 //   STAGEDIR/mtaproxy/node_modules/sd-notify/      native addons, compiled here with node-gyp against
@@ -36,9 +38,17 @@ writeFileSync(
   `${JSON.stringify({ name: pkg.name, version: pkg.version, description: pkg.description, license: pkg.license, private: true, type: 'module' }, null, 2)}\n`,
 );
 
-// 2. One ESM file. Bundled CommonJS (pino …) calls require() for Node built-ins, which an ESM
-// file does not have: the banner provides one. The shebang names the interpreter the packages
-// depend on (nodejs installs /usr/bin/node on Debian, Fedora and RHEL).
+// 2. The runtime: the very binary whose headers the addons are compiled against below (their
+// V8 ABI, NODE_MODULE_VERSION, must match it), and its license for the package's copyright notes.
+const RUNTIME = join(APP, 'node');
+cpSync(process.execPath, RUNTIME);
+const nodeLicense = [join(resolve(process.execPath, '../..'), 'share/doc/nodejs/LICENSE'), '/usr/share/doc/nodejs/copyright'].find((f) => existsSync(f));
+if (nodeLicense === undefined) throw new Error('the Node.js license (share/doc/nodejs/LICENSE) was not found next to the runtime');
+cpSync(nodeLicense, join(STAGE, 'nodejs-LICENSE'));
+log(`runtime ${process.execPath} (Node ${process.version}) -> ${RUNTIME}`);
+
+// 3. One ESM file. Bundled CommonJS (pino …) calls require() for Node built-ins, which an ESM
+// file does not have: the banner provides one. The shebang names the private runtime.
 const require = createRequire(join(ROOT, 'package.json'));
 const esbuild = require('esbuild');
 const out = join(APP, 'dist/cli/main.js');
@@ -55,11 +65,11 @@ await esbuild.build({
   banner: { js: "import { createRequire as __mtaproxyCreateRequire } from 'node:module';\nconst require = __mtaproxyCreateRequire(import.meta.url);" },
 });
 const bundled = readFileSync(out, 'utf8').replace(/^#!.*\n/, '');
-writeFileSync(out, `#!/usr/bin/node\n// mtaproxy ${pkg.version}: bundled from src/ by packaging/stage.mjs (licenses: /usr/share/doc/mtaproxy/copyright)\n${bundled}`);
+writeFileSync(out, `#!/usr/lib/mtaproxy/node\n// mtaproxy ${pkg.version}: bundled from src/ by packaging/stage.mjs (licenses: /usr/share/doc/mtaproxy/copyright)\n${bundled}`);
 chmodSync(out, 0o755);
 log(`bundled ${out} (${Math.round(statSync(out).size / 1024)} KiB)`);
 
-// 3. The native addons and what they require at run time, from node_modules (npm ci).
+// 4. The native addons and what they require at run time, from node_modules (npm ci).
 const modules = new Set();
 const visit = (name) => {
   if (modules.has(name)) return;
@@ -78,7 +88,7 @@ for (const name of modules) {
   });
 }
 
-// 4. Compile the addons for this machine (node-gyp, against the installed Node's own headers: no
+// 5. Compile the addons for this machine (node-gyp, against the installed Node's own headers: no
 // download). The result is what the package ships; build leftovers are removed.
 const nodedir = process.env.npm_config_nodedir ?? resolve(process.execPath, '../..');
 if (!existsSync(join(nodedir, 'include/node/node_version.h'))) throw new Error(`no Node headers under ${nodedir}/include/node`);
@@ -111,17 +121,16 @@ const normalize = (dir) => {
       chmodSync(path, 0o755);
       normalize(path);
     } else {
-      chmodSync(path, path === out ? 0o755 : 0o644);
+      chmodSync(path, path === out || path === RUNTIME ? 0o755 : 0o644);
     }
   }
 };
 normalize(APP);
 
-// 5. Smoke test of the staged tree: the version comes out, and both addons load.
-const version = execFileSync(process.execPath, [out, '--version'], { encoding: 'utf8' }).trim();
+// 6. Smoke test of the staged tree, with its own runtime: the version comes out, and both addons load.
+const version = execFileSync(RUNTIME, [out, '--version'], { encoding: 'utf8' }).trim();
 if (version !== pkg.version) throw new Error(`staged mtaproxy --version printed "${version}", expected ${pkg.version}`);
-const appRequire = createRequire(join(APP, 'package.json'));
-for (const name of NATIVE) appRequire(name);
+execFileSync(RUNTIME, ['-e', NATIVE.map((name) => `require(${JSON.stringify(join(APP, 'node_modules', name))});`).join('')], { stdio: 'inherit' });
 log(`staged ${APP}: mtaproxy ${version}, addons ${NATIVE.join(', ')} load`);
 
 function findNodeGyp() {

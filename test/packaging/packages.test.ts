@@ -1,14 +1,15 @@
 // The .deb and the .rpm, built as `npm run package` builds them, then the .deb installed for real
 // under a real systemd booted in a PID namespace (the root filesystem is the host's: the package
 // really gets installed, and is always purged again). Needs root, debhelper, rpm, lintian, rpmlint.
-import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { cpSync, existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControlClient } from '../../src/client/index.js';
-import { ROOT } from '../helpers/daemon.js';
+import { freePort, ROOT } from '../helpers/daemon.js';
+import { notifyReceiver } from '../helpers/notify-socket.js';
 import { bootSystemd, systemdNsAvailable, waitFor, type SystemdNs } from '../helpers/systemd-ns.js';
 
 const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
@@ -17,6 +18,8 @@ const DEB = join(OUT, `mtaproxy_${VERSION}_amd64.deb`);
 const RPM = join(OUT, `mtaproxy-${VERSION}-1.x86_64.rpm`);
 const CONFIG = '/etc/mtaproxy/mtaproxy.toml';
 const SECRET = '/etc/mtaproxy/secret';
+/** Where debootstrap fetches stock Debian 12 from: this machine's own Debian mirror. */
+const MIRROR = /^URIs:\s*(\S+)/m.exec(existsSync('/etc/apt/sources.list.d/debian.sources') ? readFileSync('/etc/apt/sources.list.d/debian.sources', 'utf8') : '')?.[1] ?? 'http://deb.debian.org/debian';
 const PORT = 807; // mtaproxy.socket's ListenStream=, unchanged: this is the installed package
 
 function sh(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): { code: number; stdout: string; stderr: string } {
@@ -26,8 +29,8 @@ function sh(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.Proc
 
 function toolsMissing(): string | null {
   if (process.arch !== 'x64') return 'the test names the amd64/x86_64 packages';
-  for (const tool of ['dpkg-buildpackage', 'dh', 'rpmbuild', 'lintian', 'rpmlint', 'rpm2cpio', 'cpio']) {
-    if (sh('sh', ['-c', `command -v ${tool}`]).code !== 0) return `no ${tool} (apt-get install debhelper rpm lintian rpmlint cpio)`;
+  for (const tool of ['dpkg-buildpackage', 'dh', 'rpmbuild', 'lintian', 'rpmlint', 'rpm2cpio', 'cpio', 'debootstrap']) {
+    if (sh('sh', ['-c', `command -v ${tool}`]).code !== 0) return `no ${tool} (apt-get install debhelper rpm lintian rpmlint cpio debootstrap)`;
   }
   return null;
 }
@@ -100,19 +103,23 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     expect(existsSync(DEB) && existsSync(RPM)).toBe(true);
     const deb = sh('dpkg-deb', ['-f', DEB, 'Version', 'Depends']).stdout;
     expect(deb).toContain(`Version: ${VERSION}`);
-    expect(deb).toMatch(/Depends: .*nodejs \(>= 20\)/);
-    expect(deb).toMatch(/libsystemd0/);
+    // the package carries its runtime: no nodejs dependency (stock Debian 12 has Node 18)
+    expect(deb).not.toMatch(/nodejs/);
+    expect(deb).toMatch(/Depends: .*libsystemd0/);
+    expect(deb).toMatch(/libstdc\+\+6/);
     expect(sh('rpm', ['-qp', '--qf', '%{VERSION}', RPM]).stdout).toBe(VERSION);
     const requires = sh('rpm', ['-qp', '--requires', RPM]).stdout;
-    expect(requires).toMatch(/^nodejs >= 1:20$/m); // Fedora's and RHEL's nodejs carry Epoch 1
+    expect(requires).not.toMatch(/nodejs/);
     expect(requires).toMatch(/^libsystemd\.so\.0\(\)\(64bit\)$/m);
 
-    const debFiles = normalize(sh('dpkg-deb', ['--fsys-tarfile', DEB]).code === 0 ? sh('sh', ['-c', `dpkg-deb --fsys-tarfile '${DEB}' | tar -t`]).stdout.split('\n') : []);
+    const listing = sh('bash', ['-c', `set -o pipefail; dpkg-deb --fsys-tarfile '${DEB}' | tar -t`]);
+    expect(listing.code, listing.stderr).toBe(0);
+    const debFiles = normalize(listing.stdout.split('\n'));
     const rpmFiles = normalize(sh('rpm', ['-qlp', RPM]).stdout.split('\n'));
-    // Packaging metadata differs by design: Debian's changelog/copyright vs RPM's %license.
-    const own = (files: string[]) => files.filter((f) => !/^\/usr\/share\/(doc\/mtaproxy\/(changelog|copyright)|licenses\/)/.test(f) && !/^\/(usr|usr\/lib|usr\/share|usr\/share\/doc|usr\/share\/man|usr\/share\/man\/man8|usr\/bin|etc|lib|lib\/systemd|usr\/lib\/systemd|lib\/systemd\/system|usr\/lib\/systemd\/system|usr\/lib\/sysusers\.d)$/.test(f));
+    // Packaging metadata differs by design: Debian's changelog/copyright/lintian overrides vs RPM's %license.
+    const own = (files: string[]) => files.filter((f) => !/^\/usr\/share\/(doc\/mtaproxy\/(changelog|copyright)|licenses\/|lintian(\/|$))/.test(f) && !/^\/(usr|usr\/lib|usr\/share|usr\/share\/doc|usr\/share\/man|usr\/share\/man\/man8|usr\/bin|etc|lib|lib\/systemd|usr\/lib\/systemd|lib\/systemd\/system|usr\/lib\/systemd\/system|usr\/lib\/sysusers\.d)$/.test(f));
     expect(own(rpmFiles)).toEqual(own(debFiles));
-    for (const f of ['/usr/bin/mtaproxy', '/usr/lib/mtaproxy/dist/cli/main.js', '/usr/lib/mtaproxy/package.json', CONFIG, '/usr/lib/systemd/system/mtaproxy.service',
+    for (const f of ['/usr/bin/mtaproxy', '/usr/lib/mtaproxy/node', '/usr/share/doc/mtaproxy/nodejs-LICENSE', '/usr/lib/mtaproxy/dist/cli/main.js', '/usr/lib/mtaproxy/package.json', CONFIG, '/usr/lib/systemd/system/mtaproxy.service',
       '/usr/lib/systemd/system/mtaproxy.socket', '/usr/lib/sysusers.d/mtaproxy.conf', '/usr/share/man/man8/mtaproxy.8', '/usr/share/doc/mtaproxy/README.md',
       '/usr/lib/mtaproxy/node_modules/sd-notify/build/Release/notify.node', '/usr/lib/mtaproxy/node_modules/systemd-journald/build/Release/journal_send.node']) {
       expect(debFiles).toContain(f);
@@ -272,6 +279,48 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     expect(await state('mtaproxy.socket')).not.toBe('active');
     expect(sh('getent', ['passwd', 'mtaproxy']).code).toBe(0);
   }, 180_000);
+
+  // Stock Debian 12 ships Node.js 18, which cannot run the addons built for Node 20: the package
+  // must bring its runtime. Proven on a fresh debootstrap of bookworm, with nothing else added.
+  it('installs and runs on a stock Debian 12 (debootstrap), whose own nodejs is 18', async () => {
+    const root = join(workdir, 'bookworm');
+    const t0 = Date.now();
+    const boot = sh('debootstrap', ['--variant=minbase', 'bookworm', root, MIRROR]);
+    expect(boot.code, boot.stdout.slice(-2000) + boot.stderr.slice(-2000)).toBe(0);
+    sh('mount', ['-t', 'proc', 'proc', join(root, 'proc')]);
+    const receiver = notifyReceiver(join(root, 'tmp'));
+    let daemon: ChildProcess | undefined;
+    try {
+      const chroot = (args: string[], env: NodeJS.ProcessEnv = {}) => sh('chroot', [root, ...args], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', DEBIAN_FRONTEND: 'noninteractive', ...env } });
+      expect(chroot(['apt-get', 'update', '-qq']).code).toBe(0);
+      expect(chroot(['apt-cache', 'policy', 'nodejs']).stdout).toMatch(/Candidate: 18\./);
+      cpSync(DEB, join(root, 'tmp/mtaproxy.deb'));
+      const install = chroot(['apt-get', 'install', '-y', '--no-install-recommends', '/tmp/mtaproxy.deb']);
+      expect(install.code, install.stdout.slice(-3000) + install.stderr.slice(-3000)).toBe(0);
+      expect(chroot(['dpkg-query', '-W', '-f=${Status}', 'nodejs']).stdout).not.toContain('installed');
+      expect(chroot(['mtaproxy', '--version']).stdout.trim()).toBe(VERSION);
+      expect(chroot(['mtaproxy', 'check-config', CONFIG]).stdout.trim()).toBe(`${CONFIG}: OK`);
+      expect(readFileSync(join(root, SECRET), 'utf8').trim()).toMatch(/^\S{32,}$/); // made by postinst, with the private runtime
+
+      // the daemon itself, with the native sd_notify addon talking to a real NOTIFY_SOCKET
+      const port = await freePort();
+      writeFileSync(join(root, 'tmp/test.toml'), `listen = "127.0.0.1:${port}"\nallow_from = ["127.0.0.0/8"]\nauth_shared_secret_file = "${SECRET}"\nadmin_socket = "/tmp/admin.sock"\n`);
+      daemon = spawn('/usr/sbin/chroot', [root, '/usr/bin/mtaproxy', '--config-filename=/tmp/test.toml'], { env: { PATH: '/usr/bin:/bin', NOTIFY_SOCKET: '/tmp/notify.sock' }, stdio: 'ignore' });
+      await receiver.waitFor(/^READY=1$/m, 10_000);
+      const client = await ControlClient.connect({ host: '127.0.0.1', port, name: 'server-stock', secret: readFileSync(join(root, SECRET), 'utf8').trim() });
+      expect(await client.ping()).toBeGreaterThan(0);
+      const exited = new Promise<number | null>((resolve) => daemon?.once('exit', (code) => resolve(code)));
+      daemon.kill('SIGTERM');
+      expect(await client.closed).toBe('421 mtaproxy shutting down');
+      expect(await exited).toBe(0);
+      await receiver.waitFor(/^STOPPING=1$/m);
+      console.log(`stock Debian 12 check: ${((Date.now() - t0) / 1000).toFixed(1)} s (debootstrap, apt install, daemon up and down)`);
+    } finally {
+      if (daemon && daemon.exitCode === null) daemon.kill('SIGKILL');
+      receiver.close();
+      sh('umount', ['-l', join(root, 'proc')]);
+    }
+  }, 600_000);
 });
 
 /** MainPID inside the namespace of systemd `nsPid` -> the pid on the host (NSpid lists both). */
