@@ -46,8 +46,8 @@ interface Waiter {
   readonly session: string;
   readonly kind: LeaseKind;
   readonly deadline: number;
-  /** start-time fair queuing tag: served in increasing order */
-  readonly tag: number;
+  /** start-time fair queuing tag: served in increasing order (re-tagged when the weight changes) */
+  tag: number;
 }
 
 interface Throttle {
@@ -122,7 +122,22 @@ export class ThrottleManager {
 
   /** A session's backlog sets its share when several sessions wait on the same throttle. */
   setBacklog(session: string, backlog: number): void {
-    this.#weights.set(session, Math.max(1, backlog));
+    const weight = Math.max(1, backlog);
+    if (this.#weights.get(session) === weight) return;
+    this.#weights.set(session, weight);
+    // Tags are spaced 1/weight apart. Requests that already wait were tagged under the old
+    // weight: re-tag them (in their order) from the throttle's virtual time, or an MTA that queued
+    // before its first report (weight 1) would wait behind hundreds of grants to the others.
+    for (const t of this.#throttles.values()) {
+      if (!t.finish.has(session)) continue;
+      let finish = t.virtualTime;
+      for (const w of t.waiters) {
+        if (w.session !== session) continue;
+        w.tag = finish;
+        finish += 1 / weight;
+      }
+      t.finish.set(session, finish);
+    }
   }
 
   /** Declares or changes a session's limits; may grant waiting requests if the limit grew. */

@@ -160,6 +160,36 @@ describe('ThrottleManager', () => {
     expect((got.a as number) / (got.b as number)).toBeLessThan(3.3);
   });
 
+  it('a new backlog report re-tags requests already waiting (no starvation under a stale weight)', () => {
+    const m = new ThrottleManager();
+    for (const s of ['a', 'b']) m.declare(s, decl({ maxConnections: 1 }), 0); // sum: 2
+    const first = m.acquire('x', 'gmail', 'connection', 0, 0);
+    expect(first.status).toBe('error'); // (x declared nothing)
+    const held = [m.acquire('a', 'gmail', 'connection', 0, 1e9), m.acquire('b', 'gmail', 'connection', 0, 1e9)];
+    // a queues 8 before it has reported any backlog (weight 1), then both report the same backlog
+    const waitOwner = new Map<number, string>();
+    for (let i = 0; i < 8; i++) {
+      const r = m.acquire('a', 'gmail', 'connection', 0, 1e9);
+      if (r.status === 'queued') waitOwner.set(r.waitId, 'a');
+    }
+    m.setBacklog('a', 100);
+    m.setBacklog('b', 100);
+    for (let i = 0; i < 8; i++) {
+      const r = m.acquire('b', 'gmail', 'connection', 0, 1e9);
+      if (r.status === 'queued') waitOwner.set(r.waitId, 'b');
+    }
+    // release one slot at a time: equal weights must alternate, not serve b's 8 first
+    let lease = held.map((h) => (h.status === 'granted' ? h.lease.id : 0))[0] as number;
+    const order: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      const granted = m.release(lease, 1).find((e) => e.type === 'granted');
+      if (granted?.type !== 'granted') throw new Error('nothing granted');
+      order.push(granted.lease.session);
+      lease = granted.lease.id;
+    }
+    expect(order.filter((s) => s === 'a')).toHaveLength(4);
+  });
+
   it('never exceeds the effective limit under random concurrent use by several sessions', () => {
     const random = rng(20261125);
     const m = new ThrottleManager();
