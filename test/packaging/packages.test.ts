@@ -83,7 +83,7 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     if (build.code !== 0) throw new Error(`npm run package failed:\n${build.stdout.slice(-4000)}\n${build.stderr.slice(-4000)}`);
     console.log(`packages built in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${readdirSync(OUT).join(', ')}`);
     workdir = await mkdtemp(join(tmpdir(), 'mtaproxy-pkg-'));
-    sd = await bootSystemd(workdir);
+    sd = await bootSystemd(workdir, [ROOT.replace(/\/$/, '')]); // apt installs dist/packages/*.deb from inside: keep a checkout under /tmp visible
   }, 240_000);
 
   afterAll(async () => {

@@ -43,8 +43,9 @@ describe.skipIf(!available.ok)(`mtaproxy under systemd${available.ok ? '' : ` (s
       .replaceAll('/usr/bin/mtaproxy', program)
       .replaceAll('/etc/mtaproxy/mtaproxy.toml', configFile)
       .replace(/^(User|Group)=.*\n/gm, '')
-      // PrivateTmp= hides the host's /tmp, where this test's config lives: let the service see it
-      .replace(/^PrivateTmp=yes$/m, `PrivateTmp=yes\nBindReadOnlyPaths=${workdir}`);
+      // PrivateTmp= hides the host's /tmp, where this test's config lives (and the checkout, when it
+      // is cloned under /tmp): let the service see both
+      .replace(/^PrivateTmp=yes$/m, `PrivateTmp=yes\nBindReadOnlyPaths=${workdir} ${ROOT.replace(/\/$/, '')}`);
     const socket = (await readFile(join(ROOT, 'packaging/systemd/mtaproxy.socket'), 'utf8')).replace(/^ListenStream=.*$/m, `ListenStream=127.0.0.1:${port}`);
     await sd().installUnit('mtaproxy.service', service);
     await sd().installUnit('mtaproxy.socket', socket);
