@@ -54,9 +54,14 @@ afterEach(async () => {
   await Promise.all(running.splice(0).map((d) => d.stop()));
 });
 
-async function proxy(extra = ''): Promise<RunningDaemon> {
+/**
+ * A daemon for these tests. The ping interval is short only where a test is about liveness: with
+ * 200 ms, a test process busy for 400 ms (building a 10 MB body on a loaded CI machine) misses
+ * two pings and its session is rightly closed.
+ */
+async function proxy(extra = '', pingInterval = '2s'): Promise<RunningDaemon> {
   const d = await startDaemon({
-    extra: `ping_interval = "200ms"\n[egress]\nsource_ips = ["127.0.0.2", "127.0.0.3"]\nports = [${smtpPort}, 25]\nallow_private_destinations = true\nthrottle_wait_timeout = "5s"\n${extra}`,
+    extra: `ping_interval = "${pingInterval}"\n[egress]\nsource_ips = ["127.0.0.2", "127.0.0.3"]\nports = [${smtpPort}, 25]\nallow_private_destinations = true\nthrottle_wait_timeout = "5s"\n${extra}`,
   });
   running.push(d);
   return d;
@@ -166,7 +171,7 @@ describe('deliveries', () => {
 
 describe('cooperative throttling over control sessions', () => {
   it('average mode: one cluster-wide limit; a killed MTA\'s lease returns within two ping intervals', async () => {
-    const d = await proxy();
+    const d = await proxy('', '200ms');
     // a raw MTA that takes the only slot, then stops answering pings (as a frozen or killed process)
     const mute = await rawConnect(d.port);
     const greeting = parseGreeting(await mute.line(/^MTAPROXY /));
@@ -208,7 +213,7 @@ describe('cooperative throttling over control sessions', () => {
 
 describe('the request window', () => {
   it('holds back ACQUIREs past 16 waiting, still answers RELEASE and pings, and keeps the MTA alive', async () => {
-    const d = await proxy();
+    const d = await proxy('', '200ms');
     const a = await session(d, 'server-a');
     await a.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 100, mode: 'sum' });
     const held = await a.acquire('k', 'connection', 0);
