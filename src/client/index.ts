@@ -106,7 +106,8 @@ interface Pending {
 /** Connects and authenticates; resolves with the socket and the lines already received after OK. */
 export async function authenticate(opts: ConnectOptions): Promise<{ socket: Socket; splitter: LineSplitter; leftover: string[] }> {
   const secret = new SharedSecret(opts.secret);
-  const socket = connect({ host: opts.host, port: opts.port });
+  // noDelay: requests and the tunnel's first bytes are small; Nagle would hold them for the proxy's delayed ACK
+  const socket = connect({ host: opts.host, port: opts.port, noDelay: true });
   const splitter = new LineSplitter(MAX_CONTROL_LINE);
   const clientNonce = randomBytes(NONCE_BYTES).toString('hex');
   return new Promise((resolve, reject) => {
