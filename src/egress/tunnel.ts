@@ -44,6 +44,9 @@ export function connectFrom(sourceIp: string, address: string, port: number, tim
   });
 }
 
+/** Bytes a tunnel buffers towards one side before it stops reading the other (backpressure). */
+export const MAX_BUFFERED = 128 * 1024;
+
 export interface TunnelResult {
   bytesUp: number;
   bytesDown: number;
@@ -71,7 +74,11 @@ export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, on
   const pump = (from: Socket, to: Socket, count: (n: number) => void): void => {
     from.on('data', (chunk: Buffer) => {
       count(chunk.length);
-      if (!to.write(chunk)) from.pause();
+      // A read is up to 64 KiB, the socket's high-water mark 16 KiB: pausing whenever write()
+      // says "full" would stop and restart reading on every chunk of a bulk transfer. Pause only
+      // past MAX_BUFFERED; 'drain' still comes (write() returned false) once the buffer is empty.
+      to.write(chunk);
+      if (to.writableLength >= MAX_BUFFERED) from.pause();
     });
     to.on('drain', () => from.resume());
     from.on('end', () => {
