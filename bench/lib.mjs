@@ -199,22 +199,3 @@ export function fdLimit() {
 }
 
 export const verdict = (ok) => (ok ? 'PASS' : 'MISS');
-
-/**
- * The shipped client (src/client/index.ts) connects without TCP_NODELAY. To show what setting it
- * would change, clientNoDelay(true) makes node:net's connect() (as the built client imports it)
- * set noDelay on the sockets it opens from then on; clientNoDelay(false) restores the default.
- */
-import net from 'node:net';
-import { syncBuiltinESMExports } from 'node:module';
-const originalConnect = net.connect;
-export function clientNoDelay(on) {
-  const patched = (...args) => {
-    const s = originalConnect(...args);
-    s.setNoDelay(true);
-    return s;
-  };
-  net.connect = on ? patched : originalConnect;
-  net.createConnection = on ? patched : originalConnect;
-  syncBuiltinESMExports();
-}

@@ -8,7 +8,7 @@
 // Target (design.md §9): >= 2x the Redis limiter's ops/s at each level, p99 < 2 ms at 64.
 import { Redis } from 'ioredis';
 import { ControlClient } from '../dist/client/index.js';
-import { clientNoDelay, fmt, freePort, machine, percentile, printTable, SECRET, sleep, spawnPeer, startProxy, verdict, waitForPort } from './lib.mjs';
+import { fmt, freePort, machine, percentile, printTable, SECRET, sleep, spawnPeer, startProxy, verdict, waitForPort } from './lib.mjs';
 
 const SECONDS = Number(/--seconds=(\S+)/.exec(process.argv.join(' '))?.[1] ?? 2);
 const LEVELS = [1, 16, 64];
@@ -58,11 +58,6 @@ async function main() {
 
   const session = await ControlClient.connect({ host: '127.0.0.1', port: proxy.port, name: 'bench', secret: SECRET });
   console.log(`# ${await session.declare({ key: KEY, sourceIp: '127.0.0.2', maxConnections: LIMIT, maxMessagesPerHour: 1_000_000, mode: 'sum' })}`);
-  // a second session whose socket has TCP_NODELAY (what the shipped client does not set)
-  clientNoDelay(true);
-  const fast = await ControlClient.connect({ host: '127.0.0.1', port: proxy.port, name: 'bench-nodelay', secret: SECRET });
-  clientNoDelay(false);
-  await fast.declare({ key: KEY, sourceIp: '127.0.0.2', maxConnections: LIMIT, maxMessagesPerHour: 1_000_000, mode: 'sum' });
 
   const makeRedis = (autoPipelining) => {
     const r = new Redis({ port: redisPort, host: '127.0.0.1', enableAutoPipelining: autoPipelining, lazyConnect: false });
@@ -85,8 +80,6 @@ async function main() {
   const variants = [
     ['mtaproxy, release() awaited', async () => session.release(await session.acquire(KEY, 'connection', 0))],
     ['mtaproxy, releaseNow()', async () => session.releaseNow(await session.acquire(KEY, 'connection', 0))],
-    ['mtaproxy + client TCP_NODELAY, release() awaited', async () => fast.release(await fast.acquire(KEY, 'connection', 0))],
-    ['mtaproxy + client TCP_NODELAY, releaseNow()', async () => fast.releaseNow(await fast.acquire(KEY, 'connection', 0))],
     ['redis, ZREM awaited', redisOp(redisPlain, true)],
     ['redis autopipelining, ZREM awaited', redisOp(redisAuto, true)],
     ['redis, ZREM not awaited', redisOp(redisPlain, false)],
@@ -136,7 +129,6 @@ async function main() {
   console.log(`\n# leftover Redis leases: ${left}; proxy: ${inUse}; overall: ${allOk ? 'all targets met' : 'TARGET MISSED (see table)'}`);
 
   session.destroy();
-  fast.destroy();
   redisPlain.disconnect();
   redisAuto.disconnect();
   await proxy.stop();
