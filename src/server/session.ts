@@ -25,6 +25,9 @@ export interface SessionServices {
 
 type Handler = (session: ControlSession, tag: string, args: string[]) => void;
 
+/** ACQUIREs one session may have waiting; past this, ACQUIRE is answered 452 at once. */
+export const MAX_WAITING_ACQUIRES = 1024;
+
 let sessionSerial = 0;
 
 const HANDLERS: Readonly<Record<string, Handler>> = {
@@ -49,14 +52,19 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
   ACQUIRE: (s, tag, args) => {
     const a = parseAcquire(args);
     if (typeof a === 'string') return s.reply(tag, 501, a);
+    if (s.waitingAcquires >= MAX_WAITING_ACQUIRES) return s.reply(tag, 452, `too many ACQUIREs waiting on this session (${MAX_WAITING_ACQUIRES})`);
     const maxWait = s.services.egress().throttleWaitTimeoutMs;
-    s.acquireStarted();
-    s.track(tag, s.services.throttle.acquire(s.id, a.key, a.kind, Math.min(a.waitMs ?? maxWait, maxWait), (outcome) => {
+    s.waitingAcquires++;
+    let answered = false;
+    const cancel = s.services.throttle.acquire(s.id, a.key, a.kind, Math.min(a.waitMs ?? maxWait, maxWait), (outcome) => {
+      answered = true;
       s.untrack(tag);
-      s.acquireEnded();
+      s.waitingAcquires--;
       if (outcome.ok) s.reply(tag, 250, a.kind === 'connection' ? `lease ${outcome.lease.id}` : 'message');
       else s.reply(tag, outcome.code, outcome.message);
-    }));
+    });
+    // answered at once (granted or refused): nothing to cancel later
+    if (!answered) s.track(tag, cancel);
   },
   RELEASE: (s, tag, args) => {
     const id = Number(args[0]);
@@ -72,6 +80,8 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
 };
 
 export class ControlSession {
+  /** ACQUIREs of this session waiting for a grant (bounded by MAX_WAITING_ACQUIRES). */
+  waitingAcquires = 0;
   /** unique per connection: a replacing session with the same name must not share leases */
   readonly id: string;
   readonly name: string;
@@ -128,41 +138,14 @@ export class ControlSession {
   handleLine(line: string): void {
     if (this.#closed) return;
     this.#lastHeard = this.#now();
-    // The window bounds the requests that wait (ACQUIRE): past 16, further ACQUIREs are held
-    // back in order, and past 16 held back the socket is paused, so a pipelining MTA is slowed
-    // down instead of buffered without bound. Everything else (RELEASE, PING, pong replies…) is
-    // answered at once, so a full window never keeps an MTA from releasing what it holds.
-    if (/^\S+ ACQUIRE /.test(line) && (this.#waitingAcquires >= WINDOW || this.#deferred.length > 0)) {
-      this.#deferred.push(line);
-      if (this.#deferred.length >= WINDOW) this.#socket.pause();
-      return;
-    }
-    this.#process(line);
-  }
-
-  /** A waiting ACQUIRE was answered: let a held-back one in. */
-  #admit(): void {
-    while (this.#deferred.length > 0 && this.#waitingAcquires < WINDOW && !this.#closed) this.#process(this.#deferred.shift() as string);
-    if (this.#deferred.length < WINDOW && this.#socket.isPaused() && !this.#closed) this.#socket.resume();
-  }
-
-  #deferred: string[] = [];
-  #waitingAcquires = 0;
-
-  /** Counts ACQUIREs until answered (the window), see handleLine. */
-  acquireStarted(): void {
-    this.#waitingAcquires++;
-  }
-
-  acquireEnded(): void {
-    this.#waitingAcquires--;
-    queueMicrotask(() => this.#admit());
-  }
-
-  #process(line: string): void {
+    // Every line is handled as it arrives; reading never stops because requests wait. (Holding
+    // back waiting ACQUIREs once stopped the RELEASEs behind them, which were what would have
+    // freed the slots.) Waiting ACQUIREs are bounded per session instead: MAX_WAITING_ACQUIRES.
     const msg: ControlMessage = parseControlLine(line);
     switch (msg.kind) {
       case 'request': {
+        // "-" means "no reply": only RELEASE may use it (a grant nobody reads would leak a lease)
+        if (msg.tag === '-' && msg.verb !== 'RELEASE') return this.fail(`protocol error: the tag "-" (no reply) is only for RELEASE, not ${msg.verb.slice(0, 20)}`);
         const handler = HANDLERS[msg.verb];
         this.#forwardIn++;
         if (handler === undefined) this.reply(msg.tag, 500, `unknown command ${msg.verb}`);
@@ -251,7 +234,7 @@ export class ControlSession {
       pingRttMs: this.#rttMs,
       pingAgeMs: this.#rttAt === null ? null : now - this.#rttAt,
       backlog: this.backlog,
-      forward: { in: this.#forwardIn, out: this.#forwardOut, buf: this.#splitter.buffered + this.#deferred.reduce((n, l) => n + l.length + 1, 0) },
+      forward: { in: this.#forwardIn, out: this.#forwardOut, buf: this.#splitter.buffered },
       back: { in: this.#pending.size, out: this.#backOut, buf: this.#socket.writableLength },
     };
   }

@@ -211,27 +211,52 @@ describe('cooperative throttling over control sessions', () => {
   });
 });
 
-describe('the request window', () => {
-  it('holds back ACQUIREs past 16 waiting, still answers RELEASE and pings, and keeps the MTA alive', async () => {
+describe('waiting requests', () => {
+  it('never stop the session: other keys, RELEASE and pings get through; past 1024 waiting, 452', async () => {
     const d = await proxy('', '200ms');
     const a = await session(d, 'server-a');
     await a.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 100, mode: 'sum' });
+    await a.declare({ key: 'other', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 100, mode: 'sum' });
     const held = await a.acquire('k', 'connection', 0);
-    // 20 requests that must wait: 16 fill the window, 4 are held back unprocessed
-    const waiting = Array.from({ length: 20 }, () => a.acquire('k', 'connection', 5000).catch((e: Error) => e));
-    await new Promise((r) => setTimeout(r, 700)); // > 2 ping intervals of 200 ms
-    const status = await d.cli(['status']);
-    expect(status.stdout).toMatch(/session\(server-a\): timeconnected=\d+s ping=\d+\.\d{3}ms\(0s ago\) .* forward\(in=16\/16 out=0\/16 buf=\d+\)/);
+    // 40 requests that must wait on k, more than the advised window of 16
+    const waiting = Array.from({ length: 40 }, () => a.acquire('k', 'connection', 5000).catch((e: Error) => e));
+    // another throttle is not held up behind them
     const started = performance.now();
-    await a.release(held as number); // not stuck behind the window
+    const other = await a.acquire('other', 'connection', 0);
     expect(performance.now() - started).toBeLessThan(500);
-    // the slot passes along the queue: each grant is released at once, the next one gets it
+    await new Promise((r) => setTimeout(r, 700)); // > 2 ping intervals of 200 ms: the MTA stays alive
+    const status = await d.cli(['status']);
+    expect(status.stdout).toMatch(/session\(server-a\): timeconnected=\d+s ping=\d+\.\d{3}ms\(0s ago\) .* forward\(in=40\/16 out=0\/16 buf=0\)/);
+    await a.release(other as number);
+    await a.release(held as number);
+    // the slot passes along the queue: each grant is released at once (no reply), the next one gets it
     const results = await Promise.all(waiting.map(async (p) => {
       const r = await p;
       if (typeof r === 'number') a.releaseNow(r);
       return r;
     }));
-    expect(results.filter((r) => typeof r === 'number')).toHaveLength(20);
+    expect(results.filter((r) => typeof r === 'number')).toHaveLength(40);
     expect(d.lines.join('\n')).not.toMatch(/session\(server-a\): closed/);
+
+    // bounded: with 1024 waiting, the next ACQUIRE is refused at once
+    const blocker = await a.acquire('k', 'connection', 0);
+    const many = Array.from({ length: 1024 }, () => a.acquire('k', 'connection', 5000).catch((e: Error) => e.message));
+    await expect(a.acquire('k', 'connection', 5000)).rejects.toThrow('452 too many ACQUIREs waiting on this session (1024)');
+    await a.release(blocker as number);
+    const first = await many[0];
+    expect(typeof first).toBe('number');
+    a.destroy(); // the session's leases and waits go with it
+  });
+
+  it('accepts the no-reply tag "-" only on RELEASE', async () => {
+    const d = await proxy();
+    const raw = await rawConnect(d.port);
+    const greeting = parseGreeting(await raw.line(/^MTAPROXY /));
+    if (greeting === null) throw new Error('no greeting');
+    raw.send(`${authLine(new SharedSecret(SECRET), greeting.serverNonce, 'ab'.repeat(32), 'server-r')}\nCONTROL\n`);
+    await raw.line(/^250 control session/);
+    raw.send('- ACQUIRE k connection\n');
+    await raw.closed;
+    await d.waitForLine(/session\(server-r\): .*the tag "-" \(no reply\) is only for RELEASE, not ACQUIRE/);
   });
 });
