@@ -20,6 +20,8 @@ export interface DeliveryContext {
   throttle: ThrottleService;
   /** open tunnels (MTA side), for the status line and shutdown */
   tunnels: Set<Socket>;
+  /** deliveries not yet open (waiting for a slot, resolving, connecting): they count against egress.max_tunnels too */
+  pending: Set<Socket>;
   stopping(): boolean;
   log: Logger;
 }
@@ -46,8 +48,13 @@ export interface Delivery {
 export const DERIVED_OWNER = 'derived';
 
 export function derivedThrottleKey(sourceIp: string, host: string, port: number): string {
-  return `${sourceIp}>${host.includes(':') ? `[${host}]` : host}:${port}`;
+  // "MX.example.com." and "mx.example.com" are one destination, with one limit
+  const name = host.toLowerCase().replace(/\.$/, '');
+  return `${sourceIp}>${name.includes(':') ? `[${name}]` : name}:${port}`;
 }
+
+/** Bytes a client may send before its tunnel is open (kept for the tunnel); more is a protocol error. */
+const MAX_EARLY_BYTES = 64 * 1024;
 
 async function resolve(req: ConnectRequest): Promise<string | Refusal> {
   if (ipaddr.isValid(req.host)) return req.host;
@@ -67,6 +74,8 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
   let cancelWait: (() => void) | null = null;
   let leaseId: number | null = null;
   let done = false;
+  /** an outbound connection is being made: its slot stays taken until that settles */
+  let opening = false;
   const fields = { mtaproxy_event: 'delivery', session: who, peer, source_ip: req.sourceIp, destination: `${req.host}:${req.port}`, throttle: req.throttle };
 
   const releaseSlot = (): void => {
@@ -78,25 +87,51 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
   };
 
   const refuse = (r: Refusal): void => {
-    if (done) return;
+    ctx.pending.delete(mta);
+    if (done) {
+      // abandoned while the outbound connect was under way: the slot is free only now
+      if (opening) releaseSlot();
+      return;
+    }
     done = true;
     releaseSlot();
     ctx.log.warn({ ...fields, code: r.code, outcome: 'refused' }, `delivery(${who}): ${req.sourceIp} -> ${req.host}:${req.port} throttle=${req.throttle} refused: ${r.code} ${r.message}`);
     replies.refused(r);
   };
 
-  // the client gave up while we waited or connected: give everything back
-  mta.once('close', () => {
+  // The client gave up while we waited or connected (FIN, RST or error): give everything back.
+  // To notice, keep reading while we wait; what arrives early is kept for the tunnel.
+  const abandon = (): void => {
     cancelWait?.();
-    if (!done) {
-      done = true;
-      releaseSlot();
-      ctx.log.info({ ...fields, outcome: 'abandoned' }, `delivery(${who}): client closed before the tunnel was open`);
-    }
-  });
+    ctx.pending.delete(mta);
+    if (done) return;
+    done = true;
+    if (!opening) releaseSlot(); // else open() releases it once the connect settles
+    ctx.log.info({ ...fields, outcome: 'abandoned' }, `delivery(${who}): client closed before the tunnel was open`);
+    mta.destroy();
+  };
+  const early: Buffer[] = [];
+  let earlyBytes = 0;
+  const onEarly = (chunk: Buffer): void => {
+    earlyBytes += chunk.length;
+    if (earlyBytes > MAX_EARLY_BYTES) return abandon();
+    early.push(chunk);
+  };
+  mta.on('data', onEarly);
+  mta.once('end', abandon);
+  mta.once('close', abandon);
   mta.on('error', () => {});
+  mta.resume();
+  const stopWatching = (): void => {
+    mta.removeListener('data', onEarly);
+    mta.removeListener('end', abandon);
+    mta.removeListener('close', abandon);
+    mta.pause();
+    if (early.length > 0) mta.unshift(Buffer.concat(early));
+  };
 
   const open = async (e: EgressConfig): Promise<void> => {
+    opening = true;
     const address = await resolve(req);
     if (typeof address !== 'string') return refuse(address);
     const bad = checkDestination(address, req.sourceIp, e);
@@ -109,9 +144,13 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
     }
     if (done) {
       remote.destroy();
+      releaseSlot();
       return;
     }
     done = true;
+    opening = false;
+    ctx.pending.delete(mta);
+    stopWatching();
     const local = `${remote.localAddress}:${remote.localPort}`;
     const destination = `${address}:${req.port}`;
     replies.connected(local, destination);
@@ -132,7 +171,10 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
   const policy = checkRequest(req, egress);
   if (policy !== null) return refuse(policy);
   if (ctx.stopping()) return refuse({ code: CONNECT_CODES.shuttingDown, message: 'proxy shutting down' });
-  if (ctx.tunnels.size >= egress.maxTunnels) return refuse({ code: CONNECT_CODES.tooManyTunnels, message: `egress.max_tunnels (${egress.maxTunnels}) reached` });
+  if (ctx.tunnels.size + ctx.pending.size >= egress.maxTunnels) {
+    return refuse({ code: CONNECT_CODES.tooManyTunnels, message: `egress.max_tunnels (${egress.maxTunnels}) reached (${ctx.tunnels.size} open, ${ctx.pending.size} opening)` });
+  }
+  ctx.pending.add(mta);
   if (d.owner === null) {
     ctx.throttle.declare(DERIVED_OWNER, { key: req.throttle, sourceIp: req.sourceIp, maxConnections: ctx.derivedMaxConnections(), maxMessagesPerHour: 100_000_000, mode: 'sum' });
   }

@@ -69,6 +69,7 @@ export class Daemon {
       derivedMaxConnections: () => this.#config.derivedThrottle.maxConnections,
       throttle: this.#throttle,
       tunnels: this.#tunnels,
+      pending: new Set(),
       stopping: () => this.#stopping,
       log: this.#log,
     };

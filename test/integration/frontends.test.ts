@@ -250,6 +250,29 @@ describe('SOCKS5 front-end', () => {
   });
 });
 
+describe('deliveries that are given up', () => {
+  it('a client that closes (FIN) while waiting for a slot leaves the queue at once', async () => {
+    const { d, socks } = await proxy('[derived_throttle]\nmax_connections = 1');
+    const first = await socksSession(socks, 'alice', PASSWORD_A);
+    first.s.write(ipv4Request(1, '127.0.0.1', smtpPort));
+    expect((await first.read(10))[1]).toBe(0);
+    const waiting = await socksSession(socks, 'alice', PASSWORD_A);
+    waiting.s.write(ipv4Request(1, '127.0.0.1', smtpPort));
+    await new Promise((r) => setTimeout(r, 100));
+    const t0 = Date.now();
+    waiting.s.end(); // half-close: the proxy must not wait for its throttle_wait_timeout (1 s)
+    await d.waitForLine(/delivery\(socks5:alice\): client closed before the tunnel was open/, 800);
+    expect(Date.now() - t0).toBeLessThan(800);
+    expect(d.lines.join('\n')).not.toMatch(/refused: 451/);
+    // the slot is still the first tunnel's; when it closes, the next client gets it at once
+    first.s.destroy();
+    const next = await socksSession(socks, 'alice', PASSWORD_A);
+    next.s.write(ipv4Request(1, '127.0.0.1', smtpPort));
+    expect((await next.read(10))[1]).toBe(0);
+    next.s.destroy();
+  });
+});
+
 describe('PROXY v2 front-end', () => {
   const header = (src: string, dst: string, dstPort: number) =>
     Buffer.from(new V2ProxyProtocol(Command.PROXY, TransportProtocol.STREAM,
