@@ -217,6 +217,11 @@ export class Daemon {
       return;
     }
     if (endpoint.frontEnd === 'proxy-v2') {
+      if (this.#config.proxyV2 === null) {
+        this.#log.warn({ mtaproxy_event: 'connection_refused', peer: address, front_end: 'proxy-v2' }, 'proxy-v2: no [proxy_v2] table in the config; closing');
+        socket.destroy();
+        return;
+      }
       serveProxyV2(socket, { delivery: this.#delivery, log: this.#log, handshakeTimeoutMs: this.#config.handshakeTimeoutMs });
       socket.resume();
       return;

@@ -123,6 +123,11 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
         refuseRequest(REP.notAllowed, `BIND to ${request.host}: not in egress.source_ips`);
         return false;
       }
+      // an account pinned to a source address (its reputation, its tenant) cannot pick another
+      if (user?.sourceIp && user.sourceIp !== request.host) {
+        refuseRequest(REP.notAllowed, `BIND to ${request.host}: account ${user.username} sends from ${user.sourceIp} only`);
+        return false;
+      }
       boundSource = request.host;
       socket.write(encodeReply(REP.succeeded, { ip: request.host, port: 0 }));
       ctx.log.debug({ mtaproxy_event: 'socks5_bind', peer, session: who(), source_ip: request.host }, `socks5: ${peer}: source ${request.host} chosen by BIND`);

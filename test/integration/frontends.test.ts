@@ -219,6 +219,11 @@ describe('SOCKS5 front-end', () => {
     none.s.write(ipv4Request(1, '127.0.0.1', smtpPort));
     expect([...(await none.read(2))]).toEqual([5, 2]);
     await d.waitForLine(/no source address: send BIND/);
+    // an account with its own source_ip cannot BIND another one
+    const pinned = await socksSession(socks, 'alice', PASSWORD_A);
+    pinned.s.write(ipv4Request(2, '127.0.0.3', 0));
+    expect([...(await pinned.read(2))]).toEqual([5, 2]);
+    await d.waitForLine(/BIND to 127\.0\.0\.3: account alice sends from 127\.0\.0\.2 only/);
     const udp = await socksSession(socks, 'alice', PASSWORD_A);
     udp.s.write(ipv4Request(3, '0.0.0.0', 0));
     expect([...(await udp.read(2))]).toEqual([5, 7]); // command not supported
