@@ -41,6 +41,11 @@ writeFileSync(
 // 2. The runtime: the very binary whose headers the addons are compiled against below (their
 // V8 ABI, NODE_MODULE_VERSION, must match it), and its license for the package's copyright notes.
 const RUNTIME = join(APP, 'node');
+// Debian's and Fedora's own nodejs packages are a small launcher linked to the system's
+// libnode.so: a copy of that would not be a private runtime at all. Build with a self-contained
+// node (NodeSource's, or the official binaries).
+const linked = execFileSync('ldd', [process.execPath], { encoding: 'utf8' });
+if (/libnode\.so/.test(linked)) throw new Error(`${process.execPath} is linked to libnode.so (a distribution's nodejs): build the packages with a self-contained Node.js 20 (NodeSource, nodejs.org)`);
 cpSync(process.execPath, RUNTIME);
 const nodeLicense = [join(resolve(process.execPath, '../..'), 'share/doc/nodejs/LICENSE'), '/usr/share/doc/nodejs/copyright'].find((f) => existsSync(f));
 if (nodeLicense === undefined) throw new Error('the Node.js license (share/doc/nodejs/LICENSE) was not found next to the runtime');

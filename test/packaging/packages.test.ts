@@ -144,7 +144,11 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
       expect(text, `${what}: enables and starts the socket`).toMatch(/enable '?mtaproxy\.socket/);
       expect(text, `${what}: starts the socket`).toMatch(/start '?mtaproxy\.socket/);
       expect(text, `${what}: restarts a running service on upgrade`).toMatch(/try-restart '?mtaproxy\.service'? '?mtaproxy\.socket/);
-      expect(text, `${what}: removes the secret and the directory`).toMatch(/rm -f \/etc\/mtaproxy\/secret[\s\S]*rmdir \/etc\/mtaproxy/);
+      expect(text, `${what}: the config (SOCKS5 passwords) is readable by the group only`).toMatch(/chgrp mtaproxy \/etc\/mtaproxy\/mtaproxy\.toml\s+chmod 0640 \/etc\/mtaproxy\/mtaproxy\.toml/);
+      // Debian's purge removes the secret; RPM has no purge, and an erase keeps it (a reinstall
+      // must not silently make a new cluster secret)
+      if (what === 'deb') expect(text, 'deb: purge removes the secret and the directory').toMatch(/rm -f \/etc\/mtaproxy\/secret[\s\S]*rmdir \/etc\/mtaproxy/);
+      else expect(text, 'rpm: erase keeps the secret').not.toMatch(/rm -f \/etc\/mtaproxy\/secret/);
       // (Debian's `deb-systemd-helper enable mtaproxy.service` only follows its Also=mtaproxy.socket)
       expect(text, `${what}: never starts the service itself`).not.toMatch(/(^|\s)(start|restart|enable --now) '?mtaproxy\.service/m);
     }
@@ -169,6 +173,7 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     // a fresh random secret, readable by the service's group only
     expect(secret()).toMatch(/^\S{32,}$/);
     expect(sh('stat', ['-c', '%a %U %G', SECRET]).stdout.trim()).toBe('640 root mtaproxy');
+    expect(sh('stat', ['-c', '%a %U %G', CONFIG]).stdout.trim()).toBe('640 root mtaproxy');
     expect(sh('getent', ['passwd', 'mtaproxy']).code).toBe(0);
     expect(sh('mtaproxy', ['--version']).stdout.trim()).toBe(VERSION);
     expect(sh('mtaproxy', ['check-config', CONFIG]).stdout.trim()).toBe(`${CONFIG}: OK`);
