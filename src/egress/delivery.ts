@@ -56,13 +56,23 @@ export function derivedThrottleKey(sourceIp: string, host: string, port: number)
 /** Bytes a client may send before its tunnel is open (kept for the tunnel); more is a protocol error. */
 const MAX_EARLY_BYTES = 64 * 1024;
 
-async function resolve(req: ConnectRequest): Promise<string | Refusal> {
+/**
+ * The address to connect to, for the source address's family. getaddrinfo (which reads
+ * /etc/hosts, as operators expect) has no timeout of its own: bounded here by timeoutMs.
+ */
+async function resolve(req: ConnectRequest, timeoutMs: number): Promise<string | Refusal> {
   if (ipaddr.isValid(req.host)) return req.host;
+  let timer: NodeJS.Timeout | undefined;
   try {
     const family = ipaddr.process(req.sourceIp).kind() === 'ipv4' ? 4 : 6;
-    return (await lookup(req.host, { family })).address;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(Object.assign(new Error('timeout'), { code: `ETIMEOUT after ${timeoutMs}ms` })), timeoutMs);
+    });
+    return (await Promise.race([lookup(req.host, { family }), timeout])).address;
   } catch (err) {
     return { code: CONNECT_CODES.unreachable, message: `cannot resolve ${req.host}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` };
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -132,7 +142,7 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
 
   const open = async (e: EgressConfig): Promise<void> => {
     opening = true;
-    const address = await resolve(req);
+    const address = await resolve(req, e.connectTimeoutMs);
     if (typeof address !== 'string') return refuse(address);
     const bad = checkDestination(address, req.sourceIp, e);
     if (bad !== null) return refuse(bad);
