@@ -308,6 +308,30 @@ describe('PROXY v2 front-end', () => {
     expect(text).toMatch(/^421 4\.4\.0 mtaproxy refused the connection: 550 .*127\.0\.0\.9/);
   });
 
+  it('takes a slot of the derived throttle before connecting: a second delivery waits, then gets a 421 with the 451', async () => {
+    const { d, pp2 } = await proxy('[derived_throttle]\nmax_connections = 1');
+    const held = connect({ host: '127.0.0.1', port: pp2 });
+    held.on('error', () => {});
+    await new Promise((r) => held.once('connect', r));
+    held.write(header('127.0.0.2', '127.0.0.1', smtpPort));
+    await new Promise((r) => held.once('data', r)); // the MX's greeting: the tunnel holds the slot
+    const before = connections.length;
+    const started = Date.now();
+    const text = await new Promise<string>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port: pp2 });
+      let got = '';
+      s.on('data', (c: Buffer) => (got += c.toString('latin1')));
+      s.on('close', () => resolve(got));
+      s.on('error', () => {});
+      s.write(header('127.0.0.2', '127.0.0.1', smtpPort));
+    });
+    expect(text).toMatch(/^421 4\.4\.0 mtaproxy refused the connection: 451 throttle 127\.0\.0\.2>127\.0\.0\.1:\d+: no connection became available in time/);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(900); // egress.throttle_wait_timeout = 1s
+    expect(connections.length).toBe(before); // the MX never saw the second one
+    held.destroy();
+    await d.waitForLine(/delivery\(proxy-v2\): 127\.0\.0\.2:\d+ -> .* (mta )?closed/);
+  });
+
   it('closes v1, truncated, oversized and garbage headers with a logged reason, without connecting out', async () => {
     const { d, pp2 } = await proxy('', 'handshake_timeout = "500ms"');
     const before = connections.length;
