@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parse as parseToml } from 'smol-toml';
-import { DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG_PATH, DIRECTIVES, formatConfigError } from '../config/parse.js';
+import { DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG_PATH, DIRECTIVES, formatConfigError, TABLES } from '../config/parse.js';
 import { loadConfigFile } from '../config/load.js';
 import { chooseSink, createLogger } from '../log/logger.js';
 import type { SharedSecret } from '../config/secret.js';
@@ -44,6 +44,7 @@ Under systemd the listening sockets may be passed by socket activation (mtaproxy
 
 Config directives:
 ${Object.entries(DIRECTIVES).map(([key, d]) => `  ${key.padEnd(28)}${d.help}`).join('\n')}
+${Object.entries(TABLES).map(([table, keys]) => `\n[${table}]\n${Object.entries(keys).map(([key, d]) => `  ${key.padEnd(28)}${d.help}`).join('\n')}`).join('\n')}
 `;
 
 function fail(message: string, code = 1): never {

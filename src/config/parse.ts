@@ -103,10 +103,10 @@ export const DIRECTIVES: Readonly<Record<string, Directive>> = {
   handshake_timeout: { help: 'time an MTA has to authenticate, e.g. "10s"' },
   ping_interval: { help: 'control-session ping period; a session silent for two periods is closed' },
   shutdown_timeout: { help: 'on SIGTERM, how long connections get to close before they are cut' },
-  egress: { help: 'table [egress]: where deliveries may go and from which addresses (below)' },
-  socks5: { help: 'table [socks5]: a SOCKS5 front-end (RFC 1928/1929) for KumoMTA, curl… (below)' },
+  egress: { help: 'table [egress]: where deliveries may go and from which addresses' },
+  socks5: { help: 'table [socks5]: a SOCKS5 front-end (RFC 1928/1929) for KumoMTA, curl…' },
   proxy_v2: { help: 'table [proxy_v2]: a PROXY protocol v2 front-end (KumoMTA ha_proxy_*, Momentum)' },
-  derived_throttle: { help: 'table [derived_throttle]: limits for SOCKS5/PROXY v2 deliveries (below)' },
+  derived_throttle: { help: 'table [derived_throttle]: limits for SOCKS5/PROXY v2 deliveries' },
 };
 
 export const SOCKS5_DIRECTIVES: Readonly<Record<string, Directive>> = {
@@ -135,7 +135,8 @@ export const EGRESS_DIRECTIVES: Readonly<Record<string, Directive>> = {
   throttle_wait_timeout: { help: 'longest a delivery waits for a throttle slot (default "60s")' },
 };
 
-const TABLES: Readonly<Record<string, Readonly<Record<string, Directive>>>> = {
+/** The tables and their keys (unknown keys in them are errors too; `mtaproxy --help` lists them). */
+export const TABLES: Readonly<Record<string, Readonly<Record<string, Directive>>>> = {
   egress: EGRESS_DIRECTIVES,
   socks5: SOCKS5_DIRECTIVES,
   proxy_v2: PROXY_V2_DIRECTIVES,

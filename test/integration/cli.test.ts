@@ -12,7 +12,7 @@ describe('mtaproxy CLI', () => {
   it('--help names every command and directive; --version prints the package version', async () => {
     const help = await runCli(['--help']);
     expect(help.code).toBe(0);
-    for (const word of ['check-config', 'reload', 'status', 'gen-secret', '--config-filename', 'allow_from', 'auth_shared_secret_file', 'SIGHUP']) {
+    for (const word of ['check-config', 'reload', 'status', 'gen-secret', 'simulate', '--config-filename', 'allow_from', 'auth_shared_secret_file', 'SIGHUP', '[egress]', 'source_ips', '[socks5]', 'allow_unauthenticated', '[proxy_v2]', '[derived_throttle]', 'max_connections']) {
       expect(help.stdout).toContain(word);
     }
     const { version } = (await import(join(ROOT, 'package.json'), { with: { type: 'json' } })).default as { version: string };
