@@ -43,6 +43,8 @@ export interface Socks5Config {
 
 export interface ProxyV2Config {
   readonly listen: readonly ListenAddress[];
+  /** who may use this front-end, on top of allow_from (PROXY v2 carries no credentials); null: allow_from alone */
+  readonly allowFrom: AllowList | null;
 }
 
 export interface Config {
@@ -118,6 +120,7 @@ export const SOCKS5_DIRECTIVES: Readonly<Record<string, Directive>> = {
 
 export const PROXY_V2_DIRECTIVES: Readonly<Record<string, Directive>> = {
   listen: { help: 'addresses of the PROXY v2 front-end, "IP:PORT" (socket activation: FileDescriptorName=proxy-v2)' },
+  allow_from: { help: 'IPs/CIDRs that may use this front-end, on top of allow_from (PROXY v2 carries no credentials: name the MTA hosts)' },
 };
 
 export const DERIVED_THROTTLE_DIRECTIVES: Readonly<Record<string, Directive>> = {
@@ -233,12 +236,16 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
     fail('listen', 'must name at least one address');
   }
 
-  const rules: AllowRule[] = [];
-  for (const entry of stringList('allow_from', ['127.0.0.0/8', '::1'])) {
-    const parsed = parseAllowRule(entry);
-    if (parsed.ok) rules.push(parsed.rule);
-    else fail('allow_from', parsed.message, locateString(text, where('allow_from'), entry));
-  }
+  const allowRules = (key: string, fallback: string[]): AllowRule[] => {
+    const out: AllowRule[] = [];
+    for (const entry of stringList(key, fallback)) {
+      const parsed = parseAllowRule(entry);
+      if (parsed.ok) out.push(parsed.rule);
+      else fail(key, parsed.message, locateString(text, where(key), entry));
+    }
+    return out;
+  };
+  const rules = allowRules('allow_from', ['127.0.0.0/8', '::1']);
 
   const secrets: SharedSecret[] = [];
   const secretValue = (key: string, value: unknown): void => {
@@ -401,7 +408,10 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
     if (users.length === 0 && !allowUnauthenticated) fail('socks5', 'needs users, or allow_unauthenticated = true');
     socks5 = { listen: listenList('socks5.listen'), users, allowUnauthenticated, sourceIp: sourceIp('socks5.source_ip') };
   }
-  const proxyV2: ProxyV2Config | null = raw.proxy_v2 === undefined ? null : { listen: listenList('proxy_v2.listen') };
+  const proxyV2: ProxyV2Config | null =
+    raw.proxy_v2 === undefined
+      ? null
+      : { listen: listenList('proxy_v2.listen'), allowFrom: get('proxy_v2.allow_from') === undefined ? null : new AllowList(allowRules('proxy_v2.allow_from', [])) };
   const derivedThrottle = { maxConnections: integer('derived_throttle.max_connections', 10, 1, 1_000_000) };
 
   const config: Config = {
@@ -470,7 +480,8 @@ export function changedDirectives(before: Config, after: Config): string[] {
   }
   // SOCKS5 passwords are compared but never shown
   if (!same(before.socks5, after.socks5)) changed.push('socks5');
-  if (!same(before.proxyV2, after.proxyV2)) changed.push('proxy_v2');
+  const proxyV2 = (c: Config) => c.proxyV2 && { listen: c.proxyV2.listen, allowFrom: c.proxyV2.allowFrom?.rules.map((r) => r.text) ?? null };
+  if (!same(proxyV2(before), proxyV2(after))) changed.push('proxy_v2');
   if (!same(before.derivedThrottle, after.derivedThrottle)) changed.push('derived_throttle');
   return changed;
 }

@@ -217,9 +217,21 @@ export class Daemon {
       return;
     }
     if (endpoint.frontEnd === 'proxy-v2') {
-      if (this.#config.proxyV2 === null) {
+      const proxyV2 = this.#config.proxyV2;
+      if (proxyV2 === null) {
         this.#log.warn({ mtaproxy_event: 'connection_refused', peer: address, front_end: 'proxy-v2' }, 'proxy-v2: no [proxy_v2] table in the config; closing');
         socket.destroy();
+        return;
+      }
+      if (proxyV2.allowFrom !== null && !proxyV2.allowFrom.allows(address)) {
+        socket.destroy(); // nothing read, nothing written
+        const count = this.#refusals.record(`proxy-v2 ${address ?? '?'}`, this.#now());
+        if (count > 0) {
+          this.#log.warn(
+            { mtaproxy_event: 'connection_refused', peer: address ?? '?', front_end: 'proxy-v2', count },
+            `listener: refused ${address ?? '?'} on proxy-v2: not in proxy_v2.allow_from${count > 1 ? ` (${count} refusals since last logged)` : ''}`,
+          );
+        }
         return;
       }
       serveProxyV2(socket, { delivery: this.#delivery, log: this.#log, handshakeTimeoutMs: this.#config.handshakeTimeoutMs });

@@ -3,7 +3,7 @@
 // implementation (the npm package proxy-protocol-js), all delivering to a real SMTP server
 // (smtp-server) that records the source address it saw.
 import { execFile } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
@@ -330,6 +330,29 @@ describe('PROXY v2 front-end', () => {
     expect(connections.length).toBe(before); // the MX never saw the second one
     held.destroy();
     await d.waitForLine(/delivery\(proxy-v2\): 127\.0\.0\.2:\d+ -> .* (mta )?closed/);
+  });
+
+  it('admits only proxy_v2.allow_from, checked after allow_from, before a byte is read', async () => {
+    const { d, pp2 } = await proxy('allow_from = ["127.0.0.9"]');
+    const before = connections.length;
+    const s = connect({ host: '127.0.0.1', port: pp2 });
+    s.on('error', () => {});
+    let got = '';
+    s.on('data', (c: Buffer) => (got += c.toString('latin1')));
+    await new Promise((r) => s.once('connect', r));
+    s.write(header('127.0.0.2', '127.0.0.1', smtpPort));
+    await new Promise((r) => s.once('close', r));
+    expect(got).toBe('');
+    await d.waitForLine(/listener: refused 127\.0\.0\.1 on proxy-v2: not in proxy_v2\.allow_from/);
+    expect(connections.length).toBe(before);
+    // a reload that lets 127.0.0.1 in applies to new connections
+    d.writeConfig(readFileSync(d.configFile, 'utf8').replace('allow_from = ["127.0.0.9"]', 'allow_from = ["127.0.0.0/8"]'));
+    expect((await d.cli(['reload'])).stdout).toMatch(/changed: proxy_v2/);
+    const ok = connect({ host: '127.0.0.1', port: pp2 });
+    await new Promise((r) => ok.once('connect', r));
+    ok.write(header('127.0.0.2', '127.0.0.1', smtpPort));
+    await sendOver(ok, 'pp2-after-reload');
+    expect(seen.find((m) => m.subject === 'pp2-after-reload')?.remoteAddress).toBe('127.0.0.2');
   });
 
   it('closes v1, truncated, oversized and garbage headers with a logged reason, without connecting out', async () => {
