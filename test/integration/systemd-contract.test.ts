@@ -30,10 +30,9 @@ describe('sd_notify', () => {
     expect((await d.cli(['reload'])).code).toBe(0);
     d.writeConfig(configText({ adminSocket: d.adminSocket }).replace('allow_from = ["127.0.0.0/8"]', 'allow_from = "nonsense"'));
     expect((await d.cli(['reload'])).code).toBe(1);
-    // the periodic STATUS= keeps the reason until a reload succeeds
-    const after = notify.messages.length;
+    // the periodic STATUS= (a datagram of its own, not the READY=1 one) keeps the reason until a
+    // reload succeeds
     await notify.waitFor(/^STATUS=reload rejected, old config still in effect: .*; 0 connections, 0 sessions/);
-    expect(notify.messages.length).toBeGreaterThan(after);
     d.proc.kill('SIGTERM');
     expect(await d.exited).toBe(0);
 
