@@ -111,31 +111,32 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
 
   // The client gave up while we waited or connected (FIN, RST or error): give everything back.
   // To notice, keep reading while we wait; what arrives early is kept for the tunnel.
-  const abandon = (): void => {
+  const abandon = (why = 'client closed before the tunnel was open'): void => {
     cancelWait?.();
     ctx.pending.delete(mta);
     if (done) return;
     done = true;
     if (!opening) releaseSlot(); // else open() releases it once the connect settles
-    ctx.log.info({ ...fields, outcome: 'abandoned' }, `delivery(${who}): client closed before the tunnel was open`);
+    ctx.log.info({ ...fields, outcome: 'abandoned' }, `delivery(${who}): ${why}`);
     mta.destroy();
   };
+  const onGone = (): void => abandon();
   const early: Buffer[] = [];
   let earlyBytes = 0;
   const onEarly = (chunk: Buffer): void => {
     earlyBytes += chunk.length;
-    if (earlyBytes > MAX_EARLY_BYTES) return abandon();
+    if (earlyBytes > MAX_EARLY_BYTES) return abandon(`client sent over ${MAX_EARLY_BYTES} bytes before the tunnel was open (an SMTP client waits for the greeting); closed`);
     early.push(chunk);
   };
   mta.on('data', onEarly);
-  mta.once('end', abandon);
-  mta.once('close', abandon);
+  mta.once('end', onGone);
+  mta.once('close', onGone);
   mta.on('error', () => {});
   mta.resume();
   const stopWatching = (): void => {
     mta.removeListener('data', onEarly);
-    mta.removeListener('end', abandon);
-    mta.removeListener('close', abandon);
+    mta.removeListener('end', onGone);
+    mta.removeListener('close', onGone);
     mta.pause();
     if (early.length > 0) mta.unshift(Buffer.concat(early));
   };

@@ -190,13 +190,14 @@ export class Daemon {
       return;
     }
     const address = socket.remoteAddress;
-    if (!this.#config.allowFrom.allows(address)) {
+    const refusal = this.#refusal(endpoint.frontEnd, address);
+    if (refusal !== null) {
       socket.destroy(); // paused since accept: nothing was read, nothing is written
-      const count = this.#refusals.record(address ?? '?', this.#now());
+      const count = this.#refusals.record(`${endpoint.frontEnd} ${address ?? '?'}`, this.#now());
       if (count > 0) {
         this.#log.warn(
-          { mtaproxy_event: 'connection_refused', peer: address ?? '?', count },
-          `listener: refused ${address ?? '?'}: not in allow_from${count > 1 ? ` (${count} refusals since last logged)` : ''}`,
+          { mtaproxy_event: 'connection_refused', peer: address ?? '?', front_end: endpoint.frontEnd, count },
+          `listener: refused ${address ?? '?'} on ${endpoint.frontEnd}: ${refusal}${count > 1 ? ` (${count} refusals since last logged)` : ''}`,
         );
       }
       return;
@@ -204,37 +205,14 @@ export class Daemon {
     this.#connections.add(socket);
     socket.on('close', () => this.#connections.delete(socket));
     this.#log.debug({ mtaproxy_event: 'connection', peer: address, front_end: endpoint.frontEnd }, `listener: ${endpoint.frontEnd} connection from ${address}:${socket.remotePort}`);
-    if (endpoint.frontEnd === 'socks5') {
-      const socks5 = this.#config.socks5;
-      if (socks5 === null) {
-        // a socket passed by systemd for a front-end the config does not set up
-        this.#log.warn({ mtaproxy_event: 'connection_refused', peer: address, front_end: 'socks5' }, 'socks5: no [socks5] table in the config; closing');
-        socket.destroy();
-        return;
-      }
-      serveSocks5(socket, { config: socks5, delivery: this.#delivery, log: this.#log, handshakeTimeoutMs: this.#config.handshakeTimeoutMs });
+    const { socks5, handshakeTimeoutMs } = this.#config;
+    if (endpoint.frontEnd === 'socks5' && socks5 !== null) {
+      serveSocks5(socket, { config: socks5, delivery: this.#delivery, log: this.#log, handshakeTimeoutMs });
       socket.resume();
       return;
     }
     if (endpoint.frontEnd === 'proxy-v2') {
-      const proxyV2 = this.#config.proxyV2;
-      if (proxyV2 === null) {
-        this.#log.warn({ mtaproxy_event: 'connection_refused', peer: address, front_end: 'proxy-v2' }, 'proxy-v2: no [proxy_v2] table in the config; closing');
-        socket.destroy();
-        return;
-      }
-      if (proxyV2.allowFrom !== null && !proxyV2.allowFrom.allows(address)) {
-        socket.destroy(); // nothing read, nothing written
-        const count = this.#refusals.record(`proxy-v2 ${address ?? '?'}`, this.#now());
-        if (count > 0) {
-          this.#log.warn(
-            { mtaproxy_event: 'connection_refused', peer: address ?? '?', front_end: 'proxy-v2', count },
-            `listener: refused ${address ?? '?'} on proxy-v2: not in proxy_v2.allow_from${count > 1 ? ` (${count} refusals since last logged)` : ''}`,
-          );
-        }
-        return;
-      }
-      serveProxyV2(socket, { delivery: this.#delivery, log: this.#log, handshakeTimeoutMs: this.#config.handshakeTimeoutMs });
+      serveProxyV2(socket, { delivery: this.#delivery, log: this.#log, handshakeTimeoutMs });
       socket.resume();
       return;
     }
@@ -249,6 +227,18 @@ export class Daemon {
       deliver: (name, line, s) => handleNativeConnect(this.#delivery, name, line, s),
     });
     socket.resume();
+  }
+
+  /** Why a new connection on this front-end is refused, or null: checked before a byte is read. */
+  #refusal(frontEnd: Endpoint['frontEnd'], address: string | undefined): string | null {
+    const c = this.#config;
+    if (!c.allowFrom.allows(address)) return 'not in allow_from';
+    // sockets systemd passes for a front-end the config does not set up
+    if (frontEnd === 'socks5' && c.socks5 === null) return 'no [socks5] table in the config';
+    if (frontEnd === 'proxy-v2' && c.proxyV2 === null) return 'no [proxy_v2] table in the config';
+    // PROXY v2 carries no credentials: its own allow list, on top of allow_from
+    if (frontEnd === 'proxy-v2' && c.proxyV2?.allowFrom && !c.proxyV2.allowFrom.allows(address)) return 'not in proxy_v2.allow_from';
+    return null;
   }
 
   /**

@@ -149,7 +149,7 @@ describe('allow_from', () => {
       await refused.closed;
       expect(refused.received()).toBe('');
     }
-    await d.waitForLine(/listener: refused 127\.0\.0\.1: not in allow_from/);
+    await d.waitForLine(/listener: refused 127\.0\.0\.1 on native: not in allow_from/);
     expect(d.lines.filter((l) => /refused 127\.0\.0\.1/.test(l))).toHaveLength(1);
     const allowed = await ControlClient.connect({ host: '127.0.0.1', port: d.port, name: 'server-a', secret: SECRET }).catch((e: unknown) => e);
     expect(allowed).toBeInstanceOf(ProxyError); // connecting from 127.0.0.1 is refused now

@@ -124,6 +124,18 @@ async function socksSession(port: number, user: string, pass: string) {
   return r;
 }
 
+/** Connects, sends `bytes`, and resolves with everything read until the proxy closes. */
+function exchange(port: number, bytes: Buffer): Promise<string> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port });
+    let got = '';
+    s.on('data', (c: Buffer) => (got += c.toString('latin1')));
+    s.on('close', () => resolve(got));
+    s.on('error', () => {});
+    s.write(bytes);
+  });
+}
+
 /** Sends one message with nodemailer's SMTP client over an already connected socket. */
 async function sendOver(socket: Socket, subject: string): Promise<void> {
   const conn = new SMTPConnection({ connection: socket, name: 'mta.example', ignoreTLS: true } as ConstructorParameters<typeof SMTPConnection>[0]);
@@ -297,14 +309,7 @@ describe('PROXY v2 front-end', () => {
 
   it('answers a refused delivery with a 421 greeting the MTA can log', async () => {
     const { pp2 } = await proxy();
-    const text = await new Promise<string>((resolve) => {
-      const s = connect({ host: '127.0.0.1', port: pp2 });
-      let got = '';
-      s.on('data', (c: Buffer) => (got += c.toString('latin1')));
-      s.on('close', () => resolve(got));
-      s.on('error', () => {});
-      s.write(header('127.0.0.9', '127.0.0.1', smtpPort));
-    });
+    const text = await exchange(pp2, header('127.0.0.9', '127.0.0.1', smtpPort));
     expect(text).toMatch(/^421 4\.4\.0 mtaproxy refused the connection: 550 .*127\.0\.0\.9/);
   });
 
@@ -317,14 +322,7 @@ describe('PROXY v2 front-end', () => {
     await new Promise((r) => held.once('data', r)); // the MX's greeting: the tunnel holds the slot
     const before = connections.length;
     const started = Date.now();
-    const text = await new Promise<string>((resolve) => {
-      const s = connect({ host: '127.0.0.1', port: pp2 });
-      let got = '';
-      s.on('data', (c: Buffer) => (got += c.toString('latin1')));
-      s.on('close', () => resolve(got));
-      s.on('error', () => {});
-      s.write(header('127.0.0.2', '127.0.0.1', smtpPort));
-    });
+    const text = await exchange(pp2, header('127.0.0.2', '127.0.0.1', smtpPort));
     expect(text).toMatch(/^421 4\.4\.0 mtaproxy refused the connection: 451 throttle 127\.0\.0\.2>127\.0\.0\.1:\d+: no connection became available in time/);
     expect(Date.now() - started).toBeGreaterThanOrEqual(900); // egress.throttle_wait_timeout = 1s
     expect(connections.length).toBe(before); // the MX never saw the second one
