@@ -9,6 +9,12 @@ import { MIN_SECRET_LENGTH, SharedSecret } from './secret.js';
 export const DEFAULT_CONFIG_PATH = '/etc/mtaproxy/mtaproxy.toml';
 export const DEFAULT_ADMIN_SOCKET = '/run/mtaproxy/admin.sock';
 export const DEFAULT_PORT = 807;
+/**
+ * Long enough for a large DATA to finish on a slow path (a 50 MB message at 5 Mbit/s takes 80 s,
+ * plus the destination's reply to the final dot): a tunnel cut in DATA means a duplicate.
+ * The packaged unit's TimeoutStopSec= is above it.
+ */
+export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 120_000;
 
 export interface ListenAddress {
   readonly host: string;
@@ -64,6 +70,9 @@ export interface Config {
   readonly handshakeTimeoutMs: number;
   readonly pingIntervalMs: number;
   readonly shutdownTimeoutMs: number;
+  /** connections still in their handshake, in total and per peer address, before new ones are refused */
+  readonly maxPendingHandshakes: number;
+  readonly maxPendingHandshakesPerPeer: number;
 }
 
 export interface ConfigError {
@@ -104,7 +113,9 @@ export const DIRECTIVES: Readonly<Record<string, Directive>> = {
   admin_socket: { help: 'Unix socket for mtaproxy reload/status' },
   handshake_timeout: { help: 'time an MTA has to authenticate, e.g. "10s"' },
   ping_interval: { help: 'control-session ping period; a session silent for two periods is closed' },
-  shutdown_timeout: { help: 'on SIGTERM, how long connections get to close before they are cut' },
+  shutdown_timeout: { help: 'on SIGTERM, how long open tunnels get to finish before they are cut (default "2m")' },
+  max_pending_handshakes: { help: 'connections not yet authenticated (all front-ends) before new ones are refused (default 1000)' },
+  max_pending_handshakes_per_peer: { help: 'the same, per client address (default 100)' },
   egress: { help: 'table [egress]: where deliveries may go and from which addresses' },
   socks5: { help: 'table [socks5]: a SOCKS5 front-end (RFC 1928/1929) for KumoMTA, curl…' },
   proxy_v2: { help: 'table [proxy_v2]: a PROXY protocol v2 front-end (KumoMTA ha_proxy_*, Momentum)' },
@@ -197,12 +208,16 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
   /** The value at a dotted path ("egress.ports"), or undefined. */
   const get = (key: string): unknown => {
     let value: unknown = raw;
-    for (const part of key.split('.')) value = (value as Record<string, unknown> | undefined)?.[part];
+    for (const part of key.split('.')) {
+      const table = value as Record<string, unknown> | undefined;
+      value = table !== undefined && typeof table === 'object' && table !== null && Object.hasOwn(table, part) ? table[part] : undefined;
+    }
     return value;
   };
   const checkKeys = (table: Record<string, unknown>, prefix: string, known: Readonly<Record<string, Directive>>): void => {
     for (const key of Object.keys(table)) {
-      if (!(key in known)) {
+      // own keys only: "constructor", "toString", "__proto__" are not directives
+      if (!Object.hasOwn(known, key)) {
         const hint = Object.keys(known).find((k) => editDistance(k, key) <= 2);
         fail(prefix + key, `unknown directive${hint ? `; did you mean "${prefix}${hint}"?` : ''}`);
       }
@@ -428,7 +443,9 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
     adminSocket: path('admin_socket', DEFAULT_ADMIN_SOCKET),
     handshakeTimeoutMs: duration('handshake_timeout', 10_000, 100, 300_000),
     pingIntervalMs: duration('ping_interval', 10_000, 100, 600_000),
-    shutdownTimeoutMs: duration('shutdown_timeout', 10_000, 0, 600_000),
+    shutdownTimeoutMs: duration('shutdown_timeout', DEFAULT_SHUTDOWN_TIMEOUT_MS, 0, 3_600_000),
+    maxPendingHandshakes: integer('max_pending_handshakes', 1000, 1, 1_000_000),
+    maxPendingHandshakesPerPeer: integer('max_pending_handshakes_per_peer', 100, 1, 1_000_000),
   };
   errors.sort((a, b) => a.line - b.line || a.column - b.column);
   return errors.length > 0 ? { ok: false, errors } : { ok: true, config };
@@ -464,6 +481,8 @@ export function changedDirectives(before: Config, after: Config): string[] {
     ['handshake_timeout', 'handshakeTimeoutMs'],
     ['ping_interval', 'pingIntervalMs'],
     ['shutdown_timeout', 'shutdownTimeoutMs'],
+    ['max_pending_handshakes', 'maxPendingHandshakes'],
+    ['max_pending_handshakes_per_peer', 'maxPendingHandshakesPerPeer'],
   ];
   for (const [name, field] of scalars) if (before[field] !== after[field]) changed.push(name);
   const egressFields: Record<keyof EgressConfig, string> = {

@@ -33,7 +33,26 @@ export interface ConnectRequest {
 export type Refusal = { code: number; message: string };
 
 const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
-export const THROTTLE_KEY = /^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$/;
+import { THROTTLE_KEY } from '../protocol/throttle-key.js';
+
+export { THROTTLE_KEY };
+
+/**
+ * A host name, not an IP address in disguise: getaddrinfo (inet_aton) reads "127.1", "0x7f.1" or
+ * "017.0.0.1" as addresses, so a name whose last label is a number (decimal, or 0x hex) is
+ * refused, as the WHATWG URL parser treats it as IPv4 (RFC 1123 §2.1: a top label is not
+ * numeric). Only the canonical a.b.c.d form is an IPv4 address here.
+ */
+export function isHostName(host: string): boolean {
+  if (!HOST_NAME.test(host)) return false;
+  const last = host.replace(/\.$/, '').split('.').at(-1) ?? '';
+  return !/^(?:\d+|0x[0-9a-f]*)$/i.test(last);
+}
+
+/** An IPv6 address, or an IPv4 address written as four decimal numbers ("127.2" is not). */
+export function isCanonicalIp(text: string): boolean {
+  return text.includes(':') ? ipaddr.IPv6.isValid(text) : ipaddr.IPv4.isValidFourPartDecimal(text);
+}
 
 /** "CONNECT <source-ip> <host>:<port> <throttle> [wait=<ms>]"; "[v6]:port" for IPv6 hosts. */
 export function parseConnect(line: string): ConnectRequest | Refusal {
@@ -41,12 +60,12 @@ export function parseConnect(line: string): ConnectRequest | Refusal {
   const syntax = (why: string): Refusal => ({ code: CONNECT_CODES.syntax, message: `${why}; expected "CONNECT <source-ip> <host>:<port> <throttle> [wait=<ms>]"` });
   if (parts[0] !== 'CONNECT' || parts.length < 4 || parts.length > 5) return syntax('wrong number of fields');
   const [, sourceIp = '', target = '', throttle = '', option] = parts;
-  if (!ipaddr.isValid(sourceIp)) return syntax(`"${sourceIp.slice(0, 60)}" is not an IP address`);
+  if (!isCanonicalIp(sourceIp)) return syntax(`"${sourceIp.slice(0, 60)}" is not an IP address (IPv4 as four decimal numbers, a.b.c.d)`);
   const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(target);
   if (m === null) return syntax(`"${target.slice(0, 80)}" is not host:port`);
   const host = m[1] ?? m[2] ?? '';
-  if (m[1] !== undefined ? !ipaddr.IPv6.isValid(host) : !(ipaddr.IPv4.isValidFourPartDecimal(host) || (HOST_NAME.test(host) && !/^[\d.]+$/.test(host)))) {
-    return syntax(`"${host.slice(0, 80)}" is not an IP address or host name`);
+  if (m[1] !== undefined ? !ipaddr.IPv6.isValid(host) : !(ipaddr.IPv4.isValidFourPartDecimal(host) || isHostName(host))) {
+    return syntax(`"${host.slice(0, 80)}" is not an IP address (a.b.c.d, [IPv6]) or host name`);
   }
   const port = Number(m[3]);
   if (port < 1 || port > 65535) return syntax(`port ${port} is out of range`);

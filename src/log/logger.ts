@@ -20,10 +20,26 @@ export interface LogRecord {
 
 const LEVEL_NAMES: Readonly<Record<number, string>> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
 
+// C0 controls (NUL, ESC, CR, LF…), DEL, C1 controls, and the bidirectional overrides that can make
+// a line read differently from what it holds: a client's bytes quoted in a message must not
+// move the cursor, end the line or recolour a terminal.
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+
+/** Escapes what must not reach a log line raw: "\x1b", "\x00", "\u202e". */
+export function printableText(text: string): string {
+  return text.replace(UNSAFE, (c) => {
+    const code = c.charCodeAt(0);
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
+  });
+}
+
+/** One pino record, with every string made printable (both sinks go through here). */
 export function decodeRecord(line: string): LogRecord {
   const parsed = JSON.parse(line) as Record<string, unknown>;
-  const { level, msg, time: _time, ...fields } = parsed;
-  return { level: typeof level === 'number' ? level : 30, msg: typeof msg === 'string' ? msg : '', fields };
+  const { level, msg, time: _time, ...raw } = parsed;
+  const fields: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(raw)) fields[printableText(key)] = typeof value === 'string' ? printableText(value) : value;
+  return { level: typeof level === 'number' ? level : 30, msg: typeof msg === 'string' ? printableText(msg) : '', fields };
 }
 
 function renderValue(value: unknown): string {
