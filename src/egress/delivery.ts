@@ -20,9 +20,14 @@ export interface DeliveryContext {
   throttle: ThrottleService;
   /** open tunnels (MTA side), for the status line and shutdown */
   tunnels: Set<Socket>;
-  /** deliveries not yet open (waiting for a slot, resolving, connecting): they count against egress.max_tunnels too */
-  pending: Set<Socket>;
+  /**
+   * deliveries not yet open (waiting for a slot, resolving, connecting), with a function that
+   * refuses one (on shutdown): they count against egress.max_tunnels too
+   */
+  pending: Map<Socket, (r: Refusal) => void>;
   stopping(): boolean;
+  /** the client got past its front-end's handshake: it no longer counts as a pending handshake */
+  admitted(socket: Socket): void;
   log: Logger;
 }
 
@@ -77,6 +82,7 @@ async function resolve(req: ConnectRequest, timeoutMs: number): Promise<string |
 }
 
 export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies: DeliveryReplies): void {
+  ctx.admitted(mta);
   const { req, who } = d;
   const peer = `${mta.remoteAddress}:${mta.remotePort}`;
   const started = performance.now();
@@ -185,7 +191,10 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
   if (ctx.tunnels.size + ctx.pending.size >= egress.maxTunnels) {
     return refuse({ code: CONNECT_CODES.tooManyTunnels, message: `egress.max_tunnels (${egress.maxTunnels}) reached (${ctx.tunnels.size} open, ${ctx.pending.size} opening)` });
   }
-  ctx.pending.add(mta);
+  ctx.pending.set(mta, (r) => {
+    cancelWait?.();
+    refuse(r);
+  });
   if (d.owner === null) {
     ctx.throttle.declare(DERIVED_OWNER, { key: req.throttle, sourceIp: req.sourceIp, maxConnections: ctx.derivedMaxConnections(), maxMessagesPerHour: 100_000_000, mode: 'sum' });
   }

@@ -73,17 +73,24 @@ export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, on
 
   const pump = (from: Socket, to: Socket, count: (n: number) => void): void => {
     from.on('data', (chunk: Buffer) => {
-      count(chunk.length);
+      // counted when the kernel took the chunk, not when we read it: what a failing side never
+      // got is not in the delivery record (the peer's own kernel buffer is as far as we can see)
+      const n = chunk.length;
+      to.write(chunk, (err) => {
+        if (err === null || err === undefined) count(n);
+      });
       // A read is up to 64 KiB, the socket's high-water mark 16 KiB: pausing whenever write()
       // says "full" would stop and restart reading on every chunk of a bulk transfer. Pause only
       // past MAX_BUFFERED; 'drain' still comes (write() returned false) once the buffer is empty.
-      to.write(chunk);
       if (to.writableLength >= MAX_BUFFERED) from.pause();
     });
     to.on('drain', () => from.resume());
     from.on('end', () => {
-      to.end(); // half-close: the other side may still answer (QUIT -> 221)
-      if (++ended === 2) finish('closed');
+      // half-close: the other side may still answer (QUIT -> 221). Done once what we wrote to
+      // `to` is flushed: destroying earlier would drop the last reply.
+      to.end(() => {
+        if (++ended === 2) finish('closed');
+      });
     });
   };
   pump(client, remote, (n) => (bytesUp += n));

@@ -14,6 +14,7 @@ import type { PassedSocket } from '../systemd/activation.js';
 import { closeListening, endpointKey, listen, type Endpoint, type Listening } from './listeners.js';
 import { serveNative } from './native.js';
 import { RefusalLog } from './ratelimit.js';
+import { fdReserve, openFileCount, openFileLimit } from './fds.js';
 import type { ControlSession, SessionServices } from './session.js';
 import { ThrottleService } from '../throttle/service.js';
 import { handleNativeConnect, type DeliveryContext } from '../egress/delivery.js';
@@ -46,6 +47,21 @@ export class Daemon {
   readonly #connections = new Set<Socket>();
   readonly #sessions = new Map<string, ControlSession>();
   readonly #refusals = new RefusalLog();
+  /** failed native handshakes, logged per peer address at most once per interval */
+  readonly #handshakeFailures = new RefusalLog();
+  /** connections still in their front-end's handshake (native AUTH, SOCKS5 request, PROXY v2 header), by peer address */
+  readonly #handshaking = new Map<Socket, string>();
+  readonly #handshakingPerPeer = new Map<string, number>();
+  /** since start: connections refused by max_pending_handshakes(_per_peer), and failed accept() calls (EMFILE…) */
+  #refusedHandshakeCap = 0;
+  #acceptErrors = 0;
+  /** since start: connections refused because file descriptors ran low (fds.ts) */
+  #refusedFds = 0;
+  #fdLimit: number | null = null;
+  /** descriptors open besides connections, tunnels' outbound sockets and deliveries connecting */
+  #fdBase = 32;
+  #acceptErrorLoggedAt = -Infinity;
+  #acceptErrorsUnlogged = 0;
   readonly #throttle: ThrottleService;
   readonly #tunnels = new Set<Socket>();
   readonly #services: SessionServices;
@@ -69,8 +85,9 @@ export class Daemon {
       derivedMaxConnections: () => this.#config.derivedThrottle.maxConnections,
       throttle: this.#throttle,
       tunnels: this.#tunnels,
-      pending: new Set(),
+      pending: new Map(),
       stopping: () => this.#stopping,
+      admitted: (socket) => this.#admitted(socket),
       log: this.#log,
     };
   }
@@ -92,6 +109,8 @@ export class Daemon {
       );
     }
     await this.#reconcileListeners(this.#config);
+    this.#fdLimit = openFileLimit();
+    this.#calibrateFds();
     this.#startTimers();
     const watchdog = this.#notifier.watchdogIntervalMs;
     if (watchdog !== null) this.#watchdog = setInterval(() => this.#notifier.watchdog(), watchdog);
@@ -161,7 +180,11 @@ export class Daemon {
     try {
       for (const [key, endpoint] of wanted) {
         if (this.#listening.has(key)) continue;
-        added.push(await listen(endpoint, (socket) => this.#accept(socket, endpoint)));
+        const l = await listen(endpoint, (socket) => this.#accept(socket, endpoint));
+        // accept(2) failures (EMFILE, ENFILE, ENOBUFS) are per connection: keep listening, say so
+        l.server.removeAllListeners('error');
+        l.server.on('error', (err: NodeJS.ErrnoException) => this.#acceptError(err, l.bound));
+        added.push(l);
       }
     } catch (err) {
       for (const l of added) closeListening(l);
@@ -202,8 +225,39 @@ export class Daemon {
       }
       return;
     }
+    const peerKey = address ?? '?';
+    if (this.#fdLimit !== null && this.#fdsInUse() + 1 > this.#fdLimit - fdReserve(this.#fdLimit)) {
+      socket.destroy();
+      this.#refusedFds++;
+      const count = this.#refusals.record('fds', this.#now());
+      if (count > 0) {
+        this.#log.error(
+          { mtaproxy_event: 'accept_failed', code: 'EMFILE', peer: peerKey, front_end: endpoint.frontEnd, count },
+          `listener: refusing connections: ${this.#fdsInUse()} of ${this.#fdLimit} file descriptors in use (${this.#connections.size} connections, ${this.#tunnels.size} tunnels); raise LimitNOFILE= or lower egress.max_tunnels / max_pending_handshakes${count > 1 ? ` (${count} refused since last logged)` : ''}`,
+        );
+      }
+      return;
+    }
+    const cap = this.#handshakeCap(peerKey);
+    if (cap !== null) {
+      socket.destroy();
+      this.#refusedHandshakeCap++;
+      const count = this.#refusals.record(`cap ${peerKey}`, this.#now());
+      if (count > 0) {
+        this.#log.warn(
+          { mtaproxy_event: 'connection_refused', peer: peerKey, front_end: endpoint.frontEnd, count, reason: 'handshake_cap' },
+          `listener: refused ${peerKey} on ${endpoint.frontEnd}: ${cap}${count > 1 ? ` (${count} refusals since last logged)` : ''}`,
+        );
+      }
+      return;
+    }
     this.#connections.add(socket);
-    socket.on('close', () => this.#connections.delete(socket));
+    this.#handshaking.set(socket, peerKey);
+    this.#handshakingPerPeer.set(peerKey, (this.#handshakingPerPeer.get(peerKey) ?? 0) + 1);
+    socket.on('close', () => {
+      this.#connections.delete(socket);
+      this.#admitted(socket);
+    });
     this.#log.debug({ mtaproxy_event: 'connection', peer: address, front_end: endpoint.frontEnd }, `listener: ${endpoint.frontEnd} connection from ${address}:${socket.remotePort}`);
     const { socks5, handshakeTimeoutMs } = this.#config;
     if (endpoint.frontEnd === 'socks5' && socks5 !== null) {
@@ -225,8 +279,58 @@ export class Daemon {
       closeSession: (session, reason) => this.#closeSession(session, reason),
       services: this.#services,
       deliver: (name, line, s) => handleNativeConnect(this.#delivery, name, line, s),
+      authenticated: () => this.#admitted(socket),
+      handshakeFailed: (peerAddress) => this.#handshakeFailures.record(peerAddress, this.#now()),
     });
     socket.resume();
+  }
+
+  /** Why a new connection would exceed the pre-authentication caps, or null. */
+  #handshakeCap(peer: string): string | null {
+    const { maxPendingHandshakes, maxPendingHandshakesPerPeer } = this.#config;
+    if (this.#handshaking.size >= maxPendingHandshakes) return `max_pending_handshakes (${maxPendingHandshakes}) connections are still in their handshake`;
+    if ((this.#handshakingPerPeer.get(peer) ?? 0) >= maxPendingHandshakesPerPeer) {
+      return `max_pending_handshakes_per_peer (${maxPendingHandshakesPerPeer}) connections from this address are still in their handshake`;
+    }
+    return null;
+  }
+
+  /** The connection authenticated (or closed): it no longer counts against the handshake caps. */
+  #admitted(socket: Socket): void {
+    const peer = this.#handshaking.get(socket);
+    if (peer === undefined) return;
+    this.#handshaking.delete(socket);
+    const n = (this.#handshakingPerPeer.get(peer) ?? 1) - 1;
+    if (n <= 0) this.#handshakingPerPeer.delete(peer);
+    else this.#handshakingPerPeer.set(peer, n);
+  }
+
+  /** Descriptors in use, estimated without a syscall: calibrated from /proc/self/fd (#calibrateFds). */
+  #fdsInUse(): number {
+    return this.#fdBase + this.#connections.size + this.#tunnels.size + this.#delivery.pending.size;
+  }
+
+  #calibrateFds(): void {
+    const open = openFileCount();
+    if (open !== null) this.#fdBase = Math.max(0, open - this.#connections.size - this.#tunnels.size - this.#delivery.pending.size);
+  }
+
+  /** accept(2) failed: out of file descriptors (EMFILE/ENFILE) or memory. Logged at most every 10 s. */
+  #acceptError(err: NodeJS.ErrnoException, where: string): void {
+    this.#acceptErrors++;
+    this.#acceptErrorsUnlogged++;
+    const now = this.#now();
+    if (now - this.#acceptErrorLoggedAt < 10_000) return;
+    const count = this.#acceptErrorsUnlogged;
+    this.#acceptErrorLoggedAt = now;
+    this.#acceptErrorsUnlogged = 0;
+    const hint = err.code === 'EMFILE' || err.code === 'ENFILE'
+      ? `out of file descriptors (${this.#connections.size} connections, ${this.#tunnels.size} tunnels open); raise LimitNOFILE= or lower egress.max_tunnels / max_pending_handshakes`
+      : err.message;
+    this.#log.error(
+      { mtaproxy_event: 'accept_failed', code: err.code ?? '?', address: where, count },
+      `listener: accept on ${where} failed: ${err.code ?? err.message}: ${hint}${count > 1 ? ` (${count} failures since last logged)` : ''}`,
+    );
   }
 
   /** Why a new connection on this front-end is refused, or null: checked before a byte is read. */
@@ -296,6 +400,10 @@ export class Daemon {
     return statusRecords({
       managerId: this.managerId,
       openConnections: this.#connections.size,
+      handshaking: this.#handshaking.size,
+      refusedHandshakeCap: this.#refusedHandshakeCap,
+      acceptErrors: this.#acceptErrors,
+      refusedFds: this.#refusedFds,
       throttles: this.#throttle.manager.throttleCount,
       window: WINDOW,
       sessions: [...this.#sessions.values()].map((s) => s.snapshot()),
@@ -318,36 +426,50 @@ export class Daemon {
     const config = this.#config;
     this.#timers = [
       setInterval(() => {
+        // a directory read of /proc/self/fd: only once descriptors matter
+        if (this.#fdLimit !== null && this.#fdsInUse() > this.#fdLimit / 4) this.#calibrateFds();
         for (const record of this.status()) this.#log.info(record.fields, record.msg);
         this.#notifier.status(this.#summary());
       }, config.statusIntervalMs),
-      // one timer for all sessions, not one per session
+      // one timer for all sessions, not one per session: a tenth of the ping interval, so a
+      // session silent for two intervals is closed within 2.1 intervals (docs/throttling.md)
       setInterval(() => {
-        for (const session of this.#sessions.values()) {
-          if (session.checkAlive(2 * config.pingIntervalMs)) session.ping();
-        }
-      }, config.pingIntervalMs),
+        for (const session of this.#sessions.values()) session.tick(config.pingIntervalMs);
+      }, Math.max(10, Math.floor(config.pingIntervalMs / 10))),
     ];
     for (const t of this.#timers) t.unref();
   }
 
-  /** SIGTERM: stop accepting, tell every session, wait for them (bounded), then cut the rest. */
+  /**
+   * SIGTERM: a graceful drain. Stop accepting; tell every control session (421) and close it;
+   * refuse deliveries still waiting for a slot or connecting; close connections still in their
+   * handshake. Open tunnels are left alone until they end (the MTA's or the destination's close)
+   * or shutdown_timeout passes: a tunnel cut in the middle of DATA makes the MTA send the message
+   * again although the destination may have accepted it. Only then is what remains cut, logged.
+   */
   async shutdown(reason: string): Promise<void> {
     if (this.#stopping) return;
     this.#stopping = true;
-    this.#notifier.stopping(`stopping: ${reason}`);
-    this.#log.info({ mtaproxy_event: 'stopping', reason }, `mtaproxy stopping (${reason}): ${this.#sessions.size} sessions, ${this.#connections.size} connections`);
+    const deadline = this.#config.shutdownTimeoutMs;
+    // the unit's TimeoutStopSec= should be above shutdown_timeout; if an operator raised it, ask for the time
+    this.#notifier.stopping(`stopping: ${reason}; draining ${this.#tunnels.size} tunnels (at most ${deadline / 1000}s)`, deadline + 5000);
+    this.#log.info(
+      { mtaproxy_event: 'stopping', reason, sessions: this.#sessions.size, tunnels: this.#tunnels.size, connections: this.#connections.size },
+      `mtaproxy stopping (${reason}): ${this.#sessions.size} sessions, ${this.#tunnels.size} tunnels, ${this.#connections.size} connections; open tunnels get up to ${deadline}ms to finish`,
+    );
     for (const t of this.#timers) clearInterval(t);
-    if (this.#watchdog !== null) clearInterval(this.#watchdog);
+    // the watchdog keeps running while tunnels drain: WatchdogSec= may be shorter than the drain
     for (const l of this.#listening.values()) closeListening(l);
     this.#listening.clear();
     for (const session of this.#sessions.values()) session.end('shutdown', '421 mtaproxy shutting down');
-    this.#throttle.stop();
-    for (const socket of this.#connections) if (!socket.writableEnded) socket.end();
-    const deadline = this.#config.shutdownTimeoutMs;
+    for (const abort of [...this.#delivery.pending.values()]) abort({ code: 421, message: 'proxy shutting down' });
+    for (const socket of this.#connections) {
+      if (!this.#tunnels.has(socket) && !this.#delivery.pending.has(socket) && !socket.writableEnded) socket.end();
+    }
+    const started = this.#now();
     const drained = await new Promise<boolean>((resolve) => {
       const check = setInterval(() => {
-        if (this.#connections.size === 0) {
+        if (this.#tunnels.size === 0 && this.#connections.size === 0) {
           clearInterval(check);
           clearTimeout(timeout);
           resolve(true);
@@ -358,10 +480,17 @@ export class Daemon {
         resolve(false);
       }, deadline);
     });
+    this.#throttle.stop();
     if (!drained) {
-      this.#log.warn({ mtaproxy_event: 'shutdown_forced', connections: this.#connections.size }, `shutdown: cutting ${this.#connections.size} connections still open after ${deadline}ms`);
+      this.#log.warn(
+        { mtaproxy_event: 'shutdown_forced', tunnels: this.#tunnels.size, connections: this.#connections.size },
+        `shutdown: cutting ${this.#connections.size} connections (${this.#tunnels.size} of them tunnels) still open after ${deadline}ms (shutdown_timeout)`,
+      );
       for (const socket of this.#connections) socket.destroy();
+    } else {
+      this.#log.info({ mtaproxy_event: 'drained', duration_ms: Math.round(this.#now() - started) }, `shutdown: all tunnels finished in ${Math.round(this.#now() - started)}ms`);
     }
+    if (this.#watchdog !== null) clearInterval(this.#watchdog);
     this.#log.info({ mtaproxy_event: 'stopped' }, 'mtaproxy stopped');
   }
 }

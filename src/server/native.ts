@@ -20,6 +20,10 @@ export interface NativeContext {
   services: SessionServices;
   /** Takes over the connection for a delivery (CONNECT). */
   deliver(name: string, line: string, socket: Socket): void;
+  /** The peer proved it knows the secret: it no longer counts against the handshake caps. */
+  authenticated(): void;
+  /** Counts a failed handshake (key: peer address and reply): how many to report now, 0 to stay quiet (rate limit). */
+  handshakeFailed(key: string): number;
 }
 
 type State =
@@ -36,10 +40,14 @@ export function serveNative(socket: Socket, ctx: NativeContext): void {
   let state: State = { step: 'auth' };
 
   const reject = (reason: string, reply: string, name?: string): void => {
-    ctx.log.warn(
-      { mtaproxy_event: 'handshake_failed', peer, ...(name === undefined ? {} : { session: name }) },
-      `native: handshake from ${peer} failed: ${reason}`,
-    );
+    // one line per peer address and interval: a client failing in a loop must not fill the disk
+    const count = ctx.handshakeFailed(`${socket.remoteAddress ?? '?'} ${reply}`);
+    if (count > 0) {
+      ctx.log.warn(
+        { mtaproxy_event: 'handshake_failed', peer, count, ...(name === undefined ? {} : { session: name }) },
+        `native: handshake from ${peer} failed: ${reason}${count > 1 ? ` (${count} failures from this address since last logged)` : ''}`,
+      );
+    }
     socket.end(`${reply}\n`);
     socket.destroySoon();
     state = { step: 'auth' };
@@ -60,6 +68,7 @@ export function serveNative(socket: Socket, ctx: NativeContext): void {
         if (!verdict.ok) return reject(verdict.reason, 'ERR 535 authentication failed', verdict.name);
         socket.write(`OK ${serverProof(verdict.secret, serverNonce, verdict.clientNonce, verdict.name)}\n`);
         state = { step: 'role', name: verdict.name };
+        ctx.authenticated();
         return;
       }
       case 'role': {

@@ -27,6 +27,14 @@ type Handler = (session: ControlSession, tag: string, args: string[]) => void;
 
 /** ACQUIREs one session may have waiting; past this, ACQUIRE is answered 452 at once. */
 export const MAX_WAITING_ACQUIRES = 1024;
+/** Throttle keys one session may declare; past this, DECLARE of a new key is answered 452. */
+export const MAX_KEYS_PER_SESSION = 10_000;
+/**
+ * Reply bytes queued for an MTA that does not read them before the session stops reading its
+ * requests (resumed on 'drain'). A stuck MTA that keeps writing requests then fills its own
+ * socket buffers, not our memory, and its silence closes it after two ping intervals.
+ */
+export const OUTPUT_HIGH_WATER = 64 * 1024;
 
 let sessionSerial = 0;
 
@@ -44,6 +52,10 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
     if (typeof d === 'string') return s.reply(tag, 501, d);
     const egress = s.services.egress();
     if (!egress.sourceIps.includes(d.sourceIp)) return s.reply(tag, 550, `source ${d.sourceIp} is not in egress.source_ips`);
+    if (!s.declaredKeys.has(d.key) && s.declaredKeys.size >= MAX_KEYS_PER_SESSION) {
+      return s.reply(tag, 452, `too many throttle keys declared on this session (${MAX_KEYS_PER_SESSION}); use fewer, coarser keys`);
+    }
+    s.declaredKeys.add(d.key);
     const warning = s.services.throttle.declare(s.id, d);
     if (warning !== null) s.warn(warning);
     const limits = s.services.throttle.manager.limits(d.key);
@@ -53,6 +65,8 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
     const a = parseAcquire(args);
     if (typeof a === 'string') return s.reply(tag, 501, a);
     if (s.waitingAcquires >= MAX_WAITING_ACQUIRES) return s.reply(tag, 452, `too many ACQUIREs waiting on this session (${MAX_WAITING_ACQUIRES})`);
+    // replies are matched by tag: a second waiting request with the same tag is a client bug
+    if (s.isWaiting(tag)) return s.reply(tag, 501, `tag ${tag} is already used by a waiting ACQUIRE; use a new tag per request`);
     const maxWait = s.services.egress().throttleWaitTimeoutMs;
     s.waitingAcquires++;
     let answered = false;
@@ -82,6 +96,8 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
 export class ControlSession {
   /** ACQUIREs of this session waiting for a grant (bounded by MAX_WAITING_ACQUIRES). */
   waitingAcquires = 0;
+  /** throttle keys this session declared (bounded by MAX_KEYS_PER_SESSION) */
+  readonly declaredKeys = new Set<string>();
   /** unique per connection: a replacing session with the same name must not share leases */
   readonly id: string;
   readonly name: string;
@@ -96,6 +112,7 @@ export class ControlSession {
   #log: Logger;
   #now: () => number;
   #lastHeard: number;
+  #lastPing: number;
   #rttMs: number | null = null;
   #rttAt: number | null = null;
   #nextTag = 1;
@@ -126,8 +143,13 @@ export class ControlSession {
     this.#now = opts.now;
     this.connectedAt = opts.now();
     this.#lastHeard = this.connectedAt;
+    this.#lastPing = this.connectedAt;
     this.#onClose = opts.onClose;
     opts.socket.on('close', () => this.#closedBy('connection closed'));
+    // output backpressure: reading stopped in #flush past OUTPUT_HIGH_WATER resumes here
+    opts.socket.on('drain', () => {
+      if (!this.#closed && opts.socket.isPaused()) opts.socket.resume();
+    });
   }
 
   get closed(): boolean {
@@ -186,13 +208,27 @@ export class ControlSession {
     this.#write(formatRequest(tag, 'PING'), () => this.#backOut--);
   }
 
-  /** Called on every ping tick: true if the MTA has been silent too long (it is then closed). */
-  checkAlive(silenceLimitMs: number): boolean {
-    // while the window is full we do not read, so silence proves nothing: the MTA waits on us
-    if (this.#socket.isPaused()) this.#lastHeard = this.#now();
-    if (this.#now() - this.#lastHeard <= silenceLimitMs) return true;
-    this.fail(`no traffic for ${((this.#now() - this.#lastHeard) / 1000).toFixed(1)}s (ping timeout)`, 421);
-    return false;
+  /**
+   * Called by the daemon's liveness tick (a fraction of the ping interval): closes a session
+   * silent for more than two ping intervals, and pings one not pinged for an interval. Reading
+   * stops only while our replies pile up unread (OUTPUT_HIGH_WATER), so silence while paused is
+   * the MTA's too: it does not read what we send.
+   */
+  tick(pingIntervalMs: number): void {
+    const now = this.#now();
+    const silent = now - this.#lastHeard;
+    if (silent > 2 * pingIntervalMs) {
+      this.fail(`no traffic for ${(silent / 1000).toFixed(1)}s (ping timeout)`, 421);
+      return;
+    }
+    if (now - this.#lastPing >= pingIntervalMs) {
+      this.#lastPing = now;
+      this.ping();
+    }
+  }
+
+  isWaiting(tag: string): boolean {
+    return this.#waits.has(tag);
   }
 
   /** Closes with a notice the MTA can log, e.g. on shutdown or replacement. */
@@ -260,6 +296,7 @@ export class ControlSession {
     this.#socket.write(text, () => {
       for (const f of flushed) f();
     });
+    if (this.#socket.writableLength > OUTPUT_HIGH_WATER && !this.#socket.isPaused()) this.#socket.pause();
   }
 
   #batch: string[] = [];

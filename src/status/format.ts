@@ -25,6 +25,13 @@ export interface SessionSnapshot {
 export interface StatusSnapshot {
   readonly managerId: string;
   readonly openConnections: number;
+  /** connections still in their handshake (counted against max_pending_handshakes) */
+  readonly handshaking: number;
+  /** since start: connections refused by the handshake caps, and failed accept() calls (EMFILE…) */
+  readonly refusedHandshakeCap: number;
+  readonly acceptErrors: number;
+  /** since start: connections refused because file descriptors ran low */
+  readonly refusedFds: number;
   readonly throttles: number;
   readonly window: number;
   readonly sessions: readonly SessionSnapshot[];
@@ -76,6 +83,18 @@ export function statusRecords(s: StatusSnapshot): StatusRecord[] {
     {
       msg: `listener: open_connections=${s.openConnections}`,
       fields: { mtaproxy_event: 'status', status_line: 'listener', open_connections: s.openConnections },
+    },
+    {
+      // not in the seed: the pre-authentication caps (max_pending_handshakes) and accept(2) failures
+      msg: `handshakes: pending=${s.handshaking} refused_cap=${s.refusedHandshakeCap} refused_fds=${s.refusedFds} accept_errors=${s.acceptErrors}`,
+      fields: {
+        mtaproxy_event: 'status',
+        status_line: 'handshakes',
+        handshakes_pending: s.handshaking,
+        refused_handshake_cap: s.refusedHandshakeCap,
+        refused_fds: s.refusedFds,
+        accept_errors: s.acceptErrors,
+      },
     },
     {
       msg:

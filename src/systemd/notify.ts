@@ -6,7 +6,8 @@ export interface Notifier {
   ready(status: string): void;
   reloading(): void;
   status(text: string): void;
-  stopping(status: string): void;
+  /** STOPPING=1; with extendTimeoutMs also EXTEND_TIMEOUT_USEC (systemd waits that long from now, if longer than TimeoutStopSec=) */
+  stopping(status: string, extendTimeoutMs?: number): void;
   watchdog(): void;
   /** Watchdog ping period (half of WATCHDOG_USEC) when systemd asked for pings, else null. */
   readonly watchdogIntervalMs: number | null;
@@ -21,7 +22,7 @@ export const notifyMessages = {
   ready: (status: string) => `READY=1\nSTATUS=${status}`,
   reloading: (monotonicUsec: bigint) => `RELOADING=1\nMONOTONIC_USEC=${monotonicUsec}`,
   status: (text: string) => `STATUS=${text}`,
-  stopping: (status: string) => `STOPPING=1\nSTATUS=${status}`,
+  stopping: (status: string, extendUsec?: number) => `STOPPING=1\nSTATUS=${status}${extendUsec === undefined ? '' : `\nEXTEND_TIMEOUT_USEC=${extendUsec}`}`,
   watchdog: () => 'WATCHDOG=1',
 };
 
@@ -47,7 +48,7 @@ export function createNotifier(env: NodeJS.ProcessEnv = process.env): Notifier {
     // CLOCK_MONOTONIC in µs, which Type=notify-reload (systemd >= 253) requires with RELOADING=1
     reloading: () => send(notifyMessages.reloading(process.hrtime.bigint() / 1000n)),
     status: (text) => send(notifyMessages.status(oneLine(text))),
-    stopping: (status) => send(notifyMessages.stopping(oneLine(status))),
+    stopping: (status, extendMs) => send(notifyMessages.stopping(oneLine(status), extendMs === undefined ? undefined : Math.round(extendMs * 1000))),
     watchdog: () => send(notifyMessages.watchdog()),
     watchdogIntervalMs: watchdogInterval(env, process.pid),
   };

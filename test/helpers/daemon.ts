@@ -59,14 +59,18 @@ export function tempDir(): string {
   return mkdtempSync(join(tmpdir(), 'mtaproxy-test-'));
 }
 
-export async function startDaemon(opts: { extra?: string; secret?: string; listen?: string; env?: NodeJS.ProcessEnv; command?: string[] } = {}): Promise<RunningDaemon> {
+/**
+ * `command`: a socket-activating wrapper (systemd-socket-activate …): the daemon starts only at the
+ * first connection. `prefix`: a plain wrapper (prlimit …) that execs the daemon at once.
+ */
+export async function startDaemon(opts: { extra?: string; secret?: string; listen?: string; env?: NodeJS.ProcessEnv; command?: string[]; prefix?: string[] } = {}): Promise<RunningDaemon> {
   const dir = tempDir();
   const configFile = join(dir, 'mtaproxy.toml');
   const adminSocket = join(dir, 'admin.sock');
   writeFileSync(configFile, configText({ ...opts, adminSocket }));
   const lines: string[] = [];
   const waiters: { re: RegExp; resolve: (line: string) => void }[] = [];
-  const argv = [...(opts.command ?? []), process.execPath, CLI, `--config-filename=${configFile}`];
+  const argv = [...(opts.command ?? opts.prefix ?? []), process.execPath, CLI, `--config-filename=${configFile}`];
   const proc = spawn(argv[0] as string, argv.slice(1), { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let partial = '';
   const onOutput = (chunk: Buffer): void => {

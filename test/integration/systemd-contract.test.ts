@@ -46,7 +46,8 @@ describe('sd_notify', () => {
     expect(reload2).toMatch(/^RELOADING=1\nMONOTONIC_USEC=\d+$/);
     expect(ready1).toMatch(/^READY=1\nSTATUS=.*reload: no changes$/);
     expect(ready2).toMatch(/^READY=1\nSTATUS=reload rejected, old config still in effect: .*mtaproxy\.toml:\d+:\d+: allow_from: /);
-    expect(stopping).toBe('STOPPING=1\nSTATUS=stopping: SIGTERM');
+    // the default shutdown_timeout (2m) plus 5 s: systemd waits for the drain even if TimeoutStopSec= is shorter
+    expect(stopping).toBe('STOPPING=1\nSTATUS=stopping: SIGTERM; draining 0 tunnels (at most 120s)\nEXTEND_TIMEOUT_USEC=125000000');
   });
 
   it('pings the watchdog at half of WATCHDOG_USEC, and only when WATCHDOG_PID is ours', async () => {

@@ -8,6 +8,10 @@ describe('status lines', () => {
     const records = statusRecords({
       managerId: '0543b19c',
       openConnections: 965,
+      handshaking: 4,
+      refusedHandshakeCap: 17,
+      acceptErrors: 2,
+      refusedFds: 3,
       throttles: 1758,
       window: 16,
       sessions: [
@@ -18,15 +22,17 @@ describe('status lines', () => {
     });
     expect(records.map((r) => r.msg)).toEqual([
       'listener: open_connections=965',
+      'handshakes: pending=4 refused_cap=17 refused_fds=3 accept_errors=2',
       'throttle: manager(0543b19c): throttles=1758 sessions=2 backlog(ram=532 bounce=0 disk=1093) forward(in=2/16 out=1/16 buf=7) back(in=1/16 out=0/16 buf=0)',
       'throttle: session(server-a): timeconnected=1h5m19s ping=0.250ms(0s ago) backlog(ram=0 bounce=0 disk=0) forward(in=0/16 out=0/16 buf=0) back(in=0/16 out=0/16 buf=0)',
       'throttle: session(server-b): timeconnected=1s ping=none backlog(ram=532 bounce=0 disk=1093) forward(in=2/16 out=1/16 buf=7) back(in=1/16 out=0/16 buf=0)',
       'direct_remote_smtp: connections=613(active=610 cached=3)',
     ]);
     expect(records[0]?.fields).toEqual({ mtaproxy_event: 'status', status_line: 'listener', open_connections: 965 });
-    expect(records[2]?.fields).toMatchObject({ status_line: 'session', session: 'server-a', time_connected_s: 3919, ping_ms: 0.25, ping_age_s: 0, backlog_ram: 0 });
-    expect(records[1]?.fields).toMatchObject({ manager_id: '0543b19c', throttles: 1758, sessions: 2, backlog_ram: 532, backlog_disk: 1093, forward_in: 2, back_in: 1 });
-    expect(records[4]?.fields).toMatchObject({ connections: 613, connections_active: 610, connections_cached: 3 });
+    expect(records[1]?.fields).toEqual({ mtaproxy_event: 'status', status_line: 'handshakes', handshakes_pending: 4, refused_handshake_cap: 17, refused_fds: 3, accept_errors: 2 });
+    expect(records[3]?.fields).toMatchObject({ status_line: 'session', session: 'server-a', time_connected_s: 3919, ping_ms: 0.25, ping_age_s: 0, backlog_ram: 0 });
+    expect(records[2]?.fields).toMatchObject({ manager_id: '0543b19c', throttles: 1758, sessions: 2, backlog_ram: 532, backlog_disk: 1093, forward_in: 2, back_in: 1 });
+    expect(records[5]?.fields).toMatchObject({ connections: 613, connections_active: 610, connections_cached: 3 });
   });
 
   it('formats uptimes like Go durations', () => {
