@@ -1,6 +1,6 @@
 // The imperative shell around the pure ThrottleManager: one timer for all deadlines and refills,
 // and callbacks for queued requests.
-import { ThrottleManager, type Declaration, type Lease, type LeaseKind, type ThrottleEvent } from './manager.js';
+import { ThrottleManager, type AcquireOptions, type Declaration, type Lease, type LeaseKind, type ThrottleEvent } from './manager.js';
 
 export type AcquireOutcome = { ok: true; lease: Lease } | { ok: false; code: number; message: string };
 
@@ -25,10 +25,13 @@ export class ThrottleService {
     this.manager.setBacklog(session, backlog);
   }
 
-  /** Calls `done` once: at once, when granted later, or at the deadline. Returns a canceller. */
-  acquire(session: string, key: string, kind: LeaseKind, waitMs: number, done: (outcome: AcquireOutcome) => void): () => void {
+  /**
+   * Calls `done` once: at once, when granted later, or at the deadline. Returns a canceller.
+   * `opts.heldByDelivery`: the slot is a tunnel's, kept until release() even if `session` leaves.
+   */
+  acquire(session: string, key: string, kind: LeaseKind, waitMs: number, done: (outcome: AcquireOutcome) => void, opts?: AcquireOptions): () => void {
     const now = this.#now();
-    const result = this.manager.acquire(session, key, kind, now, now + waitMs);
+    const result = this.manager.acquire(session, key, kind, now, now + waitMs, opts);
     if (result.status === 'granted') {
       done({ ok: true, lease: result.lease });
       return () => {};
