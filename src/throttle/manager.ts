@@ -465,6 +465,7 @@ export class ThrottleManager {
     for (const t of s.waitingIn) {
       const member = t.members.get(session) as Member;
       for (const w of member.waiters) {
+        events.push({ type: 'cancelled', waitId: w.id, session, key: t.key, kind: w.kind });
         this.#queue(t, w.kind).remove(w);
         this.#deadlines.remove(w);
         this.#waiters.delete(w.id);

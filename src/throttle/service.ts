@@ -47,6 +47,11 @@ export class ThrottleService {
     };
   }
 
+  /** Callbacks waiting for a grant (each has its waiter in the manager). */
+  get waitingCount(): number {
+    return this.#waiting.size;
+  }
+
   release(leaseId: number): void {
     this.#dispatch(this.manager.release(leaseId, this.#now()));
   }
@@ -55,6 +60,7 @@ export class ThrottleService {
     this.#dispatch(this.manager.undeclare(session, key, this.#now()));
   }
 
+  /** The session's waiting requests are answered 421 (deliveries' included); deliveries' leases stay. */
   leave(session: string): void {
     this.#dispatch(this.manager.leave(session, this.#now()));
   }
@@ -74,7 +80,8 @@ export class ThrottleService {
         continue;
       }
       if (e.type === 'granted') done({ ok: true, lease: e.lease });
-      else done({ ok: false, code: 451, message: `throttle ${e.key}: no ${e.kind} became available in time` });
+      else if (e.type === 'timeout') done({ ok: false, code: 451, message: `throttle ${e.key}: no ${e.kind} became available in time` });
+      else done({ ok: false, code: 421, message: `throttle ${e.key}: the control session that declared it closed while this request waited for a ${e.kind}` });
     }
     this.#schedule();
   }

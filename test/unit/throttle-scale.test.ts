@@ -84,4 +84,20 @@ describe('ThrottleManager at scale', () => {
     expect(m.nextWakeup(1000)).toBeNull();
     expect(m.leaseCount).toBe(keys);
   });
+
+  it('a session leaving with 1000 waiters among 100 000 removes exactly its own', () => {
+    const m = new ThrottleManager();
+    const sessions = Array.from({ length: 100 }, (_, i) => `s${i}`);
+    for (const s of sessions) m.declare(s, decl('gmail', { mode: 'average' }), 0);
+    m.acquire('s0', 'gmail', 'connection', 0, 0);
+    const mine = new Set<number>();
+    for (const s of sessions) for (let i = 0; i < 1000; i++) {
+      const id = queued(m.acquire(s, 'gmail', 'connection', 0, 1e12));
+      if (s === 's42') mine.add(id);
+    }
+    const events = m.leave('s42', 1);
+    const removed = events.filter((e) => e.type === 'cancelled').map((e) => e.waitId);
+    expect(new Set(removed)).toEqual(mine);
+    expect(m.waiting('gmail')).toBe(99_000);
+  });
 });
