@@ -156,8 +156,12 @@ function releaseAll(m, held, expected) {
   }
   const tick = new Calls();
   let expired = 0;
-  if (!setup.cut) expired = tick.time(() => m.tick(2000)).length;
-  row('one tick expiring 100 000 waiters (100 000 keys)', tick, 1, setup.cut ? 'setup cut short' : `${fmt(expired)} timed out`);
+  // a tick may expire them in bounded batches (nextWakeup then says "now"): each call counts
+  if (!setup.cut) {
+    do expired += tick.time(() => m.tick(2000)).length;
+    while (m.nextWakeup(2000) === 2000 && tick.count < 1000);
+  }
+  row('ticks expiring 100 000 waiters due at once (100 000 keys)', tick, 1, setup.cut ? 'setup cut short' : `${fmt(expired)} timed out in ${tick.count} tick(s)`);
 }
 
 // 5. the service's timer answers 100 000 expired waits: the event-loop delay it causes

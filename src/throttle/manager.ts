@@ -61,6 +61,8 @@ export interface EffectiveLimits {
 }
 
 const HOUR_MS = 3_600_000;
+/** Waits one tick expires at most (the rest on the next tick, at once): bounds one tick's work. */
+const TICK_MAX_TIMEOUTS = 2_000;
 
 /** Burst allowance of the message bucket: one minute's worth of the hourly rate, at least one. */
 export function messageBurst(perHour: number): number {
@@ -215,8 +217,8 @@ interface Member {
   finish: number;
   /** the session's weight epoch when `finish` was set; an older one means "re-tagged since": ignore it */
   epoch: number;
-  /** this session's waiting requests here, in arrival order (both kinds) */
-  readonly waiters: Set<Waiter>;
+  /** this session's waiting requests here, in arrival order (both kinds); null: none yet */
+  waiters: Set<Waiter> | null;
 }
 
 interface Throttle {
@@ -258,8 +260,13 @@ const byDeadline = (a: Waiter, b: Waiter): boolean => a.deadline < b.deadline ||
 const byTokenReady = (a: Throttle, b: Throttle): boolean =>
   a.tokenReadyAt < b.tokenReadyAt || (a.tokenReadyAt === b.tokenReadyAt && a.serial < b.serial);
 
+const queueIndexOf = (w: Waiter): number => w.queueIndex;
+const setQueueIndex = (w: Waiter, i: number): void => {
+  w.queueIndex = i;
+};
+
 function newQueue(): IndexedHeap<Waiter> {
-  return new IndexedHeap<Waiter>(byTag, (w) => w.queueIndex, (w, i) => (w.queueIndex = i));
+  return new IndexedHeap<Waiter>(byTag, queueIndexOf, setQueueIndex);
 }
 
 export class ThrottleManager {
@@ -317,7 +324,7 @@ export class ThrottleManager {
     for (const t of s.waitingIn) {
       const member = t.members.get(session) as Member;
       let finish = t.virtualTime;
-      for (const w of member.waiters) {
+      for (const w of member.waiters ?? []) {
         w.tag = finish;
         this.#queue(t, w.kind).update(w);
         finish += 1 / weight;
@@ -397,7 +404,7 @@ export class ThrottleManager {
     queue.push(w);
     this.#deadlines.push(w);
     this.#waiters.set(w.id, w);
-    member.waiters.add(w);
+    (member.waiters ??= new Set()).add(w);
     s.waitingIn.add(t);
     this.#afterChange(t);
     return { status: 'queued', waitId: w.id };
@@ -464,13 +471,13 @@ export class ThrottleManager {
     }
     for (const t of s.waitingIn) {
       const member = t.members.get(session) as Member;
-      for (const w of member.waiters) {
+      for (const w of member.waiters ?? []) {
         events.push({ type: 'cancelled', waitId: w.id, session, key: t.key, kind: w.kind });
         this.#queue(t, w.kind).remove(w);
         this.#deadlines.remove(w);
         this.#waiters.delete(w.id);
       }
-      member.waiters.clear();
+      member.waiters = null;
       touched.add(t);
     }
     for (const t of s.members.keys()) {
@@ -492,11 +499,15 @@ export class ThrottleManager {
     return events;
   }
 
-  /** Expires overdue waits and grants what the message buckets have refilled. */
+  /**
+   * Expires overdue waits and grants what the message buckets have refilled. At most
+   * TICK_MAX_TIMEOUTS waits expire per call, so one call stays short; if more are due,
+   * nextWakeup(now) returns now and the next tick goes on.
+   */
   tick(now: number): ThrottleEvent[] {
     const events: ThrottleEvent[] = [];
     const touched = new Set<Throttle>();
-    for (let w = this.#deadlines.peek(); w !== undefined && w.deadline <= now; w = this.#deadlines.peek()) {
+    for (let w = this.#deadlines.peek(); w !== undefined && w.deadline <= now && events.length < TICK_MAX_TIMEOUTS; w = this.#deadlines.peek()) {
       this.#dropWaiter(w);
       events.push({ type: 'timeout', waitId: w.id, session: w.session, key: w.throttle.key, kind: w.kind });
       touched.add(w.throttle);
@@ -537,7 +548,7 @@ export class ThrottleManager {
     let m = t.members.get(session);
     if (m === undefined) {
       const s = this.#session(session);
-      m = { finish: 0, epoch: s.epoch, waiters: new Set() };
+      m = { finish: 0, epoch: s.epoch, waiters: null };
       t.members.set(session, m);
       s.members.set(t, m);
     }
@@ -556,8 +567,11 @@ export class ThrottleManager {
     this.#waiters.delete(w.id);
     const member = t.members.get(w.session);
     if (member === undefined) return;
-    member.waiters.delete(w);
-    if (member.waiters.size === 0) this.#sessions.get(w.session)?.waitingIn.delete(t);
+    member.waiters?.delete(w);
+    if (member.waiters?.size === 0) {
+      member.waiters = null;
+      this.#sessions.get(w.session)?.waitingIn.delete(t);
+    }
   }
 
   #available(t: Throttle, kind: LeaseKind): boolean {

@@ -100,4 +100,26 @@ describe('ThrottleManager at scale', () => {
     expect(new Set(removed)).toEqual(mine);
     expect(m.waiting('gmail')).toBe(99_000);
   });
+
+  it('100 000 waits due at once expire over a few bounded ticks, each exactly once, nextWakeup saying "now" meanwhile', () => {
+    const m = new ThrottleManager();
+    m.declare('a', decl('gmail'), 0);
+    m.acquire('a', 'gmail', 'connection', 0, 0);
+    const ids = new Set<number>();
+    for (let i = 0; i < 100_000; i++) ids.add(queued(m.acquire('a', 'gmail', 'connection', 0, 500)));
+    const seen = new Set<number>();
+    let ticks = 0;
+    let duplicates = 0;
+    do {
+      for (const e of m.tick(600)) {
+        if (seen.has(e.waitId) || !ids.has(e.waitId)) duplicates++;
+        seen.add(e.waitId);
+      }
+      ticks++;
+    } while (m.nextWakeup(600) === 600 && ticks < 1000);
+    expect(duplicates).toBe(0);
+    expect(seen.size).toBe(100_000);
+    expect(ticks).toBeGreaterThan(1);
+    expect(m.nextWakeup(600)).toBeNull();
+  });
 });
