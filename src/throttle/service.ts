@@ -1,6 +1,6 @@
 // The imperative shell around the pure ThrottleManager: one timer for all deadlines and refills,
 // and callbacks for queued requests.
-import { ThrottleManager, type Declaration, type Lease, type LeaseKind, type ThrottleEvent } from './manager.js';
+import { ThrottleManager, type AcquireOptions, type Declaration, type Lease, type LeaseKind, type ThrottleEvent } from './manager.js';
 
 export type AcquireOutcome = { ok: true; lease: Lease } | { ok: false; code: number; message: string };
 
@@ -25,10 +25,13 @@ export class ThrottleService {
     this.manager.setBacklog(session, backlog);
   }
 
-  /** Calls `done` once: at once, when granted later, or at the deadline. Returns a canceller. */
-  acquire(session: string, key: string, kind: LeaseKind, waitMs: number, done: (outcome: AcquireOutcome) => void): () => void {
+  /**
+   * Calls `done` once: at once, when granted later, or at the deadline. Returns a canceller.
+   * `opts.heldByDelivery`: the slot is a tunnel's, kept until release() even if `session` leaves.
+   */
+  acquire(session: string, key: string, kind: LeaseKind, waitMs: number, done: (outcome: AcquireOutcome) => void, opts?: AcquireOptions): () => void {
     const now = this.#now();
-    const result = this.manager.acquire(session, key, kind, now, now + waitMs);
+    const result = this.manager.acquire(session, key, kind, now, now + waitMs, opts);
     if (result.status === 'granted') {
       done({ ok: true, lease: result.lease });
       return () => {};
@@ -44,6 +47,11 @@ export class ThrottleService {
     };
   }
 
+  /** Callbacks waiting for a grant (each has its waiter in the manager). */
+  get waitingCount(): number {
+    return this.#waiting.size;
+  }
+
   release(leaseId: number): void {
     this.#dispatch(this.manager.release(leaseId, this.#now()));
   }
@@ -52,6 +60,7 @@ export class ThrottleService {
     this.#dispatch(this.manager.undeclare(session, key, this.#now()));
   }
 
+  /** The session's waiting requests are answered 421 (deliveries' included); deliveries' leases stay. */
   leave(session: string): void {
     this.#dispatch(this.manager.leave(session, this.#now()));
   }
@@ -71,7 +80,8 @@ export class ThrottleService {
         continue;
       }
       if (e.type === 'granted') done({ ok: true, lease: e.lease });
-      else done({ ok: false, code: 451, message: `throttle ${e.key}: no ${e.kind} became available in time` });
+      else if (e.type === 'timeout') done({ ok: false, code: 451, message: `throttle ${e.key}: no ${e.kind} became available in time` });
+      else done({ ok: false, code: 421, message: `throttle ${e.key}: the control session that declared it closed while this request waited for a ${e.kind}` });
     }
     this.#schedule();
   }

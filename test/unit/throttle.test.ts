@@ -78,12 +78,15 @@ describe('ThrottleManager', () => {
     m.declare('b', decl({ maxConnections: 1 }), 0);
     m.acquire('a', 'gmail', 'connection', 0, 1000);
     m.acquire('a', 'gmail', 'connection', 0, 1000);
-    m.acquire('a', 'gmail', 'connection', 0, 1000); // queued
+    const own = m.acquire('a', 'gmail', 'connection', 0, 1000); // queued
     const waiting = m.acquire('b', 'gmail', 'connection', 0, 1000);
     expect(waiting.status).toBe('queued');
     const events = m.leave('a', 10);
-    // the limit drops to b's 1; a's two slots are back, b's wait is granted
-    expect(events).toEqual([expect.objectContaining({ type: 'granted', waitId: (waiting as { waitId: number }).waitId })]);
+    // a's wait is reported cancelled; the limit drops to b's 1; a's two slots are back, b's wait is granted
+    expect(events).toEqual([
+      { type: 'cancelled', waitId: (own as { waitId: number }).waitId, session: 'a', key: 'gmail', kind: 'connection' },
+      expect.objectContaining({ type: 'granted', waitId: (waiting as { waitId: number }).waitId }),
+    ]);
     expect(m.inUse('gmail')).toBe(1);
     expect(m.waiting('gmail')).toBe(0);
     expect(m.leaseCount).toBe(1);
