@@ -181,3 +181,76 @@ describe('an explicit admin_socket that cannot be bound', () => {
     expect(readFileSync(join(d, 'notes.txt'), 'utf8')).toBe('keep me\n');
   });
 });
+
+describe('the default admin socket outside systemd', () => {
+  const RUN_DIR = '/run/mtaproxy';
+  // the real default is tested; a machine where an mtaproxy may be using it is left alone
+  const realDefaultFree = isRoot && !existsSync(join(RUN_DIR, 'admin.sock'));
+
+  it.skipIf(!realDefaultFree)('as root, with the four classic directives: makes /run/mtaproxy (0700) and status/reload reach it', async () => {
+    const made = !existsSync(RUN_DIR);
+    if (made) cleanups.push(() => rmSync(RUN_DIR, { recursive: true, force: true }));
+    const d = dir();
+    const configFile = join(d, 'mtaproxy.toml');
+    writeFileSync(configFile, fourDirectives(0));
+    // a login session's XDG_RUNTIME_DIR does not matter when /run/mtaproxy works
+    const env = { HOME: d, XDG_RUNTIME_DIR: d };
+    const p = daemon(configFile, { env });
+    await p.waitFor(/mtaproxy started/);
+    expect(p.lines.join('\n')).toContain(`listener: admin on ${RUN_DIR}/admin.sock`);
+    if (made) expect(lstatSync(RUN_DIR).mode & 0o777).toBe(0o700);
+    expect(lstatSync(join(RUN_DIR, 'admin.sock')).mode & 0o777).toBe(0o600);
+    const status = await cli(['status', `--config-filename=${configFile}`], { env });
+    expect(status).toMatchObject({ code: 0 });
+    expect(status.stdout).toMatch(/^listener: open_connections=0$/m);
+    expect(await cli(['reload', `--config-filename=${configFile}`], { env })).toMatchObject({ code: 0, stdout: 'reload: no changes\n' });
+    expect(await p.stop()).toBe(0);
+    expect(existsSync(join(RUN_DIR, 'admin.sock'))).toBe(false);
+  });
+
+  it.skipIf(!isRoot)('as an ordinary user with XDG_RUNTIME_DIR: the socket goes to $XDG_RUNTIME_DIR/mtaproxy, where status finds it', async () => {
+    const d = dir();
+    const xdg = join(d, 'xdg');
+    mkdirSync(xdg, { mode: 0o700 });
+    chownSync(xdg, NOBODY_UID, NOGROUP_GID);
+    const configFile = join(d, 'mtaproxy.toml');
+    writeFileSync(configFile, fourDirectives(await freePort()));
+    const env = { XDG_RUNTIME_DIR: xdg };
+    const p = daemon(configFile, { env, prefix: AS_NOBODY });
+    await p.waitFor(/mtaproxy started/);
+    const socket = join(xdg, 'mtaproxy', 'admin.sock');
+    expect(p.lines.join('\n')).toContain(`listener: admin on ${socket}`);
+    expect(p.lines.join('\n')).not.toMatch(/WARN/);
+    expect(lstatSync(join(xdg, 'mtaproxy')).mode & 0o777).toBe(0o700);
+    expect(lstatSync(socket)).toMatchObject({ uid: NOBODY_UID });
+    expect(lstatSync(socket).mode & 0o777).toBe(0o600);
+    const status = await cli(['status', `--config-filename=${configFile}`], { env, prefix: AS_NOBODY });
+    expect(status).toMatchObject({ code: 0 });
+    expect(status.stdout).toMatch(/^listener: open_connections=0$/m);
+    // a reload keeps the socket where it is (no rebind, no warning)
+    expect(await cli(['reload', `--config-filename=${configFile}`], { env, prefix: AS_NOBODY })).toMatchObject({ code: 0, stdout: 'reload: no changes\n' });
+    expect(lstatSync(socket).isSocket()).toBe(true);
+    expect(await p.stop()).toBe(0);
+    expect(existsSync(socket)).toBe(false);
+  });
+
+  it.skipIf(!isRoot)('as an ordinary user without XDG_RUNTIME_DIR: runs without an admin socket, says so, and SIGHUP still reloads', async () => {
+    const d = dir();
+    const configFile = join(d, 'mtaproxy.toml');
+    writeFileSync(configFile, fourDirectives(await freePort()));
+    const p = daemon(configFile, { prefix: AS_NOBODY });
+    await p.waitFor(/mtaproxy started/);
+    const warning = await p.waitFor(/running without an admin socket/);
+    expect(warning).toMatch(/WARN running without an admin socket: "mtaproxy reload" and "mtaproxy status" will not work \(SIGHUP still reloads\)/);
+    expect(warning).toContain('/run/mtaproxy/admin.sock: ');
+    expect(warning).toContain('XDG_RUNTIME_DIR is not set');
+    const status = await cli(['status', `--config-filename=${configFile}`], { prefix: AS_NOBODY });
+    expect(status.code).toBe(1);
+    expect(status.stderr).toMatch(/^mtaproxy: no mtaproxy daemon answered\. Looked for its admin socket at:\n {2}\/run\/mtaproxy\/admin\.sock: /);
+    expect(status.stderr).toContain('XDG_RUNTIME_DIR is not set');
+    expect(status.stderr).toContain('still reloads on SIGHUP');
+    p.proc.kill('SIGHUP');
+    await p.waitFor(/reload: no changes/);
+    expect(p.proc.exitCode).toBe(null);
+  });
+});
