@@ -111,7 +111,7 @@ async function askFirst(configured: string, command: AdminCommand): Promise<Admi
   if (process.env.XDG_RUNTIME_DIR === undefined) looked.push('($XDG_RUNTIME_DIR/mtaproxy/admin.sock not tried: XDG_RUNTIME_DIR is not set)');
   fail(
     `no mtaproxy daemon answered. Looked for its admin socket at:\n${looked.map((l) => `  ${l}\n`).join('')}` +
-      'Is mtaproxy running, as this user (or is this root)? A daemon that started without an admin socket (it logs why) still reloads on SIGHUP.',
+      'Is mtaproxy running? Run this as the daemon\'s user or as root. A daemon that started without an admin socket (it logs why) still reloads on SIGHUP.',
   );
 }
 
