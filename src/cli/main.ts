@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // mtaproxy command line: run the daemon, or talk to it, or check a config.
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { lstatSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parse as parseToml } from 'smol-toml';
 import { DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG_PATH, DIRECTIVES, formatConfigError, TABLES } from '../config/parse.js';
@@ -11,6 +11,8 @@ import type { SharedSecret } from '../config/secret.js';
 import { Daemon } from '../server/daemon.js';
 import { forgetActivation, parseActivation } from '../systemd/activation.js';
 import { createNotifier } from '../systemd/notify.js';
+import type { AdminCommand, AdminReply } from '../protocol/admin.js';
+import { adminSocketsToTry, defaultAdminSockets, isDefaultAdminSocket } from '../server/admin-path.js';
 import { askDaemon } from './admin-client.js';
 import { simulate } from './simulate.js';
 
@@ -35,7 +37,7 @@ Usage:
 Options:
   -c, --config-filename=PATH  config file (TOML)
       --admin-socket=PATH     admin socket for reload/status (default: the config's admin_socket,
-                              else ${DEFAULT_ADMIN_SOCKET})
+                              else ${DEFAULT_ADMIN_SOCKET}, else $XDG_RUNTIME_DIR/mtaproxy/admin.sock)
   -h, --help                  this help
   -V, --version               print the version
 
@@ -50,6 +52,14 @@ ${Object.entries(TABLES).map(([table, keys]) => `\n[${table}]\n${Object.entries(
 function fail(message: string, code = 1): never {
   process.stderr.write(`mtaproxy: ${message}\n`);
   process.exit(code);
+}
+
+function isSocket(path: string): boolean {
+  try {
+    return lstatSync(path).isSocket();
+  } catch {
+    return false;
+  }
 }
 
 function adminSocketPath(configFile: string, explicit: string | undefined): string {
@@ -68,6 +78,41 @@ function adminSocketPath(configFile: string, explicit: string | undefined): stri
   } catch {
     return /^\s*admin_socket\s*=\s*["']([^"']+)["']/m.exec(text)?.[1] ?? DEFAULT_ADMIN_SOCKET;
   }
+}
+
+/**
+ * Asks the daemon on the first admin socket that answers, in the order the daemon itself tries
+ * them (admin-path.ts); when none does, says where it looked.
+ */
+async function askFirst(configured: string, command: AdminCommand): Promise<AdminReply> {
+  const paths = adminSocketsToTry(configured);
+  const looked: string[] = [];
+  let firstError: string | null = null;
+  for (const path of paths) {
+    try {
+      lstatSync(path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      looked.push(`${path}: ${code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'permission denied (run as root or the daemon\'s user)' : (err as Error).message}`);
+      firstError ??= `cannot reach the daemon's admin socket ${path}: is mtaproxy running?`;
+      continue;
+    }
+    try {
+      return await askDaemon(path, command);
+    } catch (err) {
+      const message = (err as Error).message;
+      const prefix = `cannot reach the daemon's admin socket ${path}: `;
+      looked.push(message.startsWith(prefix) ? `${path}: ${message.slice(prefix.length)}` : message);
+      firstError ??= message;
+    }
+  }
+  // a non-default admin_socket is where the daemon should be: its error says it all
+  if (!isDefaultAdminSocket(configured)) fail(firstError ?? `cannot reach the daemon's admin socket ${configured}`);
+  if (process.env.XDG_RUNTIME_DIR === undefined) looked.push('($XDG_RUNTIME_DIR/mtaproxy/admin.sock not tried: XDG_RUNTIME_DIR is not set)');
+  fail(
+    `no mtaproxy daemon answered. Looked for its admin socket at:\n${looked.map((l) => `  ${l}\n`).join('')}` +
+      'Is mtaproxy running? Run this as the daemon\'s user or as root. A daemon that started without an admin socket (it logs why) still reloads on SIGHUP.',
+  );
 }
 
 async function run(configFile: string): Promise<void> {
@@ -159,15 +204,9 @@ async function main(argv: string[]): Promise<void> {
     case 'reload':
     case 'status': {
       tooMany(0);
-      const socketPath = adminSocketPath(configFile, values['admin-socket']);
-      let reply;
-      try {
-        reply = await askDaemon(socketPath, command);
-      } catch (err) {
-        // the file may name a new admin_socket the running daemon has not opened yet
-        if (values['admin-socket'] !== undefined || socketPath === DEFAULT_ADMIN_SOCKET) fail((err as Error).message);
-        reply = await askDaemon(DEFAULT_ADMIN_SOCKET, command).catch(() => fail((err as Error).message));
-      }
+      const explicit = values['admin-socket'];
+      const socketPath = adminSocketPath(configFile, explicit);
+      const reply = explicit !== undefined ? await askDaemon(explicit, command).catch((err: Error) => fail(err.message)) : await askFirst(socketPath, command);
       if (command === 'status' && reply.ok) return void process.stdout.write(`${(reply.lines ?? []).join('\n')}\n`);
       if (reply.ok) return void process.stdout.write(`${reply.message}\n`);
       process.stderr.write(`mtaproxy: ${reply.message}\n`);
@@ -201,7 +240,7 @@ async function main(argv: string[]): Promise<void> {
         throttle: values.throttle ?? 'sim',
         maxConnections: num(values['max-connections'], 4, 'max-connections'),
         mode,
-        adminSocket: values['admin-socket'] ?? c.adminSocket,
+        adminSocket: values['admin-socket'] ?? (isDefaultAdminSocket(c.adminSocket) ? (defaultAdminSockets().find(isSocket) ?? c.adminSocket) : c.adminSocket),
         out: (line) => process.stdout.write(`${line}\n`),
       });
       return;

@@ -199,13 +199,15 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
     ctx.throttle.declare(DERIVED_OWNER, { key: req.throttle, sourceIp: req.sourceIp, maxConnections: ctx.derivedMaxConnections(), maxMessagesPerHour: 100_000_000, mode: 'sum' });
   }
   const waitMs = Math.min(req.waitMs ?? egress.throttleWaitTimeoutMs, egress.throttleWaitTimeoutMs);
+  // heldByDelivery: the slot stays taken until this delivery ends, even if the control session
+  // that declared the throttle goes away or is replaced meanwhile (the tunnel is still open)
   cancelWait = ctx.throttle.acquire(owner, req.throttle, 'connection', waitMs, (outcome) => {
     cancelWait = null;
     if (!outcome.ok) return refuse({ code: outcome.code, message: outcome.message });
     leaseId = outcome.lease.id;
     if (done) return releaseSlot();
     void open(egress);
-  });
+  }, { heldByDelivery: true });
 }
 
 /** The native front-end's CONNECT line: text replies, then the tunnel. */

@@ -11,7 +11,8 @@ import { LineSplitter, LineTooLongError } from '../protocol/lines.js';
 import { statusRecords, type StatusRecord } from '../status/format.js';
 import type { Notifier } from '../systemd/notify.js';
 import type { PassedSocket } from '../systemd/activation.js';
-import { closeListening, endpointKey, listen, type Endpoint, type Listening } from './listeners.js';
+import { closeListening, endpointKey, listen, NoUnixSocketError, type Endpoint, type Listening } from './listeners.js';
+import { adminEndpoint, noAdminSocketWarning } from './admin-path.js';
 import { serveNative } from './native.js';
 import { RefusalLog } from './ratelimit.js';
 import { fdReserve, openFileCount, openFileLimit } from './fds.js';
@@ -169,7 +170,7 @@ export class Daemon {
       for (const address of config.socks5?.listen ?? []) endpoints.push({ kind: 'tcp', frontEnd: 'socks5', address });
       for (const address of config.proxyV2?.listen ?? []) endpoints.push({ kind: 'tcp', frontEnd: 'proxy-v2', address });
     }
-    if (!passed.some((p) => p.frontEnd === 'admin')) endpoints.push({ kind: 'unix', frontEnd: 'admin', path: config.adminSocket });
+    if (!passed.some((p) => p.frontEnd === 'admin')) endpoints.push(adminEndpoint(config.adminSocket));
     return endpoints;
   }
 
@@ -180,11 +181,17 @@ export class Daemon {
     try {
       for (const [key, endpoint] of wanted) {
         if (this.#listening.has(key)) continue;
-        const l = await listen(endpoint, (socket) => this.#accept(socket, endpoint));
-        // accept(2) failures (EMFILE, ENFILE, ENOBUFS) are per connection: keep listening, say so
-        l.server.removeAllListeners('error');
-        l.server.on('error', (err: NodeJS.ErrnoException) => this.#acceptError(err, l.bound));
-        added.push(l);
+        try {
+          const l = await listen(endpoint, (socket) => this.#accept(socket, endpoint));
+          // accept(2) failures (ENFILE, ENOBUFS…) are per connection: keep listening, say so
+          l.server.removeAllListeners('error');
+          l.server.on('error', (err: NodeJS.ErrnoException) => this.#acceptError(err, l.bound));
+          added.push(l);
+        } catch (err) {
+          // the default admin socket could go nowhere: run without it (tried again at each reload)
+          if (!(err instanceof NoUnixSocketError)) throw err;
+          this.#log.warn({ mtaproxy_event: 'no_admin_socket', tried: err.tried.join('; ') }, noAdminSocketWarning(err));
+        }
       }
     } catch (err) {
       for (const l of added) closeListening(l);

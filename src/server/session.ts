@@ -83,7 +83,8 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
   RELEASE: (s, tag, args) => {
     const id = Number(args[0]);
     const lease = args.length === 1 && Number.isInteger(id) ? s.services.throttle.manager.lease(id) : undefined;
-    if (lease === undefined || lease.session !== s.id) return s.reply(tag, 550, `no lease ${String(args[0]).slice(0, 20)} held by this session`);
+    // a delivery's slot is released by the delivery's end, never by a RELEASE
+    if (lease === undefined || lease.session !== s.id || lease.heldByDelivery) return s.reply(tag, 550, `no lease ${String(args[0]).slice(0, 20)} held by this session`);
     s.services.throttle.release(id);
     s.reply(tag, 250, 'released');
   },

@@ -302,6 +302,31 @@ describe('SIGTERM drains open tunnels', () => {
   }, 40_000);
 });
 
+describe('a delivery keeps its connection slot until it ends', () => {
+  it('even when the control session that declared the throttle closes or is replaced', async () => {
+    const d = await daemon(egress(smtpPort));
+    const decl = { key: 'one', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 10_000, mode: 'sum' as const };
+    const first = await ControlClient.connect({ host: '127.0.0.1', port: d.port, name: 'mta', secret: SECRET });
+    await first.declare(decl);
+    const open = (waitMs: number) => openTunnel({ host: '127.0.0.1', port: d.port, name: 'mta', secret: SECRET, source: '127.0.0.2', destination: { host: '127.0.0.1', port: smtpPort }, throttle: 'one', waitMs });
+    const t1 = await open(1000);
+    // a delivery waiting for the slot when its session goes away is told so at once
+    const waiting = open(5000).catch((e: unknown) => e as Error);
+    await new Promise((r) => setTimeout(r, 200));
+    await first.quit();
+    expect(String(await waiting)).toMatch(/CONNECT refused: 421 throttle one: the control session that declared it closed/);
+    // a reconnect with the same name declares again: the open tunnel still holds the only slot
+    const second = await ControlClient.connect({ host: '127.0.0.1', port: d.port, name: 'mta', secret: SECRET });
+    await second.declare(decl);
+    await expect(open(300)).rejects.toThrow(/CONNECT refused: 451 throttle one/);
+    t1.socket.destroy();
+    await d.waitForLine(/delivery\(mta\): .* throttle=one up=/);
+    const t3 = await open(1000);
+    t3.socket.destroy();
+    second.destroy();
+  });
+});
+
 describe('delivery records', () => {
   let dropper: Server;
   let dropperPort = 0;
