@@ -88,7 +88,8 @@ export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, on
     from.on('end', () => {
       // half-close: the other side may still answer (QUIT -> 221). Done once what we wrote to
       // `to` is flushed: destroying earlier would drop the last reply.
-      to.end(() => {
+      to.end((err?: Error | null) => {
+        if (err) return; // the socket's 'error' ends the tunnel
         if (++ended === 2) finish('closed');
       });
     });

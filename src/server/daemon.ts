@@ -470,8 +470,10 @@ export class Daemon {
     this.#listening.clear();
     for (const session of this.#sessions.values()) session.end('shutdown', '421 mtaproxy shutting down');
     for (const abort of [...this.#delivery.pending.values()]) abort({ code: 421, message: 'proxy shutting down' });
+    // connections still in their handshake: closed, not half-closed (a peer that never sends its
+    // FIN must not hold the drain open)
     for (const socket of this.#connections) {
-      if (!this.#tunnels.has(socket) && !this.#delivery.pending.has(socket) && !socket.writableEnded) socket.end();
+      if (!this.#tunnels.has(socket) && !this.#delivery.pending.has(socket)) socket.destroySoon();
     }
     const started = this.#now();
     const drained = await new Promise<boolean>((resolve) => {

@@ -302,6 +302,23 @@ describe('SIGTERM drains open tunnels', () => {
   }, 40_000);
 });
 
+describe('SIGTERM cuts what is still open after shutdown_timeout', () => {
+  it('logs how many tunnels it cut and still exits 0', async () => {
+    const d = await daemon(`shutdown_timeout = "500ms"\n${egress(smtpPort)}`);
+    const control = await ControlClient.connect({ host: '127.0.0.1', port: d.port, name: 'mta', secret: SECRET });
+    await control.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 5, maxMessagesPerHour: 10_000, mode: 'sum' });
+    const idle = await openTunnel({ host: '127.0.0.1', port: d.port, name: 'mta', secret: SECRET, source: '127.0.0.2', destination: { host: '127.0.0.1', port: smtpPort }, throttle: 'k' });
+    idle.socket.on('error', () => {});
+    idle.socket.resume();
+    const started = performance.now();
+    d.proc.kill('SIGTERM');
+    expect(await d.exited).toBe(0);
+    expect(performance.now() - started).toBeGreaterThan(450);
+    await d.waitForLine(/shutdown: cutting 1 connections \(1 of them tunnels\) still open after 500ms \(shutdown_timeout\)/);
+    control.destroy();
+  });
+});
+
 describe('a delivery keeps its connection slot until it ends', () => {
   it('even when the control session that declared the throttle closes or is replaced', async () => {
     const d = await daemon(egress(smtpPort));
