@@ -4,10 +4,15 @@
 // within 1.5x). Pure CPU, no network, bounded: a scenario that runs past its budget is cut short
 // and reported as such (FAIL).
 //
-//   npm run build && node bench/stalls.mjs [--dir=DIR]
+// The scenarios respect the daemon's per-session limits (src/server/session.ts): at most 10 000
+// keys declared and 1024 ACQUIREs waiting per control session, so 100 000 keys are 10 sessions x
+// 10 000 or 100 x 1 000, and 100 000 waiters are 100 sessions x 1 000.
 //
-// --dir: a directory with manager.js and service.js to measure instead of ../dist/throttle (e.g. a
-// build of an older version, for before/after numbers).
+//   npm run build && node --expose-gc bench/stalls.mjs [--dir=DIR]
+//
+// --expose-gc: also measures the heap taken per declared key. --dir: a directory with manager.js
+// and service.js to measure instead of ../dist/throttle (e.g. a build of an older version, for
+// before/after numbers).
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
@@ -69,12 +74,15 @@ function row(name, calls, expected, note = '') {
   ]);
 }
 
-/** 100 sessions, each with `perSession` waiting ACQUIREs; keys: how many keys they spread over. */
+/**
+ * `sessions` sessions, each with `perSession` waiting ACQUIREs (a session may have at most
+ * MAX_WAITING_ACQUIRES = 1024 waiting), spread over `keys` keys; every session declares every key
+ * (keys <= MAX_KEYS_PER_SESSION = 10 000).
+ */
 function waiters(keys, perSession = 1000, sessions = 100) {
   const m = new ThrottleManager();
   const held = [];
-  const declare = new Calls();
-  for (let s = 0; s < sessions; s++) for (let k = 0; k < keys; k++) declare.time(() => m.declare(`s${s}`, decl(`k${k}`), 0));
+  for (let s = 0; s < sessions; s++) for (let k = 0; k < keys; k++) m.declare(`s${s}`, decl(`k${k}`), 0);
   for (let k = 0; k < keys; k++) {
     const r = m.acquire('s0', `k${k}`, 'connection', 0, 0);
     if (r.status === 'granted') held.push(r.lease.id);
@@ -108,18 +116,50 @@ function releaseAll(m, held, expected) {
   return { release, granted, expected };
 }
 
-// 1. 100 000 DECLAREs of distinct keys in one session, then its leave
-{
+/** `sessions` sessions declaring `perSession` distinct keys each (N keys in all). */
+function declareKeys(sessions, perSession) {
   const m = new ThrottleManager();
   const calls = new Calls();
-  for (let k = 0; k < N; k++) {
-    calls.time(() => m.declare('mta', decl(`k${k}`), 0));
-    if (k % 1000 === 999 && calls.over()) break;
+  outer: for (let s = 0; s < sessions; s++) {
+    for (let k = 0; k < perSession; k++) {
+      calls.time(() => m.declare(`s${s}`, decl(`s${s}k${k}`), 0));
+      if (k % 1000 === 999 && calls.over()) break outer;
+    }
   }
-  row('declare 100 000 distinct keys (one session)', calls, N);
+  return { m, calls };
+}
+
+// 0. heap per declared key (only with node --expose-gc): 10 sessions x 10 000 distinct keys
+let heapNote = 'run with node --expose-gc to measure';
+if (typeof globalThis.gc === 'function') {
+  const ds = [];
+  for (let s = 0; s < 10; s++) for (let k = 0; k < 10_000; k++) ds.push(decl(`s${s}k${k}`));
+  globalThis.gc();
+  globalThis.gc();
+  const before = process.memoryUsage().heapUsed;
+  const m = new ThrottleManager();
+  for (let i = 0; i < ds.length; i++) m.declare(`s${Math.floor(i / 10_000)}`, ds[i], 0);
+  globalThis.gc();
+  globalThis.gc();
+  const perKey = (process.memoryUsage().heapUsed - before) / ds.length;
+  heapNote = `${fmt(perKey)} B of heap per declared key (the Declaration objects not counted; ${fmt(m.throttleCount)} keys)`;
+}
+
+// 1. 100 000 keys, as a control session may declare at most 10 000: 10 x 10 000 and 100 x 1 000;
+//    then the leave of one session with 10 000 keys while the 100 000 exist
+{
+  const { m, calls } = declareKeys(10, 10_000);
+  row('declare 100 000 keys: 10 sessions x 10 000', calls, N);
   const leave = new Calls();
-  if (!calls.cut) leave.time(() => m.leave('mta', 1));
-  row('leave of a session with 100 000 keys', leave, 1, calls.cut ? 'setup cut short' : `${m.throttleCount} throttles left`);
+  if (!calls.cut) leave.time(() => m.leave('s3', 1));
+  row('leave of a session with 10 000 of 100 000 keys', leave, 1, calls.cut ? 'setup cut short' : `${fmt(m.throttleCount)} throttles left`);
+}
+{
+  const { m, calls } = declareKeys(100, 1000);
+  row('declare 100 000 keys: 100 sessions x 1 000', calls, N);
+  const leave = new Calls();
+  if (!calls.cut) leave.time(() => m.leave('s42', 1));
+  row('leave of a session with 1 000 of 100 000 keys', leave, 1, calls.cut ? 'setup cut short' : `${fmt(m.throttleCount)} throttles left`);
 }
 
 // 2. 100 sessions x 1000 waiters on one key: acquire, leave of one session, grant all
@@ -131,28 +171,36 @@ function releaseAll(m, held, expected) {
   if (!acquire.cut) leave.time(() => (cancelled = m.leave('s42', 1).filter((e) => e.type === 'cancelled').length));
   row('leave of a session with 1000 of 100 000 waiters', leave, 1, acquire.cut ? 'setup cut short' : `${cancelled} reported cancelled`);
   const { release, granted } = acquire.cut ? { release: new Calls(), granted: 0 } : releaseAll(m, held, expected);
-  row('release -> grant them all, one key', release, expected - 1000, `${fmt(granted)} granted`);
+  row('release -> grant chain, one key', release, expected - 1000, `${fmt(granted)} granted`);
 }
 
-// 3. the same spread over 1000 keys
+// 3. the same spread over 1000 keys (each session declares all 1000)
 {
   const { m, held, acquire, expected } = waiters(1000);
   row('100 sessions x 1000 waiting ACQUIREs, 1000 keys', acquire, expected);
-  const { release, granted } = acquire.cut ? { release: new Calls(), granted: 0 } : releaseAll(m, held, expected);
-  row('release -> grant them all, 1000 keys', release, expected, `${fmt(granted)} granted`);
+  const leave = new Calls();
+  let cancelled = 0;
+  if (!acquire.cut) leave.time(() => (cancelled = m.leave('s42', 1).filter((e) => e.type === 'cancelled').length));
+  row('leave of a session with 1000 waiters on 1000 keys', leave, 1, acquire.cut ? 'setup cut short' : `${cancelled} reported cancelled`);
+  const { release, granted } = acquire.cut ? { release: new Calls(), granted: 0 } : releaseAll(m, held, expected - 1000);
+  row('release -> grant chains, 1000 keys', release, expected - 1000, `${fmt(granted)} granted`);
 }
 
-// 4. one tick expires 100 000 waiters (one per key, 100 000 keys)
+// 4. ticks expire 100 000 waiters due at once: 100 sessions x 1000 keys, one held slot and one
+//    waiter per key (100 000 keys)
 {
   const m = new ThrottleManager();
   const setup = new Calls();
-  for (let k = 0; k < N; k++) {
-    setup.time(() => {
-      m.declare('mta', decl(`k${k}`), 0);
-      m.acquire('mta', `k${k}`, 'connection', 0, 0);
-      m.acquire('mta', `k${k}`, 'connection', 0, 1000 + (k % 100));
-    });
-    if (k % 1000 === 999 && setup.over()) break;
+  outer: for (let s = 0; s < 100; s++) {
+    for (let k = 0; k < 1000; k++) {
+      const key = `s${s}k${k}`;
+      setup.time(() => {
+        m.declare(`s${s}`, decl(key), 0);
+        m.acquire(`s${s}`, key, 'connection', 0, 0);
+        m.acquire(`s${s}`, key, 'connection', 0, 1000 + (k % 100));
+      });
+      if (k % 1000 === 999 && setup.over()) break outer;
+    }
   }
   const tick = new Calls();
   let expired = 0;
@@ -164,7 +212,8 @@ function releaseAll(m, held, expected) {
   row('ticks expiring 100 000 waiters due at once (100 000 keys)', tick, 1, setup.cut ? 'setup cut short' : `${fmt(expired)} timed out in ${tick.count} tick(s)`);
 }
 
-// 5. the service's timer answers 100 000 expired waits: the event-loop delay it causes
+// 5. the service's timer answers 100 000 expired waits (100 sessions x 1000, one key): the
+//    event-loop delay it causes
 {
   const s = new ThrottleService(() => performance.now());
   const setup = new Calls();
@@ -191,58 +240,71 @@ function releaseAll(m, held, expected) {
   rows.at(-1)[4] = '';
 }
 
-// 6. ACQUIRE+RELEASE through the service at 10 vs 100 000 declared keys (each with one waiter
-//    elsewhere, so that wakeups have something to consider), on the first 10 keys
-async function opsPerSecond(keys) {
+// 6. ACQUIRE+RELEASE through the service on 10 keys of one session, with nothing else declared vs
+//    with 100 000 more keys declared by 100 sessions x 1000, each key with two slots held and one
+//    request waiting (so that wakeups have something to consider). Best of 3 rounds each.
+function opsSetup(keys) {
   const s = new ThrottleService(() => performance.now());
   const setup = new Calls();
-  for (let k = 0; k < keys; k++) {
-    s.declare('mta', decl(`k${k}`, { maxConnections: 2 }));
-    if (k >= 10) {
-      s.acquire('mta', `k${k}`, 'connection', 0, () => {});
-      s.acquire('mta', `k${k}`, 'connection', 0, () => {});
-      s.acquire('mta', `k${k}`, 'connection', 600_000, () => {}); // waits
+  for (let k = 0; k < 10; k++) s.declare('mta', decl(`k${k}`, { maxConnections: 2 }));
+  outer: for (let i = 0; i < keys / 1000; i++) {
+    for (let k = 0; k < 1000; k++) {
+      const session = `s${i}`;
+      const key = `s${i}k${k}`;
+      s.declare(session, decl(key, { maxConnections: 2 }));
+      s.acquire(session, key, 'connection', 0, () => {});
+      s.acquire(session, key, 'connection', 0, () => {});
+      s.acquire(session, key, 'connection', 600_000, () => {}); // waits
+      if (k % 1000 === 999 && setup.over()) break outer;
     }
-    if (k % 1000 === 999 && setup.over()) break;
   }
-  const calls = new Calls();
-  const until = performance.now() + 1000;
-  let ops = 0;
+  return { s, calls: new Calls(), ops: 0, ms: 0, cut: setup.cut };
+}
+function opsRound(r, ms) {
+  const until = performance.now() + ms;
   const t0 = performance.now();
+  let ops = 0;
   while (performance.now() < until) {
     for (let i = 0; i < 100; i++) {
       let lease = 0;
-      calls.time(() => {
-        s.acquire('mta', `k${ops % 10}`, 'connection', 1000, (o) => (lease = o.ok ? o.lease.id : 0));
-        s.release(lease);
+      r.calls.time(() => {
+        r.s.acquire('mta', `k${ops % 10}`, 'connection', 1000, (o) => (lease = o.ok ? o.lease.id : 0));
+        r.s.release(lease);
       });
       ops++;
     }
   }
   const rate = ops / ((performance.now() - t0) / 1000);
-  s.stop();
-  return { rate, calls, cut: setup.cut };
+  r.best = Math.max(r.best ?? 0, rate);
 }
 {
-  const small = await opsPerSecond(10);
-  const big = await opsPerSecond(N);
-  const ratio = small.rate / big.rate;
-  const pass = !big.cut && ratio <= OPS_RATIO_TARGET;
+  // one after the other, not side by side: a garbage collection for the small one would walk the
+  // big one's heap too
+  const small = opsSetup(0);
+  for (let round = 0; round < 3; round++) opsRound(small, 400);
+  small.s.stop();
+  small.s = null;
+  const big = opsSetup(N);
+  for (let round = 0; round < 3; round++) opsRound(big, 400);
+  big.s.stop();
+  const ratio = small.best / big.best;
+  const pass = !big.cut && ratio <= OPS_RATIO_TARGET && big.calls.max <= TARGET_MS;
   if (!pass) failures++;
-  rows.push(['ACQUIRE+RELEASE, 10 keys', fmt(small.calls.count), fmt(small.calls.max, 2), fmt(small.calls.total), fmt((small.calls.total / small.calls.count) * 1000, 2), '', '', `${fmt(small.rate)} ops/s`]);
+  rows.push(['ACQUIRE+RELEASE, 10 keys', fmt(small.calls.count), fmt(small.calls.max, 2), fmt(small.calls.total), fmt((small.calls.total / small.calls.count) * 1000, 2), '', '', `${fmt(small.best)} ops/s (best of 3)`]);
   rows.push([
-    'ACQUIRE+RELEASE, 100 000 keys (99 990 with a waiter)',
+    'ACQUIRE+RELEASE, 10 of 100 010 keys (100 000 with a waiter)',
     fmt(big.calls.count),
     fmt(big.calls.max, 2),
     fmt(big.calls.total),
     fmt((big.calls.total / big.calls.count) * 1000, 2),
     `ratio <= ${OPS_RATIO_TARGET}`,
     pass ? 'PASS' : 'FAIL',
-    `${fmt(big.rate)} ops/s: ${fmt(ratio, 2)}x slower${big.cut ? ' (setup cut short)' : ''}`,
+    `${fmt(big.best)} ops/s: ${fmt(ratio, 2)}x slower${big.cut ? ' (setup cut short)' : ''}`,
   ]);
 }
 
 console.log(`throttle stalls (${machine()}), code: ${base.pathname}`);
+console.log(heapNote);
 console.log('');
 printTable(['scenario', 'calls', 'max call ms', 'total ms', 'mean µs', 'target ms', 'verdict', 'note'], rows);
 console.log('');
