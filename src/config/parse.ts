@@ -114,7 +114,7 @@ export const DIRECTIVES: Readonly<Record<string, Directive>> = {
   handshake_timeout: { help: 'time an MTA has to authenticate, e.g. "10s"' },
   ping_interval: { help: 'control-session ping period; a session silent for two periods is closed' },
   shutdown_timeout: { help: 'on SIGTERM, how long open tunnels get to finish before they are cut (default "2m")' },
-  max_pending_handshakes: { help: 'connections not yet authenticated (all front-ends) before new ones are refused (default 1000)' },
+  max_pending_handshakes: { help: 'connections still in their handshake (all front-ends) before new ones are refused (default 1000)' },
   max_pending_handshakes_per_peer: { help: 'the same, per client address (default 100)' },
   egress: { help: 'table [egress]: where deliveries may go and from which addresses' },
   socks5: { help: 'table [socks5]: a SOCKS5 front-end (RFC 1928/1929) for KumoMTA, curl…' },
