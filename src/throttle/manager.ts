@@ -92,11 +92,12 @@ export function reconcile(declarations: Iterable<Declaration>): EffectiveLimits 
 }
 
 /**
- * A binary min-heap whose items know their own position (through `setIndex`/`getIndex`), so any
- * item can be removed or re-keyed in O(log n) without searching for it. Index -1: not in the heap.
+ * Binary min-heap operations on plain arrays whose items know their own position (through
+ * `setIndex`/`getIndex`), so any item can be removed or re-keyed in O(log n) without searching for
+ * it. Index -1: not in a heap. One instance per kind of heap, shared by all heaps of that kind: a
+ * throttle's queues are bare arrays, allocated only while something waits there.
  */
-class IndexedHeap<T> {
-  readonly #items: T[] = [];
+class HeapOps<T> {
   readonly #less: (a: T, b: T) => boolean;
   readonly #getIndex: (x: T) => number;
   readonly #setIndex: (x: T, i: number) => void;
@@ -107,57 +108,42 @@ class IndexedHeap<T> {
     this.#setIndex = setIndex;
   }
 
-  get size(): number {
-    return this.#items.length;
-  }
-
-  peek(): T | undefined {
-    return this.#items[0];
-  }
-
-  has(x: T): boolean {
+  has(items: readonly T[], x: T): boolean {
     const i = this.#getIndex(x);
-    return i >= 0 && this.#items[i] === x;
+    return i >= 0 && items[i] === x;
   }
 
-  push(x: T): void {
-    this.#items.push(x);
-    this.#up(this.#items.length - 1, x);
+  push(items: T[], x: T): void {
+    items.push(x);
+    this.#up(items, items.length - 1, x);
   }
 
-  pop(): T | undefined {
-    const top = this.#items[0];
-    if (top !== undefined) this.remove(top);
-    return top;
-  }
-
-  remove(x: T): boolean {
-    if (!this.has(x)) return false;
+  remove(items: T[], x: T): boolean {
+    if (!this.has(items, x)) return false;
     const i = this.#getIndex(x);
-    const last = this.#items.pop() as T;
+    const last = items.pop() as T;
     this.#setIndex(x, -1);
     if (last !== x) {
-      this.#items[i] = last;
+      items[i] = last;
       this.#setIndex(last, i);
-      this.#fix(i, last);
+      this.#fix(items, i, last);
     }
     return true;
   }
 
   /** Restores the order after x's key changed (or inserts it). */
-  update(x: T): void {
-    if (this.has(x)) this.#fix(this.#getIndex(x), x);
-    else this.push(x);
+  update(items: T[], x: T): void {
+    if (this.has(items, x)) this.#fix(items, this.#getIndex(x), x);
+    else this.push(items, x);
   }
 
-  #fix(i: number, x: T): void {
-    const parent = this.#items[(i - 1) >> 1];
-    if (i > 0 && parent !== undefined && this.#less(x, parent)) this.#up(i, x);
-    else this.#down(i, x);
+  #fix(items: T[], i: number, x: T): void {
+    const parent = items[(i - 1) >> 1];
+    if (i > 0 && parent !== undefined && this.#less(x, parent)) this.#up(items, i, x);
+    else this.#down(items, i, x);
   }
 
-  #up(i: number, x: T): void {
-    const items = this.#items;
+  #up(items: T[], i: number, x: T): void {
     while (i > 0) {
       const p = (i - 1) >> 1;
       const parent = items[p] as T;
@@ -170,8 +156,7 @@ class IndexedHeap<T> {
     this.#setIndex(x, i);
   }
 
-  #down(i: number, x: T): void {
-    const items = this.#items;
+  #down(items: T[], i: number, x: T): void {
     const n = items.length;
     for (;;) {
       const l = 2 * i + 1;
@@ -198,11 +183,10 @@ class IndexedHeap<T> {
 
 interface Waiter {
   readonly id: number;
-  readonly session: string;
   readonly kind: LeaseKind;
   readonly deadline: number;
   readonly heldByDelivery: boolean;
-  readonly throttle: Throttle;
+  readonly member: Member;
   /** start-time fair queuing tag: served in increasing order (re-tagged when the weight changes) */
   tag: number;
   /** position in the throttle's heap for its kind */
@@ -211,31 +195,56 @@ interface Waiter {
   deadlineIndex: number;
 }
 
-/** What one session has to do with one throttle. */
+/**
+ * What one session has to do with one throttle: its declaration and its fair-queuing state. The
+ * member outlives an undeclare (its finish tag still counts) and goes with the throttle or the
+ * session.
+ */
 interface Member {
+  readonly session: SessionState;
+  readonly throttle: Throttle;
+  /** null once undeclared */
+  declaration: Declaration | null;
+  /** when it declared last (a manager-wide counter): the latest declaration decides the mode */
+  declaredAt: number;
   /** start-time fair queuing: the finish tag of the session's latest request here */
   finish: number;
   /** the session's weight epoch when `finish` was set; an older one means "re-tagged since": ignore it */
   epoch: number;
-  /** this session's waiting requests here, in arrival order (both kinds); null: none yet */
-  waiters: Set<Waiter> | null;
+  /** position in the session's member list */
+  slot: number;
 }
 
+/**
+ * One throttle key. Kept small: most keys are declared by few sessions and have nobody waiting, so
+ * a lone member is stored inline (a Map only from the second one), the queues are allocated on the
+ * first wait and dropped when empty, and the effective limits are plain fields, kept up to date
+ * from running sums.
+ */
 interface Throttle {
   readonly key: string;
   /** creation order: ties in the token heap */
   readonly serial: number;
-  /** declarations by session, in declaration order (the latest decides the mode) */
-  readonly declarations: Map<string, Declaration>;
-  limits: EffectiveLimits;
+  /** the members: none, one, or a Map by session id once there are two or more */
+  members: Member | Map<string, Member> | null;
+  /** members with a declaration, and the sums of their limits */
+  declared: number;
+  sumConnections: number;
+  sumMessages: number;
+  /** the member that declared last: its mode and source IP are the throttle's */
+  latest: Member | null;
+  /** effective limits (the last ones, while no declaration is left) */
+  mode: Mode;
+  sourceIp: string;
+  maxConnections: number;
+  maxMessagesPerHour: number;
   connectionsInUse: number;
   /** token bucket for messages */
   tokens: number;
   tokensAt: number;
-  /** waiting requests per kind, lowest (tag, id) first */
-  readonly connectionQueue: IndexedHeap<Waiter>;
-  readonly messageQueue: IndexedHeap<Waiter>;
-  readonly members: Map<string, Member>;
+  /** waiting requests per kind, heaps lowest (tag, id) first; null: nobody waits for that kind */
+  connectionQueue: Waiter[] | null;
+  messageQueue: Waiter[] | null;
   /** the tag of the request served last: the throttle's virtual time */
   virtualTime: number;
   /** when the bucket next holds a token for a waiting message (valid while in the token heap) */
@@ -244,15 +253,17 @@ interface Throttle {
 }
 
 interface SessionState {
+  readonly id: string;
   /** backlog weight (reported queue size); at least 1 */
   weight: number;
   /** bumped on every weight change: finish tags set under an older epoch are void */
   epoch: number;
-  readonly members: Map<Throttle, Member>;
-  /** throttles where this session has requests waiting */
-  readonly waitingIn: Set<Throttle>;
-  /** ids of the connection leases taken by the session's own ACQUIREs (not deliveries') */
-  readonly leases: Set<number>;
+  /** its members, one per throttle it declared (unordered: removal swaps in the last one) */
+  readonly members: Member[];
+  /** the session's waiting requests, all throttles, in arrival order; null: none */
+  waiters: Set<Waiter> | null;
+  /** ids of the connection leases taken by the session's own ACQUIREs (not deliveries'); null: none yet */
+  leases: Set<number> | null;
 }
 
 const byTag = (a: Waiter, b: Waiter): boolean => a.tag < b.tag || (a.tag === b.tag && a.id < b.id);
@@ -260,13 +271,80 @@ const byDeadline = (a: Waiter, b: Waiter): boolean => a.deadline < b.deadline ||
 const byTokenReady = (a: Throttle, b: Throttle): boolean =>
   a.tokenReadyAt < b.tokenReadyAt || (a.tokenReadyAt === b.tokenReadyAt && a.serial < b.serial);
 
-const queueIndexOf = (w: Waiter): number => w.queueIndex;
-const setQueueIndex = (w: Waiter, i: number): void => {
-  w.queueIndex = i;
-};
+const queues = new HeapOps<Waiter>(
+  byTag,
+  (w) => w.queueIndex,
+  (w, i) => {
+    w.queueIndex = i;
+  },
+);
+const deadlines = new HeapOps<Waiter>(
+  byDeadline,
+  (w) => w.deadlineIndex,
+  (w, i) => {
+    w.deadlineIndex = i;
+  },
+);
+const tokenWakeups = new HeapOps<Throttle>(
+  byTokenReady,
+  (t) => t.tokenIndex,
+  (t, i) => {
+    t.tokenIndex = i;
+  },
+);
 
-function newQueue(): IndexedHeap<Waiter> {
-  return new IndexedHeap<Waiter>(byTag, queueIndexOf, setQueueIndex);
+function memberOf(t: Throttle, session: string): Member | undefined {
+  const m = t.members;
+  if (m === null) return undefined;
+  if (m instanceof Map) return m.get(session);
+  return m.session.id === session ? m : undefined;
+}
+
+function addMember(t: Throttle, member: Member): void {
+  const m = t.members;
+  if (m === null) t.members = member;
+  else if (m instanceof Map) m.set(member.session.id, member);
+  else t.members = new Map([[m.session.id, m], [member.session.id, member]]);
+}
+
+function removeMember(t: Throttle, member: Member): void {
+  const m = t.members;
+  if (m === member) t.members = null;
+  else if (m instanceof Map && m.get(member.session.id) === member) {
+    m.delete(member.session.id);
+    if (m.size === 1) for (const only of m.values()) t.members = only;
+  }
+}
+
+/** The member that declared last (null: no declaration left). */
+function latestDeclared(t: Throttle): Member | null {
+  const m = t.members;
+  if (m === null || !(m instanceof Map)) return m?.declaration != null ? m : null;
+  let latest: Member | null = null;
+  for (const other of m.values()) if (other.declaration !== null && (latest === null || other.declaredAt > latest.declaredAt)) latest = other;
+  return latest;
+}
+
+/** Another session's declaration that disagrees with d on the mode or the source IP. */
+function conflicting(t: Throttle, session: string, d: Declaration): Member | null {
+  const m = t.members;
+  if (m === null) return null;
+  for (const other of m instanceof Map ? m.values() : [m]) {
+    const od = other.declaration;
+    if (od !== null && other.session.id !== session && (od.mode !== d.mode || od.sourceIp !== d.sourceIp)) return other;
+  }
+  return null;
+}
+
+/** Swap-removes a member from its session's list. */
+function unlinkFromSession(member: Member): void {
+  const list = member.session.members;
+  const last = list.pop() as Member;
+  if (last !== member) {
+    list[member.slot] = last;
+    last.slot = member.slot;
+  }
+  member.slot = -1;
 }
 
 export class ThrottleManager {
@@ -274,10 +352,11 @@ export class ThrottleManager {
   readonly #leases = new Map<number, Lease>();
   readonly #sessions = new Map<string, SessionState>();
   readonly #waiters = new Map<number, Waiter>();
-  readonly #deadlines = new IndexedHeap<Waiter>(byDeadline, (w) => w.deadlineIndex, (w, i) => (w.deadlineIndex = i));
-  readonly #tokenWakeups = new IndexedHeap<Throttle>(byTokenReady, (t) => t.tokenIndex, (t, i) => (t.tokenIndex = i));
+  readonly #deadlines: Waiter[] = [];
+  readonly #tokenWakeups: Throttle[] = [];
   #nextId = 1;
   #nextSerial = 1;
+  #declarations = 0;
 
   get throttleCount(): number {
     return this.#throttles.size;
@@ -293,7 +372,9 @@ export class ThrottleManager {
   }
 
   limits(key: string): EffectiveLimits | null {
-    return this.#throttles.get(key)?.limits ?? null;
+    const t = this.#throttles.get(key);
+    if (t === undefined) return null;
+    return { mode: t.mode, maxConnections: t.maxConnections, maxMessagesPerHour: t.maxMessagesPerHour, sourceIp: t.sourceIp };
   }
 
   inUse(key: string): number {
@@ -302,7 +383,7 @@ export class ThrottleManager {
 
   waiting(key: string): number {
     const t = this.#throttles.get(key);
-    return t === undefined ? 0 : t.connectionQueue.size + t.messageQueue.size;
+    return t === undefined ? 0 : (t.connectionQueue?.length ?? 0) + (t.messageQueue?.length ?? 0);
   }
 
   lease(id: number): Lease | undefined {
@@ -321,16 +402,16 @@ export class ThrottleManager {
     // before its first report (weight 1) would wait behind hundreds of grants to the others.
     // Elsewhere the session's finish tag is void (epoch): its next request starts at the
     // throttle's virtual time.
-    for (const t of s.waitingIn) {
-      const member = t.members.get(session) as Member;
-      let finish = t.virtualTime;
-      for (const w of member.waiters ?? []) {
-        w.tag = finish;
-        this.#queue(t, w.kind).update(w);
-        finish += 1 / weight;
-      }
-      member.finish = finish;
-      member.epoch = s.epoch;
+    const waiters = s.waiters ?? [];
+    for (const w of waiters) {
+      w.member.finish = w.member.throttle.virtualTime;
+      w.member.epoch = s.epoch;
+    }
+    for (const w of waiters) {
+      const member = w.member;
+      w.tag = member.finish;
+      queues.update(this.#queueFor(member.throttle, w.kind), w);
+      member.finish += 1 / weight;
     }
   }
 
@@ -342,33 +423,48 @@ export class ThrottleManager {
       t = {
         key: d.key,
         serial: this.#nextSerial++,
-        declarations: new Map(),
-        limits: reconcile([d]) as EffectiveLimits,
+        members: null,
+        declared: 0,
+        sumConnections: 0,
+        sumMessages: 0,
+        latest: null,
+        mode: d.mode,
+        sourceIp: d.sourceIp,
+        maxConnections: d.maxConnections,
+        maxMessagesPerHour: d.maxMessagesPerHour,
         connectionsInUse: 0,
         tokens: messageBurst(d.maxMessagesPerHour),
         tokensAt: now,
-        connectionQueue: newQueue(),
-        messageQueue: newQueue(),
-        members: new Map(),
+        connectionQueue: null,
+        messageQueue: null,
         virtualTime: 0,
         tokenReadyAt: Infinity,
         tokenIndex: -1,
       };
       this.#throttles.set(d.key, t);
     } else {
-      for (const [other, od] of t.declarations) {
-        if (other !== session && (od.mode !== d.mode || od.sourceIp !== d.sourceIp)) {
-          warning = `throttle ${d.key}: ${session} declares mode=${d.mode} source=${d.sourceIp} but ${other} declared mode=${od.mode} source=${od.sourceIp}; the latest declaration wins`;
-          break;
-        }
+      const other = conflicting(t, session, d);
+      const od = other?.declaration;
+      if (other != null && od != null) {
+        warning = `throttle ${d.key}: ${session} declares mode=${d.mode} source=${d.sourceIp} but ${other.session.id} declared mode=${od.mode} source=${od.sourceIp}; the latest declaration wins`;
       }
     }
-    this.#member(session, t);
+    let member = memberOf(t, session);
+    if (member === undefined) {
+      const s = this.#session(session);
+      member = { session: s, throttle: t, declaration: null, declaredAt: 0, finish: 0, epoch: s.epoch, slot: s.members.length };
+      s.members.push(member);
+      addMember(t, member);
+    }
     this.#refill(t, now);
-    t.declarations.delete(session); // re-insert: the latest declaration is last
-    t.declarations.set(session, d);
-    t.limits = reconcile(t.declarations.values()) as EffectiveLimits;
-    t.tokens = Math.min(t.tokens, messageBurst(t.limits.maxMessagesPerHour));
+    this.#withdraw(t, member);
+    member.declaration = d;
+    member.declaredAt = ++this.#declarations;
+    t.declared++;
+    t.sumConnections += d.maxConnections;
+    t.sumMessages += d.maxMessagesPerHour;
+    t.latest = member;
+    this.#reconcile(t);
     const events: ThrottleEvent[] = [];
     this.#serve(t, now, events);
     return { events, warning };
@@ -377,20 +473,19 @@ export class ThrottleManager {
   /** Asks for a connection slot or a message token; waits at most until `deadline`. */
   acquire(session: string, key: string, kind: LeaseKind, now: number, deadline: number, opts?: AcquireOptions): AcquireResult {
     const t = this.#throttles.get(key);
-    if (t === undefined || !t.declarations.has(session)) {
+    const member = t === undefined ? undefined : memberOf(t, session);
+    if (t === undefined || member === undefined || member.declaration === null) {
       return { status: 'error', code: 553, message: `throttle ${key} is not declared on this MTA's control session` };
     }
     this.#refill(t, now);
-    const s = this.#session(session);
-    const member = this.#member(session, t);
+    const s = member.session;
     // The tag is fixed at arrival: a session that queues many requests chains its own tags, so it
     // cannot get more than its weight's share while others wait.
     const tag = Math.max(t.virtualTime, member.epoch === s.epoch ? member.finish : 0);
     const heldByDelivery = opts?.heldByDelivery === true;
     const id = this.#nextId++; // the wait's, if it waits (taken in any case: ids as they always were)
-    const queue = this.#queue(t, kind);
     // Fast path only when nobody else waits for this kind: never jump the queue.
-    if (queue.size === 0 && this.#available(t, kind)) {
+    if ((kind === 'connection' ? t.connectionQueue : t.messageQueue) === null && this.#available(t, kind)) {
       member.finish = tag + 1 / s.weight;
       member.epoch = s.epoch;
       const lease = this.#grant(t, session, kind, tag, heldByDelivery);
@@ -400,12 +495,11 @@ export class ThrottleManager {
     if (deadline <= now) return { status: 'error', code: 451, message: `throttle ${key}: no ${kind} available` };
     member.finish = tag + 1 / s.weight;
     member.epoch = s.epoch;
-    const w: Waiter = { id, session, kind, deadline, heldByDelivery, throttle: t, tag, queueIndex: -1, deadlineIndex: -1 };
-    queue.push(w);
-    this.#deadlines.push(w);
+    const w: Waiter = { id, kind, deadline, heldByDelivery, member, tag, queueIndex: -1, deadlineIndex: -1 };
+    queues.push(this.#queueFor(t, kind), w);
+    deadlines.push(this.#deadlines, w);
     this.#waiters.set(w.id, w);
-    (member.waiters ??= new Set()).add(w);
-    s.waitingIn.add(t);
+    (s.waiters ??= new Set()).add(w);
     this.#afterChange(t);
     return { status: 'queued', waitId: w.id };
   }
@@ -415,7 +509,7 @@ export class ThrottleManager {
     const lease = this.#leases.get(leaseId);
     if (lease === undefined) return [];
     this.#leases.delete(leaseId);
-    this.#sessions.get(lease.session)?.leases.delete(leaseId);
+    this.#sessions.get(lease.session)?.leases?.delete(leaseId);
     const t = this.#throttles.get(lease.key);
     if (t === undefined) return [];
     if (lease.kind === 'connection') t.connectionsInUse--;
@@ -427,17 +521,11 @@ export class ThrottleManager {
   /** Withdraws one declaration (derived throttles nobody uses any more). */
   undeclare(session: string, key: string, now: number): ThrottleEvent[] {
     const t = this.#throttles.get(key);
-    if (t === undefined || !t.declarations.delete(session)) return [];
-    const limits = reconcile(t.declarations.values());
+    const member = t === undefined ? undefined : memberOf(t, session);
+    if (t === undefined || member === undefined || member.declaration === null) return [];
+    this.#withdraw(t, member);
     const events: ThrottleEvent[] = [];
-    if (limits !== null) {
-      this.#refill(t, now);
-      t.limits = limits;
-      t.tokens = Math.min(t.tokens, messageBurst(limits.maxMessagesPerHour));
-      this.#serve(t, now, events);
-    } else {
-      this.#afterChange(t);
-    }
+    this.#settle(t, now, events);
     return events;
   }
 
@@ -446,7 +534,7 @@ export class ThrottleManager {
     const w = this.#waiters.get(waitId);
     if (w === undefined) return;
     this.#dropWaiter(w);
-    this.#afterChange(w.throttle);
+    this.#afterChange(w.member.throttle);
   }
 
   /**
@@ -458,44 +546,40 @@ export class ThrottleManager {
     const events: ThrottleEvent[] = [];
     const s = this.#sessions.get(session);
     if (s === undefined) return events;
-    const touched = new Set<Throttle>();
-    for (const id of s.leases) {
+    this.#sessions.delete(session);
+    // throttles that got slots back; those the session is a member of are settled with its members
+    let freed: Set<Throttle> | null = null;
+    for (const id of s.leases ?? []) {
       const lease = this.#leases.get(id);
       if (lease === undefined) continue;
       this.#leases.delete(id);
       const t = this.#throttles.get(lease.key);
       if (t !== undefined && lease.kind === 'connection') {
         t.connectionsInUse--;
-        touched.add(t);
+        (freed ??= new Set()).add(t);
       }
     }
-    for (const t of s.waitingIn) {
-      const member = t.members.get(session) as Member;
-      for (const w of member.waiters ?? []) {
-        events.push({ type: 'cancelled', waitId: w.id, session, key: t.key, kind: w.kind });
-        this.#queue(t, w.kind).remove(w);
-        this.#deadlines.remove(w);
-        this.#waiters.delete(w.id);
-      }
-      member.waiters = null;
-      touched.add(t);
+    // every wait goes before any throttle serves again: none may be granted to this session
+    for (const w of s.waiters ?? []) {
+      const t = w.member.throttle;
+      events.push({ type: 'cancelled', waitId: w.id, session, key: t.key, kind: w.kind });
+      const queue = this.#queueFor(t, w.kind);
+      queues.remove(queue, w);
+      if (queue.length === 0) this.#setQueue(t, w.kind, null);
+      deadlines.remove(this.#deadlines, w);
+      this.#waiters.delete(w.id);
     }
-    for (const t of s.members.keys()) {
-      t.members.delete(session);
-      if (t.declarations.delete(session)) touched.add(t);
+    s.waiters = null;
+    for (const member of s.members) {
+      const t = member.throttle;
+      removeMember(t, member);
+      member.slot = -1;
+      this.#withdraw(t, member);
+      freed?.delete(t);
+      this.#settle(t, now, events);
     }
-    this.#sessions.delete(session);
-    for (const t of touched) {
-      const limits = reconcile(t.declarations.values());
-      if (limits !== null) {
-        this.#refill(t, now);
-        t.limits = limits;
-        t.tokens = Math.min(t.tokens, messageBurst(limits.maxMessagesPerHour));
-        this.#serve(t, now, events);
-      } else {
-        this.#afterChange(t);
-      }
-    }
+    s.members.length = 0;
+    for (const t of freed ?? []) this.#settle(t, now, events);
     return events;
   }
 
@@ -507,15 +591,17 @@ export class ThrottleManager {
   tick(now: number): ThrottleEvent[] {
     const events: ThrottleEvent[] = [];
     const touched = new Set<Throttle>();
-    for (let w = this.#deadlines.peek(); w !== undefined && w.deadline <= now && events.length < TICK_MAX_TIMEOUTS; w = this.#deadlines.peek()) {
+    const heap = this.#deadlines;
+    for (let w = heap[0]; w !== undefined && w.deadline <= now && events.length < TICK_MAX_TIMEOUTS; w = heap[0]) {
       this.#dropWaiter(w);
-      events.push({ type: 'timeout', waitId: w.id, session: w.session, key: w.throttle.key, kind: w.kind });
-      touched.add(w.throttle);
+      const t = w.member.throttle;
+      events.push({ type: 'timeout', waitId: w.id, session: w.member.session.id, key: t.key, kind: w.kind });
+      touched.add(t);
     }
     // take the due throttles off the heap first: serving one puts it back under its next time
     const due: Throttle[] = [];
-    for (let t = this.#tokenWakeups.peek(); t !== undefined && t.tokenReadyAt <= now; t = this.#tokenWakeups.peek()) {
-      this.#tokenWakeups.pop();
+    for (let t = this.#tokenWakeups[0]; t !== undefined && t.tokenReadyAt <= now; t = this.#tokenWakeups[0]) {
+      tokenWakeups.remove(this.#tokenWakeups, t);
       due.push(t);
     }
     for (const t of due) {
@@ -529,8 +615,8 @@ export class ThrottleManager {
 
   /** When the next tick could change something (a deadline, or a token for a waiting message). */
   nextWakeup(now: number): number | null {
-    const deadline = this.#deadlines.peek()?.deadline ?? Infinity;
-    const token = this.#tokenWakeups.peek()?.tokenReadyAt ?? Infinity;
+    const deadline = this.#deadlines[0]?.deadline ?? Infinity;
+    const token = this.#tokenWakeups[0]?.tokenReadyAt ?? Infinity;
     const next = Math.min(deadline, token);
     return next === Infinity ? null : Math.max(now, next);
   }
@@ -538,51 +624,80 @@ export class ThrottleManager {
   #session(session: string): SessionState {
     let s = this.#sessions.get(session);
     if (s === undefined) {
-      s = { weight: 1, epoch: 0, members: new Map(), waitingIn: new Set(), leases: new Set() };
+      s = { id: session, weight: 1, epoch: 0, members: [], waiters: null, leases: null };
       this.#sessions.set(session, s);
     }
     return s;
   }
 
-  #member(session: string, t: Throttle): Member {
-    let m = t.members.get(session);
-    if (m === undefined) {
-      const s = this.#session(session);
-      m = { finish: 0, epoch: s.epoch, waiters: null };
-      t.members.set(session, m);
-      s.members.set(t, m);
-    }
-    return m;
+  /** Takes the member's declaration (if any) out of the throttle's sums. */
+  #withdraw(t: Throttle, member: Member): void {
+    const d = member.declaration;
+    if (d === null) return;
+    member.declaration = null;
+    t.declared--;
+    t.sumConnections -= d.maxConnections;
+    t.sumMessages -= d.maxMessagesPerHour;
+    // the latest one went: the one declared last before it (only now a scan of the members)
+    if (t.latest === member) t.latest = latestDeclared(t);
   }
 
-  #queue(t: Throttle, kind: LeaseKind): IndexedHeap<Waiter> {
-    return kind === 'connection' ? t.connectionQueue : t.messageQueue;
+  /** The effective limits from the sums and the latest declaration (see reconcile()). */
+  #reconcile(t: Throttle): void {
+    const latest = t.latest?.declaration;
+    if (latest === undefined || latest === null) return; // none left: the last limits stay
+    const mode = latest.mode;
+    t.mode = mode;
+    t.sourceIp = latest.sourceIp;
+    t.maxConnections = mode === 'sum' ? t.sumConnections : Math.max(1, Math.round(t.sumConnections / t.declared));
+    t.maxMessagesPerHour = mode === 'sum' ? t.sumMessages : Math.max(1, Math.round(t.sumMessages / t.declared));
+  }
+
+  /** After declarations went: new limits and grants if some are left, else maybe forget t. */
+  #settle(t: Throttle, now: number, events: ThrottleEvent[]): void {
+    if (t.declared > 0) {
+      this.#refill(t, now);
+      this.#reconcile(t);
+      this.#serve(t, now, events);
+    } else {
+      this.#afterChange(t);
+    }
+  }
+
+  #queueFor(t: Throttle, kind: LeaseKind): Waiter[] {
+    if (kind === 'connection') return (t.connectionQueue ??= []);
+    return (t.messageQueue ??= []);
+  }
+
+  #setQueue(t: Throttle, kind: LeaseKind, queue: Waiter[] | null): void {
+    if (kind === 'connection') t.connectionQueue = queue;
+    else t.messageQueue = queue;
   }
 
   /** Takes a waiting request out of every structure (not reported: the caller does that). */
   #dropWaiter(w: Waiter): void {
-    const t = w.throttle;
-    this.#queue(t, w.kind).remove(w);
-    this.#deadlines.remove(w);
-    this.#waiters.delete(w.id);
-    const member = t.members.get(w.session);
-    if (member === undefined) return;
-    member.waiters?.delete(w);
-    if (member.waiters?.size === 0) {
-      member.waiters = null;
-      this.#sessions.get(w.session)?.waitingIn.delete(t);
+    const member = w.member;
+    const t = member.throttle;
+    const queue = w.kind === 'connection' ? t.connectionQueue : t.messageQueue;
+    if (queue !== null) {
+      queues.remove(queue, w);
+      if (queue.length === 0) this.#setQueue(t, w.kind, null);
     }
+    deadlines.remove(this.#deadlines, w);
+    this.#waiters.delete(w.id);
+    const s = member.session;
+    if (s.waiters !== null && s.waiters.delete(w) && s.waiters.size === 0) s.waiters = null;
   }
 
   #available(t: Throttle, kind: LeaseKind): boolean {
     // epsilon: a refill computed for exactly one token must not fall short by a rounding error
-    return kind === 'connection' ? t.connectionsInUse < t.limits.maxConnections : t.tokens >= 1 - 1e-9;
+    return kind === 'connection' ? t.connectionsInUse < t.maxConnections : t.tokens >= 1 - 1e-9;
   }
 
   #refill(t: Throttle, now: number): void {
     const elapsed = now - t.tokensAt;
     if (elapsed <= 0) return;
-    t.tokens = Math.min(messageBurst(t.limits.maxMessagesPerHour), t.tokens + (elapsed * t.limits.maxMessagesPerHour) / HOUR_MS);
+    t.tokens = Math.min(messageBurst(t.maxMessagesPerHour), t.tokens + (elapsed * t.maxMessagesPerHour) / HOUR_MS);
     t.tokensAt = now;
   }
 
@@ -591,7 +706,7 @@ export class ThrottleManager {
     if (kind === 'connection') {
       t.connectionsInUse++;
       this.#leases.set(lease.id, lease);
-      if (!heldByDelivery) this.#session(session).leases.add(lease.id);
+      if (!heldByDelivery) (this.#session(session).leases ??= new Set()).add(lease.id);
     } else {
       t.tokens -= 1;
     }
@@ -604,9 +719,11 @@ export class ThrottleManager {
    * request found past its deadline is reported as timed out instead.
    */
   #serve(t: Throttle, now: number, events: ThrottleEvent[]): void {
+    // the new limits may have shrunk the bucket
+    t.tokens = Math.min(t.tokens, messageBurst(t.maxMessagesPerHour));
     for (;;) {
-      const c = this.#head(t.connectionQueue, now, events);
-      const m = this.#head(t.messageQueue, now, events);
+      const c = this.#head(t, 'connection', now, events);
+      const m = this.#head(t, 'message', now, events);
       const cOk = c !== undefined && this.#available(t, 'connection');
       const mOk = m !== undefined && this.#available(t, 'message');
       let w: Waiter;
@@ -615,35 +732,40 @@ export class ThrottleManager {
       else if (mOk) w = m;
       else break;
       this.#dropWaiter(w);
-      events.push({ type: 'granted', waitId: w.id, lease: this.#grant(t, w.session, w.kind, w.tag, w.heldByDelivery) });
+      events.push({ type: 'granted', waitId: w.id, lease: this.#grant(t, w.member.session.id, w.kind, w.tag, w.heldByDelivery) });
     }
     this.#afterChange(t);
   }
 
   /** The first request of a queue that is still within its deadline (the others time out). */
-  #head(queue: IndexedHeap<Waiter>, now: number, events: ThrottleEvent[]): Waiter | undefined {
-    for (let w = queue.peek(); w !== undefined; w = queue.peek()) {
-      if (w.deadline > now) return w;
+  #head(t: Throttle, kind: LeaseKind, now: number, events: ThrottleEvent[]): Waiter | undefined {
+    for (;;) {
+      const w = (kind === 'connection' ? t.connectionQueue : t.messageQueue)?.[0];
+      if (w === undefined || w.deadline > now) return w;
       this.#dropWaiter(w);
-      events.push({ type: 'timeout', waitId: w.id, session: w.session, key: w.throttle.key, kind: w.kind });
+      events.push({ type: 'timeout', waitId: w.id, session: w.member.session.id, key: t.key, kind: w.kind });
     }
-    return undefined;
   }
 
   /** Keeps the token heap right for t, and forgets t once nothing refers to it. */
   #afterChange(t: Throttle): void {
-    if (t.messageQueue.size > 0) {
+    if (t.messageQueue !== null) {
       const missing = 1 - t.tokens;
-      t.tokenReadyAt = t.tokensAt + Math.max(0, (missing * HOUR_MS) / t.limits.maxMessagesPerHour);
-      this.#tokenWakeups.update(t);
-    } else {
-      this.#tokenWakeups.remove(t);
+      t.tokenReadyAt = t.tokensAt + Math.max(0, (missing * HOUR_MS) / t.maxMessagesPerHour);
+      tokenWakeups.update(this.#tokenWakeups, t);
+    } else if (t.tokenIndex >= 0) {
+      tokenWakeups.remove(this.#tokenWakeups, t);
     }
-    if (t.declarations.size === 0 && t.connectionsInUse === 0 && t.connectionQueue.size === 0 && t.messageQueue.size === 0) {
+    if (t.declared === 0 && t.connectionsInUse === 0 && t.connectionQueue === null && t.messageQueue === null) {
       if (this.#throttles.get(t.key) !== t) return;
       this.#throttles.delete(t.key);
-      for (const session of t.members.keys()) this.#sessions.get(session)?.members.delete(t);
-      t.members.clear();
+      const members = t.members;
+      t.members = null;
+      if (members instanceof Map) {
+        for (const member of members.values()) if (member.slot >= 0) unlinkFromSession(member);
+      } else if (members !== null && members.slot >= 0) {
+        unlinkFromSession(members);
+      }
     }
   }
 }
