@@ -55,6 +55,27 @@ export interface TunnelResult {
   outcome: string;
 }
 
+/** The parts of a net.Socket's internals that say how much of what was written the kernel took. */
+interface SocketInternals {
+  /** bytes handed to libuv (Node's own counter behind socket.bytesWritten) */
+  _bytesDispatched?: number;
+  _handle?: { writeQueueSize?: number } | null;
+}
+
+/**
+ * Bytes of this socket's writes that the kernel took, including the written part of a write
+ * still in progress (libuv writes a large chunk in pieces; its callback comes only at the end):
+ * Node's dispatched count minus what libuv still holds. null once the handle is gone (then the
+ * write callbacks' count is what we know).
+ */
+function kernelAccepted(s: Socket): number | null {
+  const internals = s as unknown as SocketInternals;
+  const queued = internals._handle?.writeQueueSize;
+  const dispatched = internals._bytesDispatched;
+  if (typeof queued !== 'number' || typeof dispatched !== 'number') return null;
+  return Math.max(0, dispatched - queued);
+}
+
 /** Pumps bytes both ways until both directions are done or something fails; reports once. */
 export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, onDone: (result: TunnelResult) => void): void {
   const started = performance.now();
@@ -66,9 +87,11 @@ export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, on
   const finish = (why: string): void => {
     if (outcome !== null) return;
     outcome = why;
+    const up = Math.max(bytesUp, kernelAccepted(remote) ?? 0);
+    const down = Math.max(bytesDown, kernelAccepted(client) ?? 0);
     client.destroy();
     remote.destroy();
-    onDone({ bytesUp, bytesDown, durationMs: performance.now() - started, outcome });
+    onDone({ bytesUp: up, bytesDown: down, durationMs: performance.now() - started, outcome });
   };
 
   const pump = (from: Socket, to: Socket, count: (n: number) => void): void => {

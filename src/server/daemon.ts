@@ -475,6 +475,12 @@ export class Daemon {
     for (const socket of this.#connections) {
       if (!this.#tunnels.has(socket) && !this.#delivery.pending.has(socket)) socket.destroySoon();
     }
+    // a control session's 421 notice or a refusal that its peer does not read must not hold the
+    // drain either: what is not a tunnel is gone a second later
+    const grace = setTimeout(() => {
+      for (const socket of this.#connections) if (!this.#tunnels.has(socket)) socket.destroy();
+    }, Math.min(1000, deadline));
+    grace.unref();
     const started = this.#now();
     const drained = await new Promise<boolean>((resolve) => {
       const check = setInterval(() => {
@@ -489,6 +495,7 @@ export class Daemon {
         resolve(false);
       }, deadline);
     });
+    clearTimeout(grace);
     this.#throttle.stop();
     if (!drained) {
       this.#log.warn(

@@ -302,6 +302,29 @@ describe('SIGTERM drains open tunnels', () => {
   }, 40_000);
 });
 
+describe('SIGTERM with a control session that reads nothing', () => {
+  it('does not wait shutdown_timeout for its 421 notice to be read', async () => {
+    const d = await daemon('shutdown_timeout = "20s"');
+    const c = await rawSession(d, 'stuck');
+    c.socket.pause();
+    const chunk = Buffer.from('1 PING\n'.repeat(64 * 1024));
+    const until = performance.now() + 1000;
+    // fill every buffer between us and the daemon with unread PONGs
+    await new Promise<void>((resolve) => {
+      const pump = (): void => {
+        while (performance.now() < until) if (!c.socket.write(chunk)) return void c.socket.once('drain', pump);
+        resolve();
+      };
+      setTimeout(resolve, 1500);
+      pump();
+    });
+    const started = performance.now();
+    d.proc.kill('SIGTERM');
+    expect(await d.exited).toBe(0);
+    expect(performance.now() - started).toBeLessThan(4000);
+  });
+});
+
 describe('SIGTERM cuts what is still open after shutdown_timeout', () => {
   it('logs how many tunnels it cut and still exits 0', async () => {
     const d = await daemon(`shutdown_timeout = "500ms"\n${egress(smtpPort)}`);
@@ -369,7 +392,7 @@ describe('delivery records', () => {
     dropper.close();
   });
 
-  it('count the bytes written to the destination, not those read from the MTA, when it drops mid-DATA', async () => {
+  it('never report more than the MTA sent nor less than the MX read, when the MX drops mid-DATA', async () => {
     const d = await daemon(egress(dropperPort));
     const control = await ControlClient.connect({ host: '127.0.0.1', port: d.port, name: 'mta', secret: SECRET });
     await control.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 10, maxMessagesPerHour: 10_000, mode: 'sum' });
@@ -390,11 +413,63 @@ describe('delivery records', () => {
     });
     const line = await d.waitForLine(/delivery\(mta\): .* up=\d+ /);
     const up = Number(/ up=(\d+) /.exec(line)?.[1]);
-    console.log({ up, droppedAfter, sent, line });
     expect(droppedAfter).toBeGreaterThan(130_000);
     // what the proxy read from the MTA before the reset is far more than what left for the MX
     expect(up).toBeGreaterThanOrEqual(droppedAfter);
     expect(up).toBeLessThan(sent);
+    control.destroy();
+  });
+
+  it('count exactly what reached the destination when the tunnel to a destination that stopped reading times out', async () => {
+    // an MX that greets, then reads nothing until told to; it counts what it got in the end
+    let received = 0;
+    let mx: Socket | null = null;
+    const gotAll = new Promise<void>((resolve) => {
+      const server = createServer((s) => {
+        mx = s;
+        s.write('220 slow ESMTP\r\n');
+        s.pause();
+        s.on('data', (c: Buffer) => (received += c.length));
+        s.on('end', () => {
+          server.close();
+          resolve();
+        });
+      });
+      server.listen(0, '127.0.0.1', () => {
+        slowPort = (server.address() as AddressInfo).port;
+        listening();
+      });
+    });
+    let slowPort = 0;
+    let listening: () => void = () => {};
+    await new Promise<void>((r) => (listening = r));
+    const d = await daemon(`${egress(slowPort)}idle_timeout = "1s"\n`);
+    const control = await ControlClient.connect({ host: '127.0.0.1', port: d.port, name: 'mta', secret: SECRET });
+    await control.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 10, maxMessagesPerHour: 10_000, mode: 'sum' });
+    const t = await openTunnel({ host: '127.0.0.1', port: d.port, name: 'mta', secret: SECRET, source: '127.0.0.2', destination: { host: '127.0.0.1', port: slowPort }, throttle: 'k' });
+    t.socket.on('error', () => {});
+    t.socket.resume();
+    const chunk = Buffer.alloc(256 * 1024, 0x62);
+    // write until the whole path is full (no 'drain' for 500 ms), then give up
+    await new Promise<void>((resolve) => {
+      let stalled: NodeJS.Timeout = setTimeout(resolve, 500);
+      const pump = (): void => {
+        clearTimeout(stalled);
+        stalled = setTimeout(resolve, 500);
+        while (t.socket.write(chunk));
+        t.socket.once('drain', pump);
+      };
+      pump();
+    });
+    // the proxy's idle timeout ends the tunnel (a black-holed MX)
+    const line = await d.waitForLine(/delivery\(mta\): .* up=\d+ .* idle timeout/);
+    t.socket.destroy();
+    (mx as Socket | null)?.resume();
+    await gotAll;
+    const up = Number(/ up=(\d+) /.exec(line)?.[1]);
+    expect(received).toBeGreaterThan(0);
+    // the proxy had read more than this from the MTA (its own buffer towards the MX was full)
+    expect(up).toBe(received);
     control.destroy();
   });
 });
