@@ -16,6 +16,7 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
+import { loadavg } from 'node:os';
 import { fmt, machine, printTable } from './lib.mjs';
 
 const dirArg = /--dir=(\S+)/.exec(process.argv.join(' '))?.[1];
@@ -28,22 +29,36 @@ const OPS_RATIO_TARGET = 1.5;
 /** per scenario: past this, a loop stops and the row says how far it got */
 const BUDGET_MS = 6000;
 const N = 100_000;
+const loadStart = loadavg().map((x) => x.toFixed(2)).join(' ');
 
 const decl = (key, over = {}) => ({ key, sourceIp: '192.0.2.10', maxConnections: 1, maxMessagesPerHour: 3600, mode: 'average', ...over });
 
-/** Times each call of a loop: the longest one, the total, and whether the budget cut it short. */
+/**
+ * Times each call of a loop: the longest one, the total, and whether the budget cut it short.
+ * With cpu: also the process CPU time of each call (all threads, so a GC's helpers count), and
+ * `maxBusy`, the longest min(wall, CPU): a call that only looks long because the machine was busy
+ * elsewhere (preempted, wall >> CPU) does not count there.
+ */
 class Calls {
-  constructor() {
+  constructor(cpu = true) {
     this.max = 0;
+    this.maxBusy = cpu ? 0 : NaN;
     this.total = 0;
     this.count = 0;
     this.started = performance.now();
     this.cut = false;
+    this.cpu = cpu;
   }
   time(f) {
+    const c0 = this.cpu ? process.cpuUsage() : null;
     const t0 = performance.now();
     const r = f();
     const dt = performance.now() - t0;
+    if (c0 !== null) {
+      const c = process.cpuUsage(c0);
+      const busy = Math.min(dt, (c.user + c.system) / 1000);
+      if (busy > this.maxBusy) this.maxBusy = busy;
+    }
     this.total += dt;
     this.count++;
     if (dt > this.max) this.max = dt;
@@ -66,10 +81,11 @@ function row(name, calls, expected, note = '') {
     name,
     `${fmt(calls.count)}${done ? '' : ` of ${fmt(expected)} (cut at ${BUDGET_MS / 1000} s)`}`,
     fmt(calls.max, 2),
+    fmt(calls.maxBusy, 2),
     fmt(calls.total, 0),
     fmt((calls.total / Math.max(1, calls.count)) * 1000, 2),
     `${TARGET_MS}`,
-    pass ? 'PASS' : 'FAIL',
+    pass ? 'PASS' : done && calls.maxBusy <= TARGET_MS ? 'FAIL (busy: PASS)' : 'FAIL',
     note,
   ]);
 }
@@ -234,10 +250,11 @@ if (typeof globalThis.gc === 'function') {
   delay.count = answered;
   delay.max = h.max / 1e6;
   delay.total = NaN;
+  delay.maxBusy = NaN;
   delay.cut = setup.cut || answered < N;
   row('service timer: 100 000 waits time out (event-loop delay)', delay, N, `${fmt(answered)} answered 451`);
-  rows.at(-1)[3] = '';
   rows.at(-1)[4] = '';
+  rows.at(-1)[5] = '';
 }
 
 // 6. ACQUIRE+RELEASE through the service on 10 keys of one session, with nothing else declared vs
@@ -258,7 +275,7 @@ function opsSetup(keys) {
       if (k % 1000 === 999 && setup.over()) break outer;
     }
   }
-  return { s, calls: new Calls(), ops: 0, ms: 0, cut: setup.cut };
+  return { s, calls: new Calls(false), ops: 0, ms: 0, cut: setup.cut };
 }
 function opsRound(r, ms) {
   const until = performance.now() + ms;
@@ -285,16 +302,19 @@ function opsRound(r, ms) {
   small.s.stop();
   small.s = null;
   const big = opsSetup(N);
+  // the setup's garbage is not the rounds' business (with --expose-gc)
+  globalThis.gc?.();
   for (let round = 0; round < 3; round++) opsRound(big, 400);
   big.s.stop();
   const ratio = small.best / big.best;
   const pass = !big.cut && ratio <= OPS_RATIO_TARGET && big.calls.max <= TARGET_MS;
   if (!pass) failures++;
-  rows.push(['ACQUIRE+RELEASE, 10 keys', fmt(small.calls.count), fmt(small.calls.max, 2), fmt(small.calls.total), fmt((small.calls.total / small.calls.count) * 1000, 2), '', '', `${fmt(small.best)} ops/s (best of 3)`]);
+  rows.push(['ACQUIRE+RELEASE, 10 keys', fmt(small.calls.count), fmt(small.calls.max, 2), '', fmt(small.calls.total), fmt((small.calls.total / small.calls.count) * 1000, 2), '', '', `${fmt(small.best)} ops/s (best of 3)`]);
   rows.push([
     'ACQUIRE+RELEASE, 10 of 100 010 keys (100 000 with a waiter)',
     fmt(big.calls.count),
     fmt(big.calls.max, 2),
+    '',
     fmt(big.calls.total),
     fmt((big.calls.total / big.calls.count) * 1000, 2),
     `ratio <= ${OPS_RATIO_TARGET}`,
@@ -304,9 +324,10 @@ function opsRound(r, ms) {
 }
 
 console.log(`throttle stalls (${machine()}), code: ${base.pathname}`);
+console.log(`load average at start ${loadStart}, at end ${loadavg().map((x) => x.toFixed(2)).join(' ')} (a busy machine inflates "max call ms"; "max busy ms" discounts preemption)`);
 console.log(heapNote);
 console.log('');
-printTable(['scenario', 'calls', 'max call ms', 'total ms', 'mean µs', 'target ms', 'verdict', 'note'], rows);
+printTable(['scenario', 'calls', 'max call ms', 'max busy ms', 'total ms', 'mean µs', 'target ms', 'verdict', 'note'], rows);
 console.log('');
 console.log(failures === 0 ? 'all PASS' : `${failures} FAIL`);
 process.exitCode = failures === 0 ? 0 : 1;
