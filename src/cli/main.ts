@@ -45,8 +45,8 @@ Signals: SIGHUP reloads (like "mtaproxy reload"), SIGTERM/SIGINT stop gracefully
 Under systemd the listening sockets may be passed by socket activation (mtaproxy.socket).
 
 Config directives:
-${Object.entries(DIRECTIVES).map(([key, d]) => `  ${key.padEnd(28)}${d.help}`).join('\n')}
-${Object.entries(TABLES).map(([table, keys]) => `\n[${table}]\n${Object.entries(keys).map(([key, d]) => `  ${key.padEnd(28)}${d.help}`).join('\n')}`).join('\n')}
+${Object.entries(DIRECTIVES).map(([key, d]) => `  ${key.padEnd(33)}${d.help}`).join('\n')}
+${Object.entries(TABLES).map(([table, keys]) => `\n[${table}]\n${Object.entries(keys).map(([key, d]) => `  ${key.padEnd(33)}${d.help}`).join('\n')}`).join('\n')}
 `;
 
 function fail(message: string, code = 1): never {
