@@ -16,6 +16,7 @@ import { adminEndpoint, noAdminSocketWarning } from './admin-path.js';
 import { serveNative } from './native.js';
 import { RefusalLog } from './ratelimit.js';
 import { fdReserve, openFileCount, openFileLimit } from './fds.js';
+import { LeaveQueue } from './leaves.js';
 import type { ControlSession, SessionServices } from './session.js';
 import { ThrottleService } from '../throttle/service.js';
 import { handleNativeConnect, type DeliveryContext } from '../egress/delivery.js';
@@ -66,6 +67,7 @@ export class Daemon {
   readonly #throttle: ThrottleService;
   readonly #tunnels = new Set<Socket>();
   readonly #services: SessionServices;
+  readonly #leaves: LeaveQueue;
   readonly #delivery: DeliveryContext;
   #timers: NodeJS.Timeout[] = [];
   #watchdog: NodeJS.Timeout | null = null;
@@ -79,7 +81,8 @@ export class Daemon {
     this.#passed = opts.passed;
     this.#now = opts.now ?? (() => performance.now());
     this.#throttle = new ThrottleService(this.#now);
-    this.#services = { throttle: this.#throttle, egress: () => this.#config.egress };
+    this.#leaves = new LeaveQueue(this.#throttle, this.#now);
+    this.#services = { throttle: this.#throttle, egress: () => this.#config.egress, leave: (id) => this.#leaves.leave(id) };
     this.#delivery = {
       egress: () => this.#config.egress,
       sessionId: (name) => this.#sessions.get(name)?.id,
@@ -366,6 +369,7 @@ export class Daemon {
         `session(${session.name}): replaced by a new session from ${session.peer} (old one from ${old.peer}); two MTAs with the same name?`,
       );
       old.end('replaced', `421 replaced by a newer session from ${session.peer}`);
+      this.#leaves.now(old.id);
     }
     this.#log.info({ mtaproxy_event: 'session_opened', session: session.name, peer: session.peer }, `session(${session.name}): opened from ${session.peer}`);
   }
@@ -470,6 +474,7 @@ export class Daemon {
     for (const t of this.#timers) clearInterval(t);
     // the watchdog keeps running while tunnels drain: WatchdogSec= may be shorter than the drain
     for (const session of this.#sessions.values()) session.end('shutdown', '421 mtaproxy shutting down');
+    this.#leaves.flush();
     for (const abort of [...this.#delivery.pending.values()]) abort({ code: 421, message: 'proxy shutting down' });
     // connections still in their handshake: closed, not half-closed (a peer that never sends its
     // FIN must not hold the drain open)

@@ -6,7 +6,15 @@ import type { Logger } from '../log/logger.js';
 import { MAX_CONTROL_LINE } from '../protocol/control.js';
 import { greetingLine, NONCE_BYTES, serverProof, verifyAuth } from '../protocol/handshake.js';
 import { LineSplitter, LineTooLongError } from '../protocol/lines.js';
-import { ControlSession, type SessionServices } from './session.js';
+import { ControlSession, InputGate, type SessionServices } from './session.js';
+
+/**
+ * Control-session requests handled per turn of the event loop; the rest of a batch waits for the
+ * next turn (reading paused meanwhile), so 80 sessions that each pipeline 1024 requests cannot
+ * hold the loop for half a second (bench/stalls-daemon.mjs). A budget over all sessions together
+ * was tried: it starves whichever session comes last in a turn (the probe's PING waited 0.5 s).
+ */
+export const LINES_PER_TURN = 16;
 
 export interface NativeContext {
   /** Read at the moment of each handshake, so a reload applies to the next connection. */
@@ -94,6 +102,7 @@ export function serveNative(socket: Socket, ctx: NativeContext): void {
           now: ctx.now,
           services: ctx.services,
           onClose: (s, reason) => ctx.closeSession(s, reason),
+          gate,
         });
         state = { step: 'session', session };
         socket.write(`250 control session ${session.name}\n`);
@@ -118,7 +127,30 @@ export function serveNative(socket: Socket, ctx: NativeContext): void {
       if (state.step === 'session') return state.session.fail(err.message);
       return reject(err.message, 'ERR 500 line too long', state.step === 'role' ? state.name : undefined);
     }
+    if (queued.length > 0) {
+      for (const l of lines) queued.push(l); // keep the order: the batch before goes first
+      return;
+    }
+    run(lines);
+  };
+  const gate = new InputGate(socket);
+  /** lines of a session's batch not handled yet (at most one read's worth) */
+  let queued: string[] = [];
+  const run = (lines: string[]): void => {
+    let budget = LINES_PER_TURN;
     for (let i = 0; i < lines.length; i++) {
+      if (state.step === 'session' && budget-- <= 0) {
+        queued = lines.slice(i);
+        gate.hold('batch');
+        setImmediate(() => {
+          const rest = queued;
+          queued = [];
+          if (socket.destroyed || state.step !== 'session' || state.session.closed) return;
+          run(rest);
+          if (queued.length === 0) gate.release('batch');
+        });
+        return;
+      }
       pendingLines = lines.length - i - 1;
       onLine(lines[i] as string);
       if (socket.destroyed || state.step === 'delivery') return;

@@ -21,6 +21,8 @@ import type { ThrottleService } from '../throttle/service.js';
 export interface SessionServices {
   throttle: ThrottleService;
   egress(): EgressConfig;
+  /** takes a closed session out of the throttle manager (budgeted per turn: leaves.ts) */
+  leave(sessionId: string): void;
 }
 
 type Handler = (session: ControlSession, tag: string, args: string[]) => void;
@@ -94,6 +96,29 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
   },
 };
 
+/**
+ * Reading a socket stops for several reasons at once (our replies pile up unread; a batch of
+ * requests is being worked through in turns); it restarts only when none holds any more.
+ */
+export class InputGate {
+  readonly #socket: Socket;
+  readonly #holds = new Set<string>();
+
+  constructor(socket: Socket) {
+    this.#socket = socket;
+  }
+
+  hold(reason: string): void {
+    this.#holds.add(reason);
+    this.#socket.pause();
+  }
+
+  release(reason: string): void {
+    if (!this.#holds.delete(reason) || this.#holds.size > 0) return;
+    if (!this.#socket.destroyed) this.#socket.resume();
+  }
+}
+
 export class ControlSession {
   /** ACQUIREs of this session waiting for a grant (bounded by MAX_WAITING_ACQUIRES). */
   waitingAcquires = 0;
@@ -123,6 +148,7 @@ export class ControlSession {
   #forwardOut = 0;
   #backOut = 0;
   #closed = false;
+  #gate: InputGate;
   #onClose: (session: ControlSession, reason: string) => void;
 
   constructor(opts: {
@@ -133,6 +159,8 @@ export class ControlSession {
     now: () => number;
     services: SessionServices;
     onClose: (session: ControlSession, reason: string) => void;
+    /** who may stop and restart reading this socket (shared with the line reader) */
+    gate?: InputGate;
   }) {
     this.name = opts.name;
     this.id = `${opts.name}#${++sessionSerial}`;
@@ -147,9 +175,10 @@ export class ControlSession {
     this.#lastPing = this.connectedAt;
     this.#onClose = opts.onClose;
     opts.socket.on('close', () => this.#closedBy('connection closed'));
+    this.#gate = opts.gate ?? new InputGate(opts.socket);
     // output backpressure: reading stopped in #flush past OUTPUT_HIGH_WATER resumes here
     opts.socket.on('drain', () => {
-      if (!this.#closed && opts.socket.isPaused()) opts.socket.resume();
+      if (!this.#closed) this.#gate.release('output');
     });
   }
 
@@ -191,6 +220,7 @@ export class ControlSession {
   }
 
   reply(tag: string, code: number, text: string): void {
+    if (this.#closed) return;
     this.#forwardIn = Math.max(0, this.#forwardIn - 1);
     if (tag === '-') {
       if (code >= 400) this.#log.debug({ mtaproxy_event: 'session_error', session: this.name }, `session(${this.name}): unanswered request failed: ${code} ${text}`);
@@ -297,7 +327,7 @@ export class ControlSession {
     this.#socket.write(text, () => {
       for (const f of flushed) f();
     });
-    if (this.#socket.writableLength > OUTPUT_HIGH_WATER && !this.#socket.isPaused()) this.#socket.pause();
+    if (this.#socket.writableLength > OUTPUT_HIGH_WATER) this.#gate.hold('output');
   }
 
   #batch: string[] = [];
@@ -306,10 +336,10 @@ export class ControlSession {
   #closedBy(reason: string): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const cancel of this.#waits.values()) cancel();
+    // its leases, waits and declarations go in one call (its waits are answered 'cancelled' to
+    // nobody: reply() is a no-op once closed); the limits are recomputed for the others
     this.#waits.clear();
-    // its leases, waits and declarations go: the limits are recomputed for the others
-    this.services.throttle.leave(this.id);
+    this.services.leave(this.id);
     this.#onClose(this, reason);
   }
 }
