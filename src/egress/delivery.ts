@@ -2,6 +2,7 @@
 // against the egress policy, a connection slot of its throttle taken (waiting if needed), the
 // destination resolved and checked, the outbound connection made from the chosen source address,
 // then the tunnel. One log record per delivery.
+import { closeSoon } from '../net/close.js';
 import { lookup } from 'node:dns/promises';
 import type { Socket } from 'node:net';
 import ipaddr from 'ipaddr.js';
@@ -153,9 +154,11 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
     if (typeof address !== 'string') return refuse(address);
     const bad = checkDestination(address, req.sourceIp, e);
     if (bad !== null) return refuse(bad);
+    // "::ffff:192.0.2.1" is an IPv4 destination: connect to it as one (from an IPv4 source)
+    const target = ipaddr.process(address).toString();
     let remote: Socket;
     try {
-      remote = await connectFrom(req.sourceIp, address, req.port, e.connectTimeoutMs);
+      remote = await connectFrom(req.sourceIp, target, req.port, e.connectTimeoutMs);
     } catch (err) {
       return refuse(err instanceof EgressError ? { code: err.code, message: err.message } : { code: CONNECT_CODES.unreachable, message: String(err) });
     }
@@ -169,7 +172,7 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
     ctx.pending.delete(mta);
     stopWatching();
     const local = `${remote.localAddress}:${remote.localPort}`;
-    const destination = `${address}:${req.port}`;
+    const destination = target.includes(':') ? `[${target}]:${req.port}` : `${target}:${req.port}`;
     replies.connected(local, destination);
     ctx.tunnels.add(mta);
     const open = { ...fields, local, destination, host: req.host };
@@ -216,7 +219,7 @@ export function handleNativeConnect(ctx: DeliveryContext, name: string, line: st
     connected: (local, remote) => mta.write(`${CONNECT_CODES.connected} connected ${local} -> ${remote}\n`),
     refused: (r) => {
       mta.end(`${r.code} ${r.message}\n`);
-      mta.destroySoon();
+      closeSoon(mta);
     },
   };
   const req = parseConnect(line);

@@ -69,7 +69,7 @@ export function parseConnect(line: string): ConnectRequest | Refusal {
   }
   const port = Number(m[3]);
   if (port < 1 || port > 65535) return syntax(`port ${port} is out of range`);
-  if (!THROTTLE_KEY.test(throttle)) return syntax(`throttle key "${throttle.slice(0, 40)}" must be 1-128 of A-Z a-z 0-9 . _ : @ + -`);
+  if (!THROTTLE_KEY.test(throttle)) return syntax(`throttle key "${throttle.slice(0, 40)}" must be 1-128 of A-Z a-z 0-9 . _ : @ + -, starting with a letter or digit`);
   let waitMs: number | null = null;
   if (option !== undefined) {
     const w = /^wait=(\d{1,9})$/.exec(option);

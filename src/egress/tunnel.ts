@@ -76,6 +76,11 @@ function kernelAccepted(s: Socket): number | null {
   return Math.max(0, dispatched - queued);
 }
 
+function dispatched(s: Socket): number {
+  const n = (s as unknown as SocketInternals)._bytesDispatched;
+  return typeof n === 'number' ? n : 0;
+}
+
 /** Pumps bytes both ways until both directions are done or something fails; reports once. */
 export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, onDone: (result: TunnelResult) => void): void {
   const started = performance.now();
@@ -84,11 +89,13 @@ export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, on
   let outcome: string | null = null;
   let ended = 0;
 
+  // what was written before the tunnel (the MTA side's handshake, greeting and CONNECT reply) is not the tunnel's
+  const before = { up: dispatched(remote), down: dispatched(client) };
   const finish = (why: string): void => {
     if (outcome !== null) return;
     outcome = why;
-    const up = Math.max(bytesUp, kernelAccepted(remote) ?? 0);
-    const down = Math.max(bytesDown, kernelAccepted(client) ?? 0);
+    const up = Math.max(bytesUp, (kernelAccepted(remote) ?? 0) - before.up);
+    const down = Math.max(bytesDown, (kernelAccepted(client) ?? 0) - before.down);
     client.destroy();
     remote.destroy();
     onDone({ bytesUp: up, bytesDown: down, durationMs: performance.now() - started, outcome });

@@ -26,7 +26,7 @@ function count(value: string | undefined, name: string): number | string {
 /** "DECLARE <key> source=<ip> max_connections=<n> max_messages_per_hour=<n> mode=sum|average" */
 export function parseDeclare(args: readonly string[]): Declaration | string {
   const [key = '', ...rest] = args;
-  if (!THROTTLE_KEY.test(key)) return `throttle key "${key.slice(0, 40)}" must be 1-128 of A-Z a-z 0-9 . _ : @ + -`;
+  if (!THROTTLE_KEY.test(key)) return `throttle key "${key.slice(0, 40)}" must be 1-128 of A-Z a-z 0-9 . _ : @ + -, starting with a letter or digit`;
   const f = fields(rest, ['source', 'max_connections', 'max_messages_per_hour', 'mode']);
   if (typeof f === 'string') return f;
   if (f.source === undefined || !(f.source.includes(':') ? ipaddr.IPv6.isValid(f.source) : ipaddr.IPv4.isValidFourPartDecimal(f.source))) {

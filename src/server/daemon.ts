@@ -1,5 +1,6 @@
 // The daemon: owns the current config, the listeners, the sessions and the timers, and applies
 // reloads atomically (everything new is prepared first; on any failure the old state stays).
+import { closeSoon } from '../net/close.js';
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { changedDirectives, formatConfigError, type Config } from '../config/parse.js';
@@ -479,7 +480,7 @@ export class Daemon {
     // connections still in their handshake: closed, not half-closed (a peer that never sends its
     // FIN must not hold the drain open)
     for (const socket of this.#connections) {
-      if (!this.#tunnels.has(socket) && !this.#delivery.pending.has(socket)) socket.destroySoon();
+      if (!this.#tunnels.has(socket) && !this.#delivery.pending.has(socket)) closeSoon(socket);
     }
     // a control session's 421 notice or a refusal that its peer does not read must not hold the
     // drain either: what is not a tunnel is gone a second later

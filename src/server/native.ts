@@ -1,4 +1,5 @@
 // The native front-end: the HMAC handshake, then the connection's role (a control session).
+import { closeSoon } from '../net/close.js';
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { SharedSecret } from '../config/secret.js';
@@ -57,7 +58,7 @@ export function serveNative(socket: Socket, ctx: NativeContext): void {
       );
     }
     socket.end(`${reply}\n`);
-    socket.destroySoon();
+    closeSoon(socket);
     state = { step: 'auth' };
     socket.removeListener('data', onData);
   };

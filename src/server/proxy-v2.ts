@@ -3,6 +3,7 @@
 // The protocol has no reply channel: a valid header starts the tunnel at once; a refused one is
 // logged and the connection closed (after an SMTP 421 greeting when the delivery itself was refused
 // and the destination is not the implicit-TLS port 465, so the MTA logs the reason).
+import { closeSoon } from '../net/close.js';
 import type { Socket } from 'node:net';
 import { deliver, derivedThrottleKey, type DeliveryContext, type DeliveryReplies } from '../egress/delivery.js';
 import type { ConnectRequest, Refusal } from '../egress/policy.js';
@@ -88,7 +89,7 @@ export function serveProxyV2(socket: Socket, ctx: ProxyV2Context): void {
           return;
         }
         socket.end(greeting);
-        socket.destroySoon();
+        closeSoon(socket);
       },
     };
     ctx.log.debug(

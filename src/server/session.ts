@@ -1,4 +1,5 @@
 // A control session: one long-lived connection per MTA instance (docs/protocol.md §3).
+import { closeSoon } from '../net/close.js';
 import type { Socket } from 'node:net';
 import type { Logger } from '../log/logger.js';
 import {
@@ -268,7 +269,7 @@ export class ControlSession {
     if (notice !== undefined) this.#write(`* ${notice}`);
     this.#flush();
     // close once the notice is flushed; do not wait for the MTA's side (no half-open sessions)
-    this.#socket.destroySoon();
+    closeSoon(this.#socket);
     this.#closedBy(reason);
   }
 

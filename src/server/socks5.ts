@@ -1,6 +1,7 @@
 // SOCKS5 front-end (RFC 1928 CONNECT, RFC 1929 username/password, and KumoMTA's BIND-then-CONNECT
 // way of choosing the source address). See docs/socks5.md. The byte parsing and every decision
 // that needs no socket live in src/protocol/socks5.ts; this is the state machine around them.
+import { closeSoon } from '../net/close.js';
 import type { Socket } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import type { Socks5Config, Socks5User } from '../config/parse.js';
@@ -71,7 +72,7 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
     ctx.log.warn({ mtaproxy_event: 'socks5_refused', peer, session: who(), code }, `socks5: ${peer}: refused: ${reason}; closing`);
     if (last !== null && !socket.destroyed) {
       socket.end(last);
-      socket.destroySoon();
+      closeSoon(socket);
     } else {
       socket.destroy();
     }
@@ -148,7 +149,7 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
         const rep = replyForRefusal(r.code);
         if (socket.destroyed) return;
         socket.end(encodeReply(rep));
-        socket.destroySoon();
+        closeSoon(socket);
       },
     };
     deliver(ctx.delivery, socket, { who: who(), req, owner: null }, replies);

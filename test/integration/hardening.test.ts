@@ -129,7 +129,10 @@ describe('a control session that does not read its replies', () => {
     expect(buf).toBeGreaterThan(0);
     expect(buf).toBeLessThan(1024 * 1024);
     await d.waitForLine(/session\(stuck\): no traffic for 4\.\d+s \(ping timeout\)/, 6000);
-  });
+    // and its connection goes too, although the 421 notice can never be flushed to it
+    await new Promise((r) => setTimeout(r, 2500));
+    expect((await d.cli(['status'])).stdout).toMatch(/^listener: open_connections=0$/m);
+  }, 30_000);
 });
 
 describe('liveness', () => {
@@ -308,6 +311,18 @@ describe('SIGTERM drains open tunnels', () => {
   }, 40_000);
 });
 
+describe('an IPv4-mapped IPv6 destination', () => {
+  it('is connected to as the IPv4 address it is, from an IPv4 source', async () => {
+    const d = await daemon(egress(smtpPort));
+    const control = await ControlClient.connect({ host: '127.0.0.1', port: d.port, name: 'mta', secret: SECRET });
+    await control.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 5, maxMessagesPerHour: 10_000, mode: 'sum' });
+    const t = await openTunnel({ host: '127.0.0.1', port: d.port, name: 'mta', secret: SECRET, source: '127.0.0.2', destination: { host: '::ffff:127.0.0.1', port: smtpPort }, throttle: 'k' });
+    expect(t.remote).toBe(`127.0.0.1:${smtpPort}`);
+    t.socket.destroy();
+    control.destroy();
+  });
+});
+
 describe('SIGTERM with a control session that reads nothing', () => {
   it('does not wait shutdown_timeout for its 421 notice to be read', async () => {
     const d = await daemon('shutdown_timeout = "20s"');
@@ -424,6 +439,8 @@ describe('delivery records', () => {
     expect(received).toBeGreaterThan(0);
     // the proxy had read more than this from the MTA (its own buffer towards the MX was full)
     expect(up).toBe(received);
+    // down: the MX's greeting only, not the proxy's own handshake lines before the tunnel
+    expect(line).toMatch(/ down=16 /); // "220 slow ESMTP\r\n"
     control.destroy();
   });
 });
