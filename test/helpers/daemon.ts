@@ -59,19 +59,14 @@ export function tempDir(): string {
   return mkdtempSync(join(tmpdir(), 'mtaproxy-test-'));
 }
 
-/**
- * `command`: a socket-activating wrapper (systemd-socket-activate …): the daemon starts only at the
- * first connection. `prefix`: a plain wrapper (prlimit …) that execs the daemon at once.
- */
-export async function startDaemon(opts: { extra?: string; secret?: string; listen?: string; env?: NodeJS.ProcessEnv; command?: string[]; prefix?: string[] } = {}): Promise<RunningDaemon> {
-  const dir = tempDir();
-  const configFile = join(dir, 'mtaproxy.toml');
-  const adminSocket = join(dir, 'admin.sock');
-  writeFileSync(configFile, configText({ ...opts, adminSocket }));
+/** Collects a child's stdout and stderr lines; waitForLine resolves with the first (now or later) matching line. */
+export function collectLines(proc: ChildProcess): {
+  lines: string[];
+  exited: Promise<number | null>;
+  waitForLine(re: RegExp, timeoutMs?: number): Promise<string>;
+} {
   const lines: string[] = [];
   const waiters: { re: RegExp; resolve: (line: string) => void }[] = [];
-  const argv = [...(opts.command ?? opts.prefix ?? []), process.execPath, CLI, `--config-filename=${configFile}`];
-  const proc = spawn(argv[0] as string, argv.slice(1), { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let partial = '';
   const onOutput = (chunk: Buffer): void => {
     partial += chunk.toString('utf8');
@@ -95,9 +90,25 @@ export async function startDaemon(opts: { extra?: string; secret?: string; liste
     if (found !== undefined) return Promise.resolve(found);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`no log line matching ${re} within ${timeoutMs}ms; got:\n${lines.join('\n')}`)), timeoutMs);
+      exited.then(() => setTimeout(() => reject(new Error(`exited before a line matching ${re}; got:\n${lines.join('\n')}`)), 100)).catch(() => {});
       waiters.push({ re, resolve: (l) => { clearTimeout(timer); resolve(l); } });
     });
   };
+  return { lines, exited, waitForLine };
+}
+
+/**
+ * `command`: a socket-activating wrapper (systemd-socket-activate …): the daemon starts only at the
+ * first connection. `prefix`: a plain wrapper (prlimit …) that execs the daemon at once.
+ */
+export async function startDaemon(opts: { extra?: string; secret?: string; listen?: string; env?: NodeJS.ProcessEnv; command?: string[]; prefix?: string[] } = {}): Promise<RunningDaemon> {
+  const dir = tempDir();
+  const configFile = join(dir, 'mtaproxy.toml');
+  const adminSocket = join(dir, 'admin.sock');
+  writeFileSync(configFile, configText({ ...opts, adminSocket }));
+  const argv = [...(opts.command ?? opts.prefix ?? []), process.execPath, CLI, `--config-filename=${configFile}`];
+  const proc = spawn(argv[0] as string, argv.slice(1), { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const { lines, exited, waitForLine } = collectLines(proc);
   // under systemd-socket-activate the daemon is exec'd only at the first connection
   const startedOrFailed = await Promise.race([
     waitForLine(opts.command ? /^Listening on / : /mtaproxy started|not valid|cannot listen|socket activation/, 10_000),

@@ -5,7 +5,7 @@ import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CLI, SECRET, freePort, tempDir } from '../helpers/daemon.js';
+import { CLI, SECRET, collectLines, freePort, tempDir } from '../helpers/daemon.js';
 
 const NOBODY_UID = 65534;
 const NOGROUP_GID = 65534;
@@ -43,39 +43,12 @@ function dir(): string {
 
 function run(argv: string[], env: NodeJS.ProcessEnv): Proc {
   const proc = spawn(argv[0] as string, argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: string[] = [];
-  const waiters: { re: RegExp; resolve: (l: string) => void }[] = [];
-  let partial = '';
-  const onOutput = (chunk: Buffer): void => {
-    partial += chunk.toString('utf8');
-    const parts = partial.split('\n');
-    partial = parts.pop() ?? '';
-    for (const line of parts) {
-      lines.push(line);
-      for (const w of [...waiters]) {
-        if (w.re.test(line)) {
-          waiters.splice(waiters.indexOf(w), 1);
-          w.resolve(line);
-        }
-      }
-    }
-  };
-  proc.stdout?.on('data', onOutput);
-  proc.stderr?.on('data', onOutput);
-  const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+  const { lines, exited, waitForLine } = collectLines(proc);
   const p: Proc = {
     proc,
     lines,
     exited,
-    waitFor(re, timeoutMs = 10_000) {
-      const found = lines.find((l) => re.test(l));
-      if (found !== undefined) return Promise.resolve(found);
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no line matching ${re} within ${timeoutMs}ms; got:\n${lines.join('\n')}`)), timeoutMs);
-        exited.then(() => setTimeout(() => reject(new Error(`exited before a line matching ${re}; got:\n${lines.join('\n')}`)), 100)).catch(() => {});
-        waiters.push({ re, resolve: (l) => { clearTimeout(timer); resolve(l); } });
-      });
-    },
+    waitFor: (re, timeoutMs = 10_000) => waitForLine(re, timeoutMs),
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
       return exited;
