@@ -106,12 +106,12 @@ export interface TlsClientOptions {
 }
 
 /** The last TLS session per proxy, for resumption (tickets): reconnects and deliveries skip the full handshake. */
-const SESSIONS = new Map<string, Buffer>();
+const SESSIONS = new Map<string, { session: Buffer; fingerprint256: string }>();
 const MAX_SESSIONS = 256;
 
-function rememberSession(key: string, session: Buffer): void {
+function rememberSession(key: string, session: Buffer, fingerprint256: string): void {
   SESSIONS.delete(key);
-  SESSIONS.set(key, session);
+  SESSIONS.set(key, { session, fingerprint256 });
   if (SESSIONS.size > MAX_SESSIONS) SESSIONS.delete(SESSIONS.keys().next().value as string);
 }
 
@@ -119,6 +119,9 @@ function rememberSession(key: string, session: Buffer): void {
 export function clearTlsSessions(): void {
   SESSIONS.clear();
 }
+
+/** How to learn a TLS socket's peer certificate fingerprint, also for a resumed session. */
+const fingerprints = new WeakMap<Socket, () => string>();
 
 const normalizeFingerprint = (f: string): string => f.replace(/:/g, '').toLowerCase();
 
@@ -128,7 +131,8 @@ function openSocket(opts: ConnectOptions): Socket {
   const t = opts.tls ?? {};
   const key = `${opts.host}:${opts.port}`;
   const servername = t.servername ?? (isIP(opts.host) === 0 ? opts.host : undefined);
-  const session = SESSIONS.get(key);
+  const cached = SESSIONS.get(key);
+  const session = cached?.session;
   const socket = tlsConnect({
     host: opts.host,
     port: opts.port,
@@ -139,7 +143,23 @@ function openSocket(opts: ConnectOptions): Socket {
     ...(session === undefined ? {} : { session }),
   });
   socket.setNoDelay(true);
-  socket.on('session', (s: Buffer) => rememberSession(key, s));
+  // a resumed session has no peer certificate of its own: remember the full handshake's. A TLS 1.3
+  // ticket ('session') may arrive before or after 'secureConnect'; the cache is written once both are known.
+  let fingerprint: string | null = null;
+  const tickets: Buffer[] = [];
+  const peerFingerprint = (): string => {
+    fingerprint ??= socket.getPeerX509Certificate()?.fingerprint256 ?? (socket.isSessionReused() ? (cached?.fingerprint256 ?? '') : '');
+    return fingerprint;
+  };
+  socket.once('secureConnect', () => {
+    const f = peerFingerprint();
+    for (const t of tickets.splice(0)) rememberSession(key, t, f);
+  });
+  socket.on('session', (s: Buffer) => {
+    if (fingerprint === null) tickets.push(s);
+    else rememberSession(key, s, fingerprint);
+  });
+  fingerprints.set(socket, peerFingerprint);
   return socket;
 }
 
@@ -222,7 +242,7 @@ export async function authenticate(opts: ConnectOptions): Promise<{ socket: Sock
     const pinned = tls !== null && opts.tls !== false ? opts.tls?.fingerprint256 : undefined;
     if (tls !== null && pinned !== undefined) {
       tls.once('secureConnect', () => {
-        const actual = tls.getPeerX509Certificate()?.fingerprint256 ?? '';
+        const actual = fingerprints.get(tls)?.() ?? '';
         if (normalizeFingerprint(actual) !== normalizeFingerprint(pinned)) {
           done(new ProxyError('ETLS', `${opts.host}:${opts.port} presented certificate ${actual || '(none)'}, not the pinned ${pinned}`));
         }

@@ -55,8 +55,12 @@ export class Daemon {
   #tls: TlsIdentity | null = null;
   /** generated once per process when no tls_certificate_file is configured; kept across reloads */
   #generated: CertificatePair | null = null;
-  /** session ticket keys shared by every SecureContext of this process: resumption survives a reload */
-  readonly #ticketKeys = randomBytes(48);
+  /**
+   * Session ticket keys, kept across reloads while the certificate stays the same (resumption
+   * survives a reload) and new with a new certificate (a resumed session shows the certificate of
+   * its full handshake: a client must not be resumed past a renewal it may want to see).
+   */
+  #ticketKeys = { fingerprint256: '', keys: randomBytes(48) };
   readonly #log: Logger;
   readonly #notifier: Notifier;
   readonly #passed: PassedSocket[] | null;
@@ -187,7 +191,8 @@ export class Daemon {
     if (!config.tls.enabled) return null;
     const files = config.tls.files;
     const pair = files ?? (this.#generated ??= generateSelfSigned(hostname()));
-    const context = createSecureContext({ cert: pair.cert, key: pair.key.export({ type: 'pkcs8', format: 'pem' }), minVersion: 'TLSv1.2', ticketKeys: this.#ticketKeys });
+    if (this.#ticketKeys.fingerprint256 !== pair.fingerprint256) this.#ticketKeys = { fingerprint256: pair.fingerprint256, keys: randomBytes(48) };
+    const context = createSecureContext({ cert: pair.cert, key: pair.key.export({ type: 'pkcs8', format: 'pem' }), minVersion: 'TLSv1.2', ticketKeys: this.#ticketKeys.keys });
     const subject = files?.subject ?? `CN=${hostname()}`;
     return { context, fingerprint256: pair.fingerprint256, subject, file: files?.certificateFile ?? null };
   }

@@ -64,12 +64,13 @@ export function serveNativeTls(raw: Socket, ctx: NativeTlsContext): void {
   let settled = false;
   let tls: TLSSocket | null = null;
 
-  const fail = (reason: string, reply: string | null): void => {
+  /** `kind` keys the rate limit of the log line, per peer address */
+  const fail = (kind: string, reason: string, reply: string | null): void => {
     if (settled) return;
     settled = true;
     clearTimeout(timer);
     clearTimeout(silence);
-    const count = ctx.handshakeFailed(`${raw.remoteAddress ?? '?'} ${reply ?? 'TLS'}`);
+    const count = ctx.handshakeFailed(`${raw.remoteAddress ?? '?'} ${kind}`);
     if (count > 0) {
       ctx.log.warn(
         { mtaproxy_event: 'handshake_failed', peer, count },
@@ -87,10 +88,10 @@ export function serveNativeTls(raw: Socket, ctx: NativeTlsContext): void {
     }
   };
 
-  const timer = setTimeout(() => fail(`no TLS handshake within ${timeoutMs}ms`, tls === null ? PLAINTEXT_REFUSAL : null), timeoutMs);
+  const timer = setTimeout(() => fail('tls-timeout', `no TLS handshake within ${timeoutMs}ms`, tls === null ? PLAINTEXT_REFUSAL : null), timeoutMs);
   timer.unref();
   const silence = setTimeout(
-    () => fail(`sent nothing for ${PLAINTEXT_SILENCE_MS}ms on a TLS listener (a plaintext client?); answered that TLS is required`, PLAINTEXT_REFUSAL),
+    () => fail('tls-silent', `sent nothing for ${PLAINTEXT_SILENCE_MS}ms on a TLS listener (a plaintext client?); answered that TLS is required`, PLAINTEXT_REFUSAL),
     Math.min(PLAINTEXT_SILENCE_MS, timeoutMs),
   );
   silence.unref();
@@ -100,7 +101,7 @@ export function serveNativeTls(raw: Socket, ctx: NativeTlsContext): void {
     raw.pause();
     if (chunk[0] !== TLS_HANDSHAKE_RECORD) {
       const shown = chunk.subarray(0, 16).toString('latin1').replace(/[^\x20-\x7e]/g, '.');
-      return fail(`plaintext on a TLS listener (first bytes "${shown}"); answered that TLS is required`, PLAINTEXT_REFUSAL);
+      return fail('tls-plaintext', `plaintext on a TLS listener (first bytes "${shown}"); answered that TLS is required`, PLAINTEXT_REFUSAL);
     }
     // the TLS socket reads what is buffered first (the ClientHello), then takes over the handle
     raw.unshift(chunk);
@@ -108,7 +109,7 @@ export function serveNativeTls(raw: Socket, ctx: NativeTlsContext): void {
     tls = socket;
     ctx.wrapped(socket);
     socket.on('error', (err: Error) => {
-      if (!settled) return fail(`TLS handshake failed: ${err.message}`, null);
+      if (!settled) return fail('tls-error', `TLS handshake failed: ${err.message}`, null);
       ctx.log.debug({ mtaproxy_event: 'socket_error', err: err.message }, `socket error: ${err.message}`);
     });
     socket.once('secure', () => {
