@@ -8,7 +8,7 @@ import { connect, createServer as createTcpServer, type AddressInfo, type Server
 import { join } from 'node:path';
 import { connect as tlsConnect, createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
-import { authenticate, clearTlsSessions, ControlClient, ProxyError } from '../../src/client/index.js';
+import { authenticate, clearTlsSessions, ControlClient, openTunnel, ProxyError } from '../../src/client/index.js';
 import { generateSelfSigned, type CertificatePair } from '../../src/config/x509.js';
 import { configText, OTHER_SECRET, runCli, SECRET, startDaemon, tempDir, type RunningDaemon } from '../helpers/daemon.js';
 import { rawConnect } from '../helpers/raw.js';
@@ -214,5 +214,27 @@ describe('TLS link', () => {
     expect(r.stdout).toMatch(/: OK\n$/);
     writeFileSync(file, configText({ adminSocket: join(dir, 'admin.sock'), listen: '127.0.0.1:807', tls: false }));
     expect((await runCli(['check-config', file])).stdout).toBe(`${file}: OK\n`);
+  });
+
+  it('carries a tunnel over TLS with half-close: the destination answers after the MTA sent its FIN', async () => {
+    const destination = createTcpServer({ allowHalfOpen: true }, (s) => {
+      let got = '';
+      s.on('data', (c: Buffer) => (got += c.toString('utf8')));
+      s.on('end', () => setTimeout(() => s.end(`after your FIN I got ${JSON.stringify(got)}\n`), 100));
+    });
+    const destPort = await listening(destination);
+    const d = await daemon({ extra: `[egress]\nsource_ips = ["127.0.0.2"]\nports = [${destPort}]\nallow_private_destinations = true\n` });
+    const control = await ControlClient.connect(connectOpts(d.port));
+    await control.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 100, mode: 'sum' });
+    const t = await openTunnel({ ...connectOpts(d.port), source: '127.0.0.2', destination: { host: '127.0.0.1', port: destPort }, throttle: 'k' });
+    let reply = '';
+    t.socket.on('data', (c: Buffer) => (reply += c.toString('utf8')));
+    t.socket.resume(); // openTunnel hands the socket over paused
+    const ended = new Promise<void>((resolve) => t.socket.once('end', () => resolve()));
+    t.socket.end('QUIT\r\n');
+    await ended;
+    expect(reply).toBe('after your FIN I got "QUIT\\r\\n"\n');
+    await d.waitForLine(/delivery\(server-a\): 127\.0\.0\.2:\d+ -> 127\.0\.0\.1:\d+ throttle=k up=6 down=\d+ \d+ms (remote )?closed/);
+    await control.quit();
   });
 });
