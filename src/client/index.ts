@@ -204,6 +204,10 @@ export async function authenticate(opts: ConnectOptions): Promise<{ socket: Sock
       }
     };
     const onError = (err: NodeJS.ErrnoException): void => {
+      // the proxy closes a peer it refuses before reading a byte: for TLS, an error before 'secureConnect'
+      if (tls !== null && serverNonce === null && err.code === 'ECONNRESET') {
+        return done(new ProxyError('ECONNECTION', `${opts.host}:${opts.port} closed the connection during the TLS handshake (not in allow_from, or too many handshakes pending?)`));
+      }
       if (tls !== null && (err.code === 'ERR_SSL_WRONG_VERSION_NUMBER' || err.code === 'ERR_SSL_PACKET_LENGTH_TOO_LONG')) {
         return done(new ProxyError('ETLS', `${opts.host}:${opts.port} does not speak TLS (a listener with tls = false? then connect with tls: false): ${err.message}`));
       }

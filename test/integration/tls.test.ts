@@ -237,4 +237,13 @@ describe('TLS link', () => {
     await d.waitForLine(/delivery\(server-a\): 127\.0\.0\.2:\d+ -> 127\.0\.0\.1:\d+ throttle=k up=6 down=\d+ \d+ms (remote )?closed/);
     await control.quit();
   });
+
+  it('tells a TLS client refused by allow_from that the proxy closed the connection', async () => {
+    const d = await daemon();
+    d.writeConfig(configText({ adminSocket: d.adminSocket }).replace('allow_from = ["127.0.0.0/8"]', 'allow_from = ["127.0.0.2"]'));
+    expect((await d.cli(['reload'])).code).toBe(0);
+    const err = await ControlClient.connect(connectOpts(d.port)).catch((e: unknown) => e);
+    expect((err as ProxyError).code).toBe('ECONNECTION');
+    expect((err as ProxyError).message).toMatch(/closed the connection during the (TLS )?handshake \(not in allow_from/);
+  });
 });
