@@ -103,6 +103,8 @@ export interface TlsClientOptions {
   rejectUnauthorized?: boolean;
   /** the proxy's certificate SHA-256 fingerprint, "AB:CD:…" as logged at the proxy's start (colons and case optional) */
   fingerprint256?: string;
+  /** resume the last TLS session to this proxy (default true; false: a full handshake every time, e.g. to measure it) */
+  resumption?: boolean;
 }
 
 /** The last TLS session per proxy, for resumption (tickets): reconnects and deliveries skip the full handshake. */
@@ -132,7 +134,7 @@ function openSocket(opts: ConnectOptions): Socket {
   const key = `${opts.host}:${opts.port}`;
   const servername = t.servername ?? (isIP(opts.host) === 0 ? opts.host : undefined);
   const cached = SESSIONS.get(key);
-  const session = cached?.session;
+  const session = t.resumption === false ? undefined : cached?.session;
   const socket = tlsConnect({
     host: opts.host,
     port: opts.port,
