@@ -237,6 +237,8 @@ async function main(argv: string[]): Promise<void> {
         host: listen.host === '0.0.0.0' ? '127.0.0.1' : listen.host === '::' ? '::1' : listen.host,
         port: listen.port,
         secret: (c.secrets[0] as SharedSecret).key().toString('utf8'),
+        // the same config the daemon reads: its listeners are TLS unless tls = false
+        tls: c.tls.enabled,
         mtas: num(values.mtas, 3, 'mtas'),
         seconds: num(values.seconds, 10, 'seconds'),
         source,

@@ -10,7 +10,7 @@ import { connect as tlsConnect, createServer as createTlsServer, type TLSSocket 
 import { afterEach, describe, expect, it } from 'vitest';
 import { authenticate, clearTlsSessions, ControlClient, openTunnel, ProxyError } from '../../src/client/index.js';
 import { generateSelfSigned, type CertificatePair } from '../../src/config/x509.js';
-import { configText, OTHER_SECRET, runCli, SECRET, startDaemon, tempDir, type RunningDaemon } from '../helpers/daemon.js';
+import { configText, freePort, OTHER_SECRET, runCli, SECRET, startDaemon, tempDir, type RunningDaemon } from '../helpers/daemon.js';
 import { rawConnect } from '../helpers/raw.js';
 
 const running: RunningDaemon[] = [];
@@ -246,4 +246,11 @@ describe('TLS link', () => {
     expect((err as ProxyError).code).toBe('ECONNECTION');
     expect((err as ProxyError).message).toMatch(/closed the connection during the (TLS )?handshake \(not in allow_from/);
   });
+
+  it('mtaproxy simulate follows the config: plaintext against tls = false', async () => {
+    const d = await daemon({ tls: false, listen: `127.0.0.1:${await freePort()}`, extra: '[egress]\nsource_ips = ["127.0.0.2"]\nports = [25]\n' });
+    const r = await d.cli(['simulate', '--mtas=2', '--seconds=1', '--max-connections=2']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^sim-2: declared sim max_connections=4 /m);
+  }, 15_000);
 });
