@@ -120,6 +120,18 @@ export function serveNativeTls(raw: Socket, ctx: NativeTlsContext): void {
     });
   };
   raw.once('data', onFirstData);
+  // a peer that closes before a byte (a TCP health check, a port scan) is not a failed handshake
+  raw.once('end', () => {
+    if (tls !== null || settled) return;
+    settled = true;
+    clearTimeout(timer);
+    clearTimeout(silence);
+    raw.destroy();
+  });
+  raw.once('close', () => {
+    clearTimeout(timer);
+    clearTimeout(silence);
+  });
 }
 
 export interface NativeOptions {

@@ -140,6 +140,12 @@ describe('TLS link', () => {
     expect(talker.received()).toMatch(/^ERR 421 this listener requires TLS/);
     await d.waitForLine(/failed: plaintext on a TLS listener \(first bytes "AUTH x y z\."\)/);
 
+    // a TCP health check (connect, close) is closed at once and not logged
+    const check = await rawConnect(d.port, { tls: false });
+    check.socket.end();
+    expect(await check.closed).toBeLessThan(1000);
+    expect(check.received()).toBe('');
+
     // the client library, configured for plaintext, reports it
     const err = await ControlClient.connect(connectOpts(d.port, { tls: false })).catch((e: unknown) => e);
     expect((err as ProxyError).message).toMatch(/proxy refused: 421 this listener requires TLS/);
