@@ -7,7 +7,7 @@
 //   await session.quit();
 import { randomBytes } from 'node:crypto';
 import { connect, isIP, type Socket } from 'node:net';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { connect as tlsConnect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import { SharedSecret } from '../config/secret.js';
 import type { Declaration } from '../throttle/manager.js';
 import { formatBacklog, formatReply, formatRequest, MAX_CONTROL_LINE, parseControlLine, type Backlog } from '../protocol/control.js';
@@ -125,22 +125,44 @@ export function clearTlsSessions(): void {
 /** How to learn a TLS socket's peer certificate fingerprint, also for a resumed session. */
 const fingerprints = new WeakMap<Socket, () => string>();
 
+/**
+ * Client SecureContexts, one per CA setting: tls.connect without one builds a new OpenSSL context
+ * per connection, which cost about as much CPU as the rest of a resumed TLS handshake.
+ */
+const CONTEXTS = new Map<string, SecureContext>();
+const MAX_CONTEXTS = 16;
+
+const caKey = (ca: TlsClientOptions['ca']): string => (ca === undefined ? '' : (Array.isArray(ca) ? ca : [ca]).map((c) => c.toString()).join('\n'));
+
+function clientContext(ca: TlsClientOptions['ca']): SecureContext {
+  const key = caKey(ca);
+  let context = CONTEXTS.get(key);
+  if (context === undefined) {
+    context = createSecureContext({ minVersion: 'TLSv1.2', ...(ca === undefined ? {} : { ca }) });
+    if (CONTEXTS.size >= MAX_CONTEXTS) CONTEXTS.delete(CONTEXTS.keys().next().value as string);
+    CONTEXTS.set(key, context);
+  }
+  return context;
+}
+
 const normalizeFingerprint = (f: string): string => f.replace(/:/g, '').toLowerCase();
 
 function openSocket(opts: ConnectOptions): Socket {
   // noDelay: requests and the tunnel's first bytes are small; Nagle would hold them for the proxy's delayed ACK
   if (opts.tls === false) return connect({ host: opts.host, port: opts.port, noDelay: true });
   const t = opts.tls ?? {};
-  const key = `${opts.host}:${opts.port}`;
   const servername = t.servername ?? (isIP(opts.host) === 0 ? opts.host : undefined);
+  const rejectUnauthorized = t.rejectUnauthorized ?? t.ca !== undefined;
+  // a session is resumed only under the verification it was made with: a resumed session skips
+  // the certificate check, so one made without a CA (or with another) must not stand in for it
+  const key = `${opts.host}:${opts.port} ${servername ?? ''} ${rejectUnauthorized ? `ca:${caKey(t.ca)}` : 'unverified'}`;
   const cached = SESSIONS.get(key);
   const session = t.resumption === false ? undefined : cached?.session;
   const socket = tlsConnect({
     host: opts.host,
     port: opts.port,
-    minVersion: 'TLSv1.2',
-    rejectUnauthorized: t.rejectUnauthorized ?? t.ca !== undefined,
-    ...(t.ca === undefined ? {} : { ca: t.ca }),
+    secureContext: clientContext(t.ca),
+    rejectUnauthorized,
     ...(servername === undefined ? {} : { servername }),
     ...(session === undefined ? {} : { session }),
   });

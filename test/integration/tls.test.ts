@@ -259,4 +259,18 @@ describe('TLS link', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^sim-2: declared sim max_connections=4 /m);
   }, 15_000);
+
+  it('verifies the proxy certificate against a CA when the MTA gives one', async () => {
+    const pair = generateSelfSigned('localhost');
+    const stranger = generateSelfSigned('localhost');
+    const d0 = await daemon();
+    const files = writePair(d0.dir, 'proxy', pair);
+    d0.writeConfig(configText({ adminSocket: d0.adminSocket, extra: `tls_certificate_file = "${files.cert}"\ntls_key_file = "${files.key}"` }));
+    expect((await d0.cli(['reload'])).code).toBe(0);
+    const ok = await ControlClient.connect(connectOpts(d0.port, { tls: { ca: pair.cert, servername: 'localhost' } }));
+    await ok.quit();
+    const err = await ControlClient.connect(connectOpts(d0.port, { name: 'server-b', tls: { ca: stranger.cert, servername: 'localhost' } })).catch((e: unknown) => e);
+    expect((err as ProxyError).code).toBe('ETLS');
+    expect((err as ProxyError).message).toMatch(/self[- ]signed|unable to verify|certificate/i);
+  });
 });
