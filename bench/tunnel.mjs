@@ -1,6 +1,7 @@
 // Tunnel cost: the same egress (an SMTP delivery from source 127.0.0.2 to a sink on 127.0.0.1),
 // measured in one run through four paths: direct (the baseline), mtaproxy's native tunnel
-// (openTunnel), HAProxy in KumoMTA style (PROXY v2 header in, `usesrc clientip` out, nbthread 1)
+// (openTunnel, over TLS with session resumption; also with a full TLS handshake per tunnel, and in
+// plaintext on a second proxy with tls = false: the cost of TLS), HAProxy in KumoMTA style (PROXY v2 header in, `usesrc clientip` out, nbthread 1)
 // and Dante (SOCKS5 CONNECT, `external: 127.0.0.2`).
 //
 //   node bench/tunnel.mjs [--seconds=5]
@@ -284,9 +285,15 @@ async function main() {
   const control = await ControlClient.connect({ host: '127.0.0.1', port: proxy.port, name: 'bench', secret: SECRET });
   await control.declare({ key: 'bench', sourceIp: SOURCE, maxConnections: 10_000, maxMessagesPerHour: 100_000_000, mode: 'sum' });
   const tunnel = { host: '127.0.0.1', port: proxy.port, name: 'bench', secret: SECRET, source: SOURCE, destination: { host: SINK_HOST, port: sinkPort }, throttle: 'bench' };
+  // the same proxy with plaintext native listeners: the difference is what TLS costs
+  const plain = await startProxy({ ports: [sinkPort], extra: 'tls = false' });
+  const plainControl = await ControlClient.connect({ host: '127.0.0.1', port: plain.port, name: 'bench', secret: SECRET, tls: false });
+  await plainControl.declare({ key: 'bench', sourceIp: SOURCE, maxConnections: 10_000, maxMessagesPerHour: 100_000_000, mode: 'sum' });
   const paths = [
     { name: 'direct', pid: null, note: `the client binds ${SOURCE} itself`, open: () => dial(sinkPort, SINK_HOST, SOURCE) },
-    { name: 'mtaproxy', pid: proxy.pid, note: 'native protocol: HMAC handshake + CONNECT per tunnel', open: async () => (await openTunnel(tunnel)).socket },
+    { name: 'mtaproxy', pid: proxy.pid, note: 'native protocol over TLS, sessions resumed: TLS + HMAC handshake bound to it + CONNECT per tunnel', open: async () => (await openTunnel(tunnel)).socket },
+    { name: 'mtaproxy full TLS', pid: proxy.pid, note: 'the same with a full TLS handshake per tunnel (no resumption)', open: async () => (await openTunnel({ ...tunnel, tls: { resumption: false } })).socket },
+    { name: 'mtaproxy plaintext', pid: plain.pid, note: 'tls = false (a trusted network only): HMAC handshake + CONNECT per tunnel', open: async () => (await openTunnel({ ...tunnel, port: plain.port, tls: false })).socket },
   ];
   for (const p of paths) p.seen = (await probe(p)).ehlo;
   for (const [cmd, pkg, start] of [['haproxy', 'haproxy', startHaproxy], ['danted', 'dante-server', startDante]]) {
@@ -336,10 +343,16 @@ async function main() {
   printTable(['target', 'measured', 'verdict'], rows);
   console.log(`\n# overall: ${rows.every((r) => r[2] === 'PASS') ? 'all targets met' : 'TARGET MISSED (see table)'}`);
 
+  const plaintext = results.get('mtaproxy plaintext');
+  const full = results.get('mtaproxy full TLS');
+  console.log(`\n# TLS cost (mtaproxy vs mtaproxy plaintext): MiB/s ${ratio(m.mib, plaintext.mib)}, sessions/s ${ratio(m.rate, plaintext.rate)} resumed and ${ratio(full.rate, plaintext.rate)} with full handshakes, proxy CPU/session ${ratio(m.cpuUs, plaintext.cpuUs)} resumed and ${ratio(full.cpuUs, plaintext.cpuUs)} full`);
+
   control.destroy();
+  plainControl.destroy();
   for (const p of paths) await p.stop?.();
   await sink.stop();
   await proxy.stop();
+  await plain.stop();
 }
 
 if (SINK_PORT !== null) runSink(Number(SINK_PORT));

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { lstatSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parse as parseToml } from 'smol-toml';
-import { DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG_PATH, DIRECTIVES, formatConfigError, TABLES } from '../config/parse.js';
+import { configWarnings, DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG_PATH, DIRECTIVES, formatConfigError, TABLES } from '../config/parse.js';
 import { loadConfigFile } from '../config/load.js';
 import { chooseSink, createLogger } from '../log/logger.js';
 import type { SharedSecret } from '../config/secret.js';
@@ -196,7 +196,10 @@ async function main(argv: string[]): Promise<void> {
       tooMany(1);
       const file = rest[0] ?? configFile;
       const result = loadConfigFile(file);
-      if (result.ok) return void process.stdout.write(`${file}: OK\n`);
+      if (result.ok) {
+        for (const warning of configWarnings(result.config)) process.stdout.write(`${warning}\n`);
+        return void process.stdout.write(`${file}: OK\n`);
+      }
       process.stderr.write(`${result.errors.map(formatConfigError).join('\n')}\n`);
       process.exit(1);
       return;
@@ -234,6 +237,8 @@ async function main(argv: string[]): Promise<void> {
         host: listen.host === '0.0.0.0' ? '127.0.0.1' : listen.host === '::' ? '::1' : listen.host,
         port: listen.port,
         secret: (c.secrets[0] as SharedSecret).key().toString('utf8'),
+        // the same config the daemon reads: its listeners are TLS unless tls = false
+        tls: c.tls.enabled,
         mtas: num(values.mtas, 3, 'mtas'),
         seconds: num(values.seconds, 10, 'seconds'),
         source,

@@ -8,6 +8,8 @@ export interface SimulateOptions {
   host: string;
   port: number;
   secret: string;
+  /** the proxy's native listeners speak TLS (its config's tls) */
+  tls: boolean;
   mtas: number;
   seconds: number;
   source: string;
@@ -32,7 +34,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 export async function simulate(o: SimulateOptions): Promise<void> {
   const mtas: Mta[] = Array.from({ length: o.mtas }, (_, i) => ({
     name: `sim-${i + 1}`,
-    control: new ResilientControl({ host: o.host, port: o.port, name: `sim-${i + 1}`, secret: o.secret }).start(),
+    control: new ResilientControl({ host: o.host, port: o.port, name: `sim-${i + 1}`, secret: o.secret, ...(o.tls ? {} : { tls: false as const }) }).start(),
     // different starting backlogs so the shares differ visibly
     backlog: 100 * (i + 1),
     grants: 0,

@@ -6,11 +6,12 @@
 //   console.log('rtt', await session.ping(), 'ms');
 //   await session.quit();
 import { randomBytes } from 'node:crypto';
-import { connect, type Socket } from 'node:net';
+import { connect, isIP, type Socket } from 'node:net';
+import { connect as tlsConnect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import { SharedSecret } from '../config/secret.js';
 import type { Declaration } from '../throttle/manager.js';
 import { formatBacklog, formatReply, formatRequest, MAX_CONTROL_LINE, parseControlLine, type Backlog } from '../protocol/control.js';
-import { authLine, NONCE_BYTES, parseGreeting, PROTOCOL_VERSION, verifyServerProof } from '../protocol/handshake.js';
+import { authLine, NONCE_BYTES, parseGreeting, PROTOCOL_VERSION, tlsExporter, verifyServerProof, type ChannelBinding } from '../protocol/handshake.js';
 import { LineSplitter } from '../protocol/lines.js';
 
 export type { Backlog, Declaration };
@@ -84,6 +85,106 @@ export interface ConnectOptions {
   secret: string;
   /** handshake deadline (default 10 s) */
   timeoutMs?: number;
+  /**
+   * TLS to the proxy (default: on). The handshake's proofs are bound to the TLS connection, so the
+   * proxy's certificate need not be verified: a relay that terminates TLS cannot pass the
+   * handshake. Pin it (fingerprint256) or verify it (ca) if you want to. `false`: plaintext, for
+   * a listener with tls = false.
+   */
+  tls?: false | TlsClientOptions;
+}
+
+export interface TlsClientOptions {
+  /** verify the proxy's certificate against these CA certificates (PEM); implies rejectUnauthorized */
+  ca?: string | Buffer | (string | Buffer)[];
+  /** SNI and the name checked with ca (default: host, unless it is an IP address) */
+  servername?: string;
+  /** refuse a certificate that does not verify (default: true when ca is given, else false) */
+  rejectUnauthorized?: boolean;
+  /** the proxy's certificate SHA-256 fingerprint, "AB:CD:…" as logged at the proxy's start (colons and case optional) */
+  fingerprint256?: string;
+  /** resume the last TLS session to this proxy (default true; false: a full handshake every time, e.g. to measure it) */
+  resumption?: boolean;
+}
+
+/** The last TLS session per proxy, for resumption (tickets): reconnects and deliveries skip the full handshake. */
+const SESSIONS = new Map<string, { session: Buffer; fingerprint256: string }>();
+const MAX_SESSIONS = 256;
+
+function rememberSession(key: string, session: Buffer, fingerprint256: string): void {
+  SESSIONS.delete(key);
+  SESSIONS.set(key, { session, fingerprint256 });
+  if (SESSIONS.size > MAX_SESSIONS) SESSIONS.delete(SESSIONS.keys().next().value as string);
+}
+
+/** Forgets the cached TLS sessions (tests, benchmarks of full handshakes). */
+export function clearTlsSessions(): void {
+  SESSIONS.clear();
+}
+
+/** How to learn a TLS socket's peer certificate fingerprint, also for a resumed session. */
+const fingerprints = new WeakMap<Socket, () => string>();
+
+/**
+ * Client SecureContexts, one per CA setting: tls.connect without one builds a new OpenSSL context
+ * per connection, which cost about as much CPU as the rest of a resumed TLS handshake.
+ */
+const CONTEXTS = new Map<string, SecureContext>();
+const MAX_CONTEXTS = 16;
+
+const caKey = (ca: TlsClientOptions['ca']): string => (ca === undefined ? '' : (Array.isArray(ca) ? ca : [ca]).map((c) => c.toString()).join('\n'));
+
+function clientContext(ca: TlsClientOptions['ca']): SecureContext {
+  const key = caKey(ca);
+  let context = CONTEXTS.get(key);
+  if (context === undefined) {
+    context = createSecureContext({ minVersion: 'TLSv1.2', ...(ca === undefined ? {} : { ca }) });
+    if (CONTEXTS.size >= MAX_CONTEXTS) CONTEXTS.delete(CONTEXTS.keys().next().value as string);
+    CONTEXTS.set(key, context);
+  }
+  return context;
+}
+
+const normalizeFingerprint = (f: string): string => f.replace(/:/g, '').toLowerCase();
+
+function openSocket(opts: ConnectOptions): Socket {
+  // noDelay: requests and the tunnel's first bytes are small; Nagle would hold them for the proxy's delayed ACK
+  if (opts.tls === false) return connect({ host: opts.host, port: opts.port, noDelay: true });
+  const t = opts.tls ?? {};
+  const servername = t.servername ?? (isIP(opts.host) === 0 ? opts.host : undefined);
+  const rejectUnauthorized = t.rejectUnauthorized ?? t.ca !== undefined;
+  // a session is resumed only under the verification it was made with: a resumed session skips
+  // the certificate check, so one made without a CA (or with another) must not stand in for it
+  const key = `${opts.host}:${opts.port} ${servername ?? ''} ${rejectUnauthorized ? `ca:${caKey(t.ca)}` : 'unverified'}`;
+  const cached = SESSIONS.get(key);
+  const session = t.resumption === false ? undefined : cached?.session;
+  const socket = tlsConnect({
+    host: opts.host,
+    port: opts.port,
+    secureContext: clientContext(t.ca),
+    rejectUnauthorized,
+    ...(servername === undefined ? {} : { servername }),
+    ...(session === undefined ? {} : { session }),
+  });
+  socket.setNoDelay(true);
+  // a resumed session has no peer certificate of its own: remember the full handshake's. A TLS 1.3
+  // ticket ('session') may arrive before or after 'secureConnect'; the cache is written once both are known.
+  let fingerprint: string | null = null;
+  const tickets: Buffer[] = [];
+  const peerFingerprint = (): string => {
+    fingerprint ??= socket.getPeerX509Certificate()?.fingerprint256 ?? (socket.isSessionReused() ? (cached?.fingerprint256 ?? '') : '');
+    return fingerprint;
+  };
+  socket.once('secureConnect', () => {
+    const f = peerFingerprint();
+    for (const t of tickets.splice(0)) rememberSession(key, t, f);
+  });
+  socket.on('session', (s: Buffer) => {
+    if (fingerprint === null) tickets.push(s);
+    else rememberSession(key, s, fingerprint);
+  });
+  fingerprints.set(socket, peerFingerprint);
+  return socket;
 }
 
 /** A reply with a 4xx/5xx code, or a closed session. */
@@ -106,8 +207,9 @@ interface Pending {
 /** Connects and authenticates; resolves with the socket and the lines already received after OK. */
 export async function authenticate(opts: ConnectOptions): Promise<{ socket: Socket; splitter: LineSplitter; leftover: string[] }> {
   const secret = new SharedSecret(opts.secret);
-  // noDelay: requests and the tunnel's first bytes are small; Nagle would hold them for the proxy's delayed ACK
-  const socket = connect({ host: opts.host, port: opts.port, noDelay: true });
+  const socket = openSocket(opts);
+  const tls = opts.tls === false ? null : (socket as TLSSocket);
+  let binding: ChannelBinding;
   const splitter = new LineSplitter(MAX_CONTROL_LINE);
   const clientNonce = randomBytes(NONCE_BYTES).toString('hex');
   return new Promise((resolve, reject) => {
@@ -125,7 +227,17 @@ export async function authenticate(opts: ConnectOptions): Promise<{ socket: Sock
         resolve({ socket, splitter, leftover });
       }
     };
-    const onError = (err: Error): void => done(new ProxyError('ECONNECTION', `cannot connect to ${opts.host}:${opts.port}: ${err.message}`));
+    const onError = (err: NodeJS.ErrnoException): void => {
+      // the proxy closes a peer it refuses before reading a byte: for TLS, an error before 'secureConnect'
+      if (tls !== null && serverNonce === null && err.code === 'ECONNRESET') {
+        return done(new ProxyError('ECONNECTION', `${opts.host}:${opts.port} closed the connection during the TLS handshake (not in allow_from, or too many handshakes pending?)`));
+      }
+      if (tls !== null && (err.code === 'ERR_SSL_WRONG_VERSION_NUMBER' || err.code === 'ERR_SSL_PACKET_LENGTH_TOO_LONG')) {
+        return done(new ProxyError('ETLS', `${opts.host}:${opts.port} does not speak TLS (a listener with tls = false? then connect with tls: false): ${err.message}`));
+      }
+      const code = tls !== null && err.code !== undefined && /^ERR_SSL|CERT|UNABLE_TO|SELF_SIGNED|ERR_TLS/.test(err.code) ? 'ETLS' : 'ECONNECTION';
+      done(new ProxyError(code, `cannot connect to ${opts.host}:${opts.port}: ${err.message}`));
+    };
     const onClose = (): void => done(new ProxyError('ECONNECTION', `${opts.host}:${opts.port} closed the connection during the handshake (not in allow_from?)`));
     const onData = (chunk: Buffer): void => {
       let lines: string[];
@@ -137,20 +249,33 @@ export async function authenticate(opts: ConnectOptions): Promise<{ socket: Sock
       for (let i = 0; i < lines.length; i++) {
         const line = lines[i] as string;
         if (serverNonce === null) {
+          // e.g. "ERR 421 this listener requires TLS…" to a plaintext client
+          if (line.startsWith('ERR ')) return done(new ProxyError('EAUTH', `proxy refused: ${line.slice(4)}`, Number(line.slice(4, 7)) || null));
           const greeting = parseGreeting(line);
           if (greeting === null) return done(new ProxyError('EPROTOCOL', `not an mtaproxy greeting: ${JSON.stringify(line.slice(0, 60))}`));
           if (greeting.version !== PROTOCOL_VERSION) return done(new ProxyError('EPROTOCOL', `proxy speaks protocol ${greeting.version}, this client ${PROTOCOL_VERSION}`));
           serverNonce = greeting.serverNonce;
-          socket.write(`${authLine(secret, serverNonce, clientNonce, opts.name)}\n`);
+          binding = tls === null ? undefined : tlsExporter(tls);
+          socket.write(`${authLine(secret, serverNonce, clientNonce, opts.name, binding)}\n`);
         } else if (line.startsWith('ERR ')) {
           return done(new ProxyError('EAUTH', `proxy refused: ${line.slice(4)}`, Number(line.slice(4, 7)) || null));
-        } else if (verifyServerProof(line, secret, serverNonce, clientNonce, opts.name)) {
+        } else if (verifyServerProof(line, secret, serverNonce, clientNonce, opts.name, binding)) {
           return done(null, lines.slice(i + 1));
         } else {
-          return done(new ProxyError('EAUTH', 'the proxy could not prove it knows the shared secret'));
+          const why = tls === null ? '' : ' for this TLS connection (a different secret, or a relay that terminates TLS in between)';
+          return done(new ProxyError('EAUTH', `the proxy could not prove it knows the shared secret${why}`));
         }
       }
     };
+    const pinned = tls !== null && opts.tls !== false ? opts.tls?.fingerprint256 : undefined;
+    if (tls !== null && pinned !== undefined) {
+      tls.once('secureConnect', () => {
+        const actual = fingerprints.get(tls)?.() ?? '';
+        if (normalizeFingerprint(actual) !== normalizeFingerprint(pinned)) {
+          done(new ProxyError('ETLS', `${opts.host}:${opts.port} presented certificate ${actual || '(none)'}, not the pinned ${pinned}`));
+        }
+      });
+    }
     socket.on('data', onData);
     socket.on('error', onError);
     socket.on('close', onClose);

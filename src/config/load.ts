@@ -30,5 +30,6 @@ export function loadConfigFile(file: string): ConfigResult {
     const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message;
     return { ok: false, errors: [{ file, line: 0, column: 0, key: '', message: `cannot read config: ${reason}` }] };
   }
-  return parseConfig(text, file, { readSecretFile: (path) => readFileSync(path, 'utf8'), isLocalAddress });
+  const readFile = (path: string): string => readFileSync(path, 'utf8');
+  return parseConfig(text, file, { readSecretFile: readFile, readTlsFile: readFile, isLocalAddress });
 }

@@ -1,10 +1,12 @@
 // Pure config validation: TOML text in, a Config or a list of located errors out. The only I/O,
 // reading auth_shared_secret_file, is injected so this module stays testable without files.
+import { createPrivateKey, type KeyObject } from 'node:crypto';
 import ipaddr from 'ipaddr.js';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { AllowList, parseAllowRule, type AllowRule } from './allow.js';
 import { locateKeys, locateString, type Position } from './locate.js';
 import { MIN_SECRET_LENGTH, SharedSecret } from './secret.js';
+import { parseCertificate } from './x509.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/mtaproxy/mtaproxy.toml';
 export const DEFAULT_ADMIN_SOCKET = '/run/mtaproxy/admin.sock';
@@ -53,8 +55,27 @@ export interface ProxyV2Config {
   readonly allowFrom: AllowList | null;
 }
 
+/** The certificate and key of tls_certificate_file / tls_key_file, read and checked at load. */
+export interface TlsFiles {
+  readonly certificateFile: string;
+  readonly keyFile: string;
+  /** PEM as read: the certificate, possibly followed by its chain */
+  readonly cert: string;
+  readonly key: KeyObject;
+  readonly fingerprint256: string;
+  readonly subject: string;
+}
+
+export interface TlsConfig {
+  /** native listeners speak TLS (tls = true, the default) */
+  readonly enabled: boolean;
+  /** null: a self-signed pair generated at start */
+  readonly files: TlsFiles | null;
+}
+
 export interface Config {
   readonly file: string;
+  readonly tls: TlsConfig;
   readonly egress: EgressConfig;
   readonly socks5: Socks5Config | null;
   readonly proxyV2: ProxyV2Config | null;
@@ -88,6 +109,8 @@ export type ConfigResult = { ok: true; config: Config } | { ok: false; errors: C
 export interface ConfigIo {
   /** Reads auth_shared_secret_file; throws an Error whose message says why it could not. */
   readSecretFile(path: string): string;
+  /** Reads tls_certificate_file and tls_key_file (default: readSecretFile). */
+  readTlsFile?(path: string): string;
   /** Whether an address belongs to this host (egress.source_ips must). */
   isLocalAddress(ip: string): boolean;
 }
@@ -108,6 +131,9 @@ export const DIRECTIVES: Readonly<Record<string, Directive>> = {
   auth_shared_secret: { help: `the MTAs' shared secret, at least ${MIN_SECRET_LENGTH} characters` },
   auth_shared_secret_file: { help: 'read the shared secret from this file instead (first line)' },
   auth_shared_secret_previous: { help: 'a second secret still accepted, for rotation' },
+  tls: { help: 'native listeners speak TLS, channel-bound to the handshake (default true; false only for a trusted network)' },
+  tls_certificate_file: { help: 'PEM certificate (and chain) of the native listeners; default: self-signed, generated at start' },
+  tls_key_file: { help: 'PEM private key of tls_certificate_file (both or neither)' },
   log_verbose: { help: 'log every connection and session event (debug level)' },
   status_interval: { help: 'how often the status lines are logged, e.g. "5s"' },
   admin_socket: { help: 'Unix socket for mtaproxy reload/status' },
@@ -338,6 +364,56 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
     return fallback;
   };
 
+  const tlsConfig = (enabled: boolean): TlsConfig => {
+    const certificateFile = get('tls_certificate_file');
+    const keyFile = get('tls_key_file');
+    if (certificateFile === undefined && keyFile === undefined) return { enabled, files: null };
+    if (!enabled) {
+      fail(certificateFile !== undefined ? 'tls_certificate_file' : 'tls_key_file', 'is set but tls = false: remove it, or remove tls = false');
+      return { enabled, files: null };
+    }
+    if (certificateFile === undefined || keyFile === undefined) {
+      fail(certificateFile === undefined ? 'tls_key_file' : 'tls_certificate_file', 'set both tls_certificate_file and tls_key_file, or neither (a self-signed pair is then generated at start)');
+      return { enabled, files: null };
+    }
+    const read = (key: string, value: unknown): string | null => {
+      if (typeof value !== 'string' || !value.startsWith('/')) {
+        fail(key, 'must be an absolute path');
+        return null;
+      }
+      try {
+        return (io.readTlsFile ?? io.readSecretFile)(value);
+      } catch (err) {
+        fail(key, `cannot read "${value}": ${(err as Error).message}`);
+        return null;
+      }
+    };
+    const certText = read('tls_certificate_file', certificateFile);
+    const keyText = read('tls_key_file', keyFile);
+    if (certText === null || keyText === null) return { enabled, files: null };
+    const x509 = parseCertificate(certText);
+    if (typeof x509 === 'string') {
+      fail('tls_certificate_file', `"${String(certificateFile)}" is ${x509}`);
+      return { enabled, files: null };
+    }
+    let key: KeyObject;
+    try {
+      key = createPrivateKey(keyText);
+    } catch (err) {
+      // the message is OpenSSL's ("unsupported", "bad decrypt"…): never the key itself
+      fail('tls_key_file', `"${String(keyFile)}" is not an unencrypted PEM private key (${(err as Error).message})`);
+      return { enabled, files: null };
+    }
+    if (!x509.checkPrivateKey(key)) {
+      fail('tls_key_file', `"${String(keyFile)}" is not the private key of the certificate in "${String(certificateFile)}"`);
+      return { enabled, files: null };
+    }
+    return {
+      enabled,
+      files: { certificateFile: certificateFile as string, keyFile: keyFile as string, cert: certText, key, fingerprint256: x509.fingerprint256, subject: x509.subject },
+    };
+  };
+
   const sourceIps: string[] = [];
   for (const entry of stringList('egress.source_ips', [])) {
     const at = locateString(text, where('egress.source_ips'), entry);
@@ -429,8 +505,11 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
       : { listen: listenList('proxy_v2.listen'), allowFrom: get('proxy_v2.allow_from') === undefined ? null : new AllowList(allowRules('proxy_v2.allow_from', [])) };
   const derivedThrottle = { maxConnections: integer('derived_throttle.max_connections', 10, 1, 1_000_000) };
 
+  const tls = tlsConfig(bool('tls', true));
+
   const config: Config = {
     file,
+    tls,
     egress,
     socks5,
     proxyV2,
@@ -449,6 +528,24 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
   };
   errors.sort((a, b) => a.line - b.line || a.column - b.column);
   return errors.length > 0 ? { ok: false, errors } : { ok: true, config };
+}
+
+/**
+ * Warnings `check-config` prints (and the daemon logs at start): valid, but probably not meant.
+ * Today: a plaintext native listener (tls = false) on an address that is not loopback.
+ */
+export function configWarnings(config: Config): string[] {
+  const warnings: string[] = [];
+  if (config.tls.enabled) return warnings;
+  for (const l of config.listen) {
+    const loopback = ipaddr.isValid(l.host) && ipaddr.process(l.host).range() === 'loopback';
+    if (loopback) continue;
+    const shown = l.host.includes(':') ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`;
+    warnings.push(
+      `${config.file}: warning: tls = false and listen "${shown}" is not a loopback address: control sessions and deliveries cross the network in plain text (readable, and a delivery can be hijacked after the handshake); remove tls = false unless this network is trusted`,
+    );
+  }
+  return warnings;
 }
 
 function editDistance(a: string, b: string): number {
@@ -470,6 +567,10 @@ export function changedDirectives(before: Config, after: Config): string[] {
   const changed: string[] = [];
   const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
   if (!same(before.listen, after.listen)) changed.push('listen');
+  if (before.tls.enabled !== after.tls.enabled) changed.push('tls');
+  // a renewed certificate in the same file counts as a change (it applies to new connections)
+  const certId = (c: Config): string | null => (c.tls.files === null ? null : `${c.tls.files.certificateFile} ${c.tls.files.keyFile} ${c.tls.files.fingerprint256}`);
+  if (certId(before) !== certId(after)) changed.push('tls_certificate_file');
   if (!same(before.allowFrom.rules.map((r) => r.text), after.allowFrom.rules.map((r) => r.text))) changed.push('allow_from');
   if (before.secrets.length !== after.secrets.length || before.secrets.some((s, i) => !s.equals(after.secrets[i] as SharedSecret))) {
     changed.push('auth_shared_secret');

@@ -3,7 +3,10 @@
 import { closeSoon } from '../net/close.js';
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
-import { changedDirectives, formatConfigError, type Config } from '../config/parse.js';
+import { hostname } from 'node:os';
+import { createSecureContext, type SecureContext } from 'node:tls';
+import { changedDirectives, configWarnings, formatConfigError, type Config } from '../config/parse.js';
+import { generateSelfSigned, type CertificatePair } from '../config/x509.js';
 import { loadConfigFile } from '../config/load.js';
 import type { Logger } from '../log/logger.js';
 import { parseAdminRequest, MAX_ADMIN_LINE, type AdminReply } from '../protocol/admin.js';
@@ -14,7 +17,7 @@ import type { Notifier } from '../systemd/notify.js';
 import type { PassedSocket } from '../systemd/activation.js';
 import { closeListening, endpointKey, listen, NoUnixSocketError, type Endpoint, type Listening } from './listeners.js';
 import { adminEndpoint, noAdminSocketWarning } from './admin-path.js';
-import { serveNative } from './native.js';
+import { serveNative, serveNativeTls, type NativeContext } from './native.js';
 import { RefusalLog } from './ratelimit.js';
 import { fdReserve, openFileCount, openFileLimit } from './fds.js';
 import { LeaveQueue } from './leaves.js';
@@ -39,9 +42,27 @@ export interface DaemonOptions {
   now?: () => number;
 }
 
+/** The TLS identity native listeners present: from the config's files, or generated at start. */
+interface TlsIdentity {
+  context: SecureContext;
+  fingerprint256: string;
+  subject: string;
+  /** the certificate file, or null for the generated pair */
+  file: string | null;
+}
+
 export class Daemon {
   readonly managerId = randomBytes(4).toString('hex');
   #config: Config;
+  #tls: TlsIdentity | null = null;
+  /** generated once per process when no tls_certificate_file is configured; kept across reloads */
+  #generated: CertificatePair | null = null;
+  /**
+   * Session ticket keys, kept across reloads while the certificate stays the same (resumption
+   * survives a reload) and new with a new certificate (a resumed session shows the certificate of
+   * its full handshake: a client must not be resumed past a renewal it may want to see).
+   */
+  #ticketKeys = { fingerprint256: '', keys: randomBytes(48) };
   readonly #log: Logger;
   readonly #notifier: Notifier;
   readonly #passed: PassedSocket[] | null;
@@ -113,6 +134,9 @@ export class Daemon {
         `listener: using ${this.#passed.length} socket(s) passed by systemd; "listen" in ${this.#config.file} is ignored`,
       );
     }
+    this.#tls = this.#tlsIdentity(this.#config);
+    this.#logTls(this.#tls);
+    for (const warning of configWarnings(this.#config)) this.#log.warn({ mtaproxy_event: 'config_warning' }, warning);
     await this.#reconcileListeners(this.#config);
     this.#fdLimit = openFileLimit();
     this.#calibrateFds();
@@ -139,11 +163,20 @@ export class Daemon {
     this.#log.info({ mtaproxy_event: 'reload', config: file }, `reload: reading ${file}`);
     const loaded = loadConfigFile(file);
     if (!loaded.ok) return this.#rejectReload(loaded.errors.map(formatConfigError));
+    let tls: TlsIdentity | null;
+    try {
+      tls = this.#tlsIdentity(loaded.config);
+    } catch (err) {
+      return this.#rejectReload([`tls_certificate_file: cannot use the certificate: ${(err as Error).message}`]);
+    }
     try {
       await this.#reconcileListeners(loaded.config);
     } catch (err) {
       return this.#rejectReload([(err as Error).message]);
     }
+    // new connections get the new certificate; established ones keep theirs
+    if (tls?.fingerprint256 !== this.#tls?.fingerprint256 || tls?.file !== this.#tls?.file) this.#logTls(tls);
+    this.#tls = tls;
     // under socket activation `listen` is not used, so a change to it changes nothing
     const changed = changedDirectives(this.#config, loaded.config).filter((d) => d !== 'listen' || this.#passed === null);
     const timersChanged = loaded.config.statusIntervalMs !== this.#config.statusIntervalMs || loaded.config.pingIntervalMs !== this.#config.pingIntervalMs;
@@ -155,6 +188,29 @@ export class Daemon {
     this.#log.info({ mtaproxy_event: 'reload_applied', changed: changed.join(',') }, message);
     this.#notifier.ready(`${this.#summary()}; ${message}`);
     return { ok: true, message, errors: [] };
+  }
+
+  /** Builds the SecureContext for a config (throws if OpenSSL refuses the pair); null when tls = false. */
+  #tlsIdentity(config: Config): TlsIdentity | null {
+    if (!config.tls.enabled) return null;
+    const files = config.tls.files;
+    const pair = files ?? (this.#generated ??= generateSelfSigned(hostname()));
+    if (this.#ticketKeys.fingerprint256 !== pair.fingerprint256) this.#ticketKeys = { fingerprint256: pair.fingerprint256, keys: randomBytes(48) };
+    const context = createSecureContext({ cert: pair.cert, key: pair.key.export({ type: 'pkcs8', format: 'pem' }), minVersion: 'TLSv1.2', ticketKeys: this.#ticketKeys.keys });
+    const subject = files?.subject ?? `CN=${hostname()}`;
+    return { context, fingerprint256: pair.fingerprint256, subject, file: files?.certificateFile ?? null };
+  }
+
+  #logTls(tls: TlsIdentity | null): void {
+    if (tls === null) {
+      this.#log.warn({ mtaproxy_event: 'tls_disabled' }, 'tls: native listeners are plaintext (tls = false): use this only on a trusted network');
+      return;
+    }
+    const origin = tls.file === null ? 'self-signed, generated at start (an MTA may pin this fingerprint; it changes at restart unless tls_certificate_file is set)' : `from ${tls.file}`;
+    this.#log.info(
+      { mtaproxy_event: 'tls_certificate', fingerprint_sha256: tls.fingerprint256, subject: tls.subject, file: tls.file ?? '' },
+      `tls: native listeners present certificate "${tls.subject}" sha256 fingerprint ${tls.fingerprint256} (${origin})`,
+    );
   }
 
   #rejectReload(errors: string[]): ReloadResult {
@@ -281,7 +337,7 @@ export class Daemon {
       socket.resume();
       return;
     }
-    serveNative(socket, {
+    const native: NativeContext = {
       secrets: () => this.#config.secrets,
       handshakeTimeoutMs: () => this.#config.handshakeTimeoutMs,
       log: this.#log,
@@ -292,7 +348,25 @@ export class Daemon {
       deliver: (name, line, s) => handleNativeConnect(this.#delivery, name, line, s),
       authenticated: () => this.#admitted(socket),
       handshakeFailed: (peerAddress) => this.#handshakeFailures.record(peerAddress, this.#now()),
-    });
+    };
+    const tls = this.#tls;
+    if (tls === null) {
+      serveNative(socket, native);
+    } else {
+      serveNativeTls(socket, {
+        ...native,
+        secureContext: () => tls.context,
+        // the TLS socket stands for the connection from now on (shutdown, tunnels, fd count)
+        wrapped: (tlsSocket) => {
+          this.#connections.delete(socket);
+          this.#connections.add(tlsSocket);
+          tlsSocket.on('close', () => {
+            this.#connections.delete(tlsSocket);
+            this.#admitted(socket);
+          });
+        },
+      });
+    }
     socket.resume();
   }
 

@@ -2,10 +2,11 @@
 import { closeSoon } from '../net/close.js';
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
+import { TLSSocket, type SecureContext } from 'node:tls';
 import type { SharedSecret } from '../config/secret.js';
 import type { Logger } from '../log/logger.js';
 import { MAX_CONTROL_LINE } from '../protocol/control.js';
-import { greetingLine, NONCE_BYTES, serverProof, verifyAuth } from '../protocol/handshake.js';
+import { greetingLine, NONCE_BYTES, serverProof, tlsExporter, verifyAuth, type ChannelBinding } from '../protocol/handshake.js';
 import { LineSplitter, LineTooLongError } from '../protocol/lines.js';
 import { ControlSession, InputGate, type SessionServices } from './session.js';
 
@@ -41,14 +42,128 @@ type State =
   | { step: 'session'; session: ControlSession }
   | { step: 'delivery' };
 
-export function serveNative(socket: Socket, ctx: NativeContext): void {
+/** What a plaintext client on a TLS listener gets, in plain text, before the connection is closed. */
+export const PLAINTEXT_REFUSAL =
+  "ERR 421 this listener requires TLS: connect with TLS (mtaproxy/client: tls option), or set tls = false in the proxy's config for a trusted network";
+/**
+ * A TLS client speaks first (ClientHello); an mtaproxy plaintext client waits for the greeting.
+ * Silence this long on a TLS listener means a plaintext client.
+ */
+export const PLAINTEXT_SILENCE_MS = 1500;
+/** TLS records start with their content type; a handshake record (ClientHello) is 22. */
+const TLS_HANDSHAKE_RECORD = 0x16;
+
+export interface NativeTlsContext extends NativeContext {
+  /** read at the moment of each connection, so a reload's new certificate applies to the next one */
+  secureContext(): SecureContext;
+  /** the TLS socket now carries the connection (the daemon tracks it in place of the TCP socket) */
+  wrapped(socket: TLSSocket): void;
+}
+
+/**
+ * A native connection on a TLS listener: detects a plaintext client (silence, or a first byte
+ * that cannot start a ClientHello) and answers it PLAINTEXT_REFUSAL; otherwise runs the TLS
+ * handshake within handshake_timeout, then the native handshake over TLS, bound to the
+ * connection's tls-exporter value.
+ */
+export function serveNativeTls(raw: Socket, ctx: NativeTlsContext): void {
+  const peer = `${raw.remoteAddress}:${raw.remotePort}`;
+  const timeoutMs = ctx.handshakeTimeoutMs();
+  const started = ctx.now();
+  let settled = false;
+  let tls: TLSSocket | null = null;
+
+  /** `kind` keys the rate limit of the log line, per peer address */
+  const fail = (kind: string, reason: string, reply: string | null): void => {
+    if (settled) return;
+    settled = true;
+    clearTimeout(timer);
+    clearTimeout(silence);
+    const count = ctx.handshakeFailed(`${raw.remoteAddress ?? '?'} ${kind}`);
+    if (count > 0) {
+      ctx.log.warn(
+        { mtaproxy_event: 'handshake_failed', peer, count },
+        `native: handshake from ${peer} failed: ${reason}${count > 1 ? ` (${count} failures from this address since last logged)` : ''}`,
+      );
+    }
+    if (tls !== null) {
+      tls.destroy();
+    } else if (reply !== null) {
+      raw.removeListener('data', onFirstData);
+      raw.end(`${reply}\n`);
+      closeSoon(raw);
+    } else {
+      raw.destroy();
+    }
+  };
+
+  const timer = setTimeout(() => fail('tls-timeout', `no TLS handshake within ${timeoutMs}ms`, tls === null ? PLAINTEXT_REFUSAL : null), timeoutMs);
+  timer.unref();
+  const silence = setTimeout(
+    () => fail('tls-silent', `sent nothing for ${PLAINTEXT_SILENCE_MS}ms on a TLS listener (a plaintext client?); answered that TLS is required`, PLAINTEXT_REFUSAL),
+    Math.min(PLAINTEXT_SILENCE_MS, timeoutMs),
+  );
+  silence.unref();
+
+  const onFirstData = (chunk: Buffer): void => {
+    clearTimeout(silence);
+    raw.pause();
+    if (chunk[0] !== TLS_HANDSHAKE_RECORD) {
+      const shown = chunk.subarray(0, 16).toString('latin1').replace(/[^\x20-\x7e]/g, '.');
+      return fail('tls-plaintext', `plaintext on a TLS listener (first bytes "${shown}"); answered that TLS is required`, PLAINTEXT_REFUSAL);
+    }
+    // the TLS socket reads what is buffered first (the ClientHello), then takes over the handle
+    raw.unshift(chunk);
+    const socket = new TLSSocket(raw, { isServer: true, secureContext: ctx.secureContext() });
+    tls = socket;
+    ctx.wrapped(socket);
+    socket.on('error', (err: Error) => {
+      if (!settled) return fail('tls-error', `TLS handshake failed: ${err.message}`, null);
+      ctx.log.debug({ mtaproxy_event: 'socket_error', err: err.message }, `socket error: ${err.message}`);
+    });
+    socket.once('secure', () => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      serveNative(socket, ctx, { binding: tlsExporter(socket), elapsedMs: ctx.now() - started });
+    });
+  };
+  raw.once('data', onFirstData);
+  // a peer that closes before a byte (a TCP health check, a port scan) is not a failed handshake
+  raw.once('end', () => {
+    if (tls !== null || settled) return;
+    settled = true;
+    clearTimeout(timer);
+    clearTimeout(silence);
+    raw.destroy();
+  });
+  raw.once('close', () => {
+    clearTimeout(timer);
+    clearTimeout(silence);
+  });
+}
+
+export interface NativeOptions {
+  /** the TLS connection's tls-exporter value; undefined on a plaintext listener (tls = false) */
+  binding?: ChannelBinding;
+  /** part of handshake_timeout already spent (the TLS handshake) */
+  elapsedMs?: number;
+}
+
+export function serveNative(socket: Socket, ctx: NativeContext, opts: NativeOptions = {}): void {
+  const { binding } = opts;
   const peer = `${socket.remoteAddress}:${socket.remotePort}`;
   const serverNonce = randomBytes(NONCE_BYTES).toString('hex');
   // one limit for the whole connection: the handshake timeout bounds what a peer can make us hold
   const splitter = new LineSplitter(MAX_CONTROL_LINE);
   let state: State = { step: 'auth' };
 
+  let rejected = false;
   const reject = (reason: string, reply: string, name?: string): void => {
+    // once: the rest of a read's lines must not answer again (a write after end() would destroy
+    // the socket before a TLS socket has flushed the first reply)
+    if (rejected) return;
+    rejected = true;
     // one line per peer address and interval: a client failing in a loop must not fill the disk
     const count = ctx.handshakeFailed(`${socket.remoteAddress ?? '?'} ${reply}`);
     if (count > 0) {
@@ -67,15 +182,15 @@ export function serveNative(socket: Socket, ctx: NativeContext): void {
   const timer = setTimeout(() => {
     if (state.step === 'role') reject(`authenticated but no CONTROL within ${timeoutMs}ms`, 'ERR 421 handshake timeout', state.name);
     else reject(`no authentication within ${timeoutMs}ms`, 'ERR 421 handshake timeout');
-  }, timeoutMs);
+  }, Math.max(0, timeoutMs - (opts.elapsedMs ?? 0)));
   timer.unref();
 
   const onLine = (line: string): void => {
     switch (state.step) {
       case 'auth': {
-        const verdict = verifyAuth(line, serverNonce, ctx.secrets());
+        const verdict = verifyAuth(line, serverNonce, ctx.secrets(), binding);
         if (!verdict.ok) return reject(verdict.reason, 'ERR 535 authentication failed', verdict.name);
-        socket.write(`OK ${serverProof(verdict.secret, serverNonce, verdict.clientNonce, verdict.name)}\n`);
+        socket.write(`OK ${serverProof(verdict.secret, serverNonce, verdict.clientNonce, verdict.name, binding)}\n`);
         state = { step: 'role', name: verdict.name };
         ctx.authenticated();
         return;
@@ -154,7 +269,7 @@ export function serveNative(socket: Socket, ctx: NativeContext): void {
       }
       pendingLines = lines.length - i - 1;
       onLine(lines[i] as string);
-      if (socket.destroyed || state.step === 'delivery') return;
+      if (socket.destroyed || rejected || state.step === 'delivery') return;
     }
   };
 

@@ -27,8 +27,10 @@ export interface RunningDaemon {
   stop(): Promise<number | null>;
 }
 
-export function configText(opts: { listen?: string; secret?: string; extra?: string; adminSocket: string }): string {
+/** The daemon's native listeners speak TLS (the default) unless `tls: false`. */
+export function configText(opts: { listen?: string; secret?: string; extra?: string; adminSocket: string; tls?: boolean }): string {
   return [
+    ...(opts.tls === false ? ['tls = false'] : []),
     `listen = "${opts.listen ?? '127.0.0.1:0'}"`,
     'allow_from = ["127.0.0.0/8"]',
     `auth_shared_secret = "${opts.secret ?? SECRET}"`,
@@ -101,7 +103,7 @@ export function collectLines(proc: ChildProcess): {
  * `command`: a socket-activating wrapper (systemd-socket-activate …): the daemon starts only at the
  * first connection. `prefix`: a plain wrapper (prlimit …) that execs the daemon at once.
  */
-export async function startDaemon(opts: { extra?: string; secret?: string; listen?: string; env?: NodeJS.ProcessEnv; command?: string[]; prefix?: string[] } = {}): Promise<RunningDaemon> {
+export async function startDaemon(opts: { extra?: string; secret?: string; listen?: string; tls?: boolean; env?: NodeJS.ProcessEnv; command?: string[]; prefix?: string[] } = {}): Promise<RunningDaemon> {
   const dir = tempDir();
   const configFile = join(dir, 'mtaproxy.toml');
   const adminSocket = join(dir, 'admin.sock');

@@ -1,5 +1,9 @@
-// A raw TCP client that records everything the server sends, for protocol-level assertions.
+// A raw client that records everything the server sends, for protocol-level assertions. By
+// default it speaks TLS like the real client (native listeners are TLS unless tls = false) and
+// exposes the connection's tls-exporter value, so tests can compute bound proofs themselves.
 import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { tlsExporter } from '../../src/protocol/handshake.js';
 
 export interface RawClient {
   socket: Socket;
@@ -9,10 +13,16 @@ export interface RawClient {
   send(text: string): void;
   /** resolves when the server has closed the connection, with how long that took */
   closed: Promise<number>;
+  /** the tls-exporter value for the proofs (undefined in plaintext); valid once the greeting arrived */
+  readonly binding: Buffer | undefined;
+  /** the TLS socket, null in plaintext */
+  tls: TLSSocket | null;
 }
 
-export async function rawConnect(port: number, opts: { host?: string; localAddress?: string } = {}): Promise<RawClient> {
-  const socket = connect({ host: opts.host ?? '127.0.0.1', port, ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) });
+export async function rawConnect(port: number, opts: { host?: string; localAddress?: string; tls?: boolean } = {}): Promise<RawClient> {
+  const target = { host: opts.host ?? '127.0.0.1', port, ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) };
+  const tls = opts.tls === false ? null : tlsConnect({ ...target, rejectUnauthorized: false });
+  const socket: Socket = tls ?? connect(target);
   let data = '';
   const started = performance.now();
   const waiters: { re: RegExp; resolve(l: string): void }[] = [];
@@ -31,12 +41,15 @@ export async function rawConnect(port: number, opts: { host?: string; localAddre
   });
   socket.on('error', () => {});
   const closed = new Promise<number>((resolve) => socket.on('close', () => resolve(performance.now() - started)));
+  // the TCP connection, not the TLS handshake: a refused peer is closed before any TLS byte
   await new Promise<void>((resolve, reject) => {
     socket.once('connect', resolve);
     socket.once('error', reject);
   });
+  let binding: Buffer | undefined;
   return {
     socket,
+    tls,
     received: () => data,
     line: (re, timeoutMs = 3000) =>
       new Promise((resolve, reject) => {
@@ -46,5 +59,10 @@ export async function rawConnect(port: number, opts: { host?: string; localAddre
       }),
     send: (text) => socket.write(text),
     closed,
+    get binding() {
+      if (tls === null) return undefined;
+      binding ??= tlsExporter(tls);
+      return binding;
+    },
   };
 }

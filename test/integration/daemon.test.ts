@@ -51,7 +51,7 @@ describe('native handshake', () => {
     const first = await rawConnect(d.port);
     const greeting = parseGreeting(await first.line(/^MTAPROXY /));
     if (greeting === null) throw new Error('no greeting');
-    const auth = authLine(new SharedSecret(SECRET), greeting.serverNonce, NONCE, 'server-a');
+    const auth = authLine(new SharedSecret(SECRET), greeting.serverNonce, NONCE, 'server-a', first.binding);
     first.send(`${auth}\n`);
     expect(await first.line(/^OK /)).toMatch(/^OK [0-9a-f]{64}$/);
     const second = await rawConnect(d.port);
@@ -59,7 +59,7 @@ describe('native handshake', () => {
     second.send(`${auth}\n`);
     expect(await second.line(/^ERR /)).toBe('ERR 535 authentication failed');
     await second.closed;
-    await d.waitForLine(/failed: wrong proof \(shared secret mismatch or replayed handshake\)/);
+    await d.waitForLine(/failed: wrong proof \(shared secret mismatch, replayed handshake, or a TLS-intercepting relay\)/);
     first.socket.destroy();
   });
 
@@ -100,7 +100,7 @@ describe('control sessions', () => {
     const mute = await rawConnect(d.port);
     const greeting = parseGreeting(await mute.line(/^MTAPROXY /));
     if (greeting === null) throw new Error('no greeting');
-    mute.send(`${authLine(new SharedSecret(SECRET), greeting.serverNonce, NONCE, 'mute')}\nCONTROL\n`);
+    mute.send(`${authLine(new SharedSecret(SECRET), greeting.serverNonce, NONCE, 'mute', mute.binding)}\nCONTROL\n`);
     await mute.line(/^250 control session mute$/);
     expect(await mute.line(/^s\d+ PING$/)).toMatch(/^s\d+ PING$/);
     const took = await mute.closed;
@@ -132,7 +132,7 @@ describe('control sessions', () => {
     const raw = await rawConnect(d.port);
     const greeting = parseGreeting(await raw.line(/^MTAPROXY /));
     if (greeting === null) throw new Error('no greeting');
-    raw.send(`${authLine(new SharedSecret(SECRET), greeting.serverNonce, NONCE, 'raw')}\nCONTROL\nthis is not a request\n`);
+    raw.send(`${authLine(new SharedSecret(SECRET), greeting.serverNonce, NONCE, 'raw', raw.binding)}\nCONTROL\nthis is not a request\n`);
     expect(await raw.line(/^\* /)).toBe('* 500 protocol error: bad tag');
     await raw.closed;
     await client.quit();

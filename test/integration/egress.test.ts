@@ -176,7 +176,7 @@ describe('cooperative throttling over control sessions', () => {
     const mute = await rawConnect(d.port);
     const greeting = parseGreeting(await mute.line(/^MTAPROXY /));
     if (greeting === null) throw new Error('no greeting');
-    mute.send(`${authLine(new SharedSecret(SECRET), greeting.serverNonce, 'cd'.repeat(32), 'frozen')}\nCONTROL\n`);
+    mute.send(`${authLine(new SharedSecret(SECRET), greeting.serverNonce, 'cd'.repeat(32), 'frozen', mute.binding)}\nCONTROL\n`);
     mute.send('1 DECLARE k source=127.0.0.2 max_connections=1 max_messages_per_hour=100 mode=average\n2 ACQUIRE k connection\n');
     expect(await mute.line(/^2 /)).toMatch(/^2 250 lease \d+$/);
 
@@ -253,7 +253,7 @@ describe('waiting requests', () => {
     const raw = await rawConnect(d.port);
     const greeting = parseGreeting(await raw.line(/^MTAPROXY /));
     if (greeting === null) throw new Error('no greeting');
-    raw.send(`${authLine(new SharedSecret(SECRET), greeting.serverNonce, 'ab'.repeat(32), 'server-r')}\nCONTROL\n`);
+    raw.send(`${authLine(new SharedSecret(SECRET), greeting.serverNonce, 'ab'.repeat(32), 'server-r', raw.binding)}\nCONTROL\n`);
     await raw.line(/^250 control session/);
     raw.send('- ACQUIRE k connection\n');
     await raw.closed;

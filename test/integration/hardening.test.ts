@@ -56,7 +56,7 @@ async function rawSession(d: RunningDaemon, name: string): Promise<RawClient> {
   sockets.push(c.socket);
   const greeting = parseGreeting(await c.line(/^MTAPROXY /));
   if (greeting === null) throw new Error('no greeting');
-  c.send(`${authLine(new SharedSecret(SECRET), greeting.serverNonce, NONCE, name)}\n`);
+  c.send(`${authLine(new SharedSecret(SECRET), greeting.serverNonce, NONCE, name, c.binding)}\n`);
   await c.line(/^OK /);
   c.send('CONTROL\n');
   await c.line(/^250 control session/);
@@ -200,7 +200,7 @@ describe('connections before authentication', () => {
     // an authenticated connection no longer counts
     const first = idle[0] as RawClient;
     const greeting = parseGreeting(first.received().split('\n')[0] as string);
-    first.send(`${authLine(new SharedSecret(SECRET), greeting?.serverNonce ?? '', NONCE, 'server-a')}\n`);
+    first.send(`${authLine(new SharedSecret(SECRET), greeting?.serverNonce ?? '', NONCE, 'server-a', first.binding)}\n`);
     await first.line(/^OK /);
     const again = await rawConnect(d.port);
     sockets.push(again.socket);
@@ -246,7 +246,7 @@ describe('logs', () => {
     const c = await rawConnect(d.port);
     sockets.push(c.socket);
     const greeting = parseGreeting(await c.line(/^MTAPROXY /));
-    c.send(`${authLine(new SharedSecret(SECRET), greeting?.serverNonce ?? '', NONCE, 'esc')}\n`);
+    c.send(`${authLine(new SharedSecret(SECRET), greeting?.serverNonce ?? '', NONCE, 'esc', c.binding)}\n`);
     await c.line(/^OK /);
     c.send('CONNECT 127.0.0.2 \x1b[31mred\x00\r:25 k\n');
     await c.closed;

@@ -10,6 +10,7 @@ import {
   clientProof,
   greetingLine,
   parseGreeting,
+  proofInput,
   serverProof,
   verifyAuth,
   verifyServerProof,
@@ -29,6 +30,13 @@ const KEYS = [
   'server_hmac_input',
   'server_proof',
   'ok_line',
+  'tls_exporter',
+  'tls_client_hmac_input',
+  'tls_client_proof',
+  'tls_auth_line',
+  'tls_server_hmac_input',
+  'tls_server_proof',
+  'tls_ok_line',
 ] as const;
 type Vectors = Record<(typeof KEYS)[number], string>;
 
@@ -81,6 +89,12 @@ describe('docs/protocol.md test vectors', () => {
     expect(v.greeting).toBe(`MTAPROXY 1 ${v.server_nonce}`);
     expect(v.auth_line).toBe(`AUTH ${v.name} ${v.client_nonce} ${v.client_proof}`);
     expect(v.ok_line).toBe(`OK ${v.server_proof}`);
+    expect(v.tls_exporter).toMatch(HEX64);
+    for (const hex of [v.tls_client_proof, v.tls_server_proof]) expect(hex).toMatch(HEX64);
+    expect(v.tls_client_hmac_input).toBe(`${v.client_hmac_input} tls-exporter=${v.tls_exporter}`);
+    expect(v.tls_server_hmac_input).toBe(`${v.server_hmac_input} tls-exporter=${v.tls_exporter}`);
+    expect(v.tls_auth_line).toBe(`AUTH ${v.name} ${v.client_nonce} ${v.tls_client_proof}`);
+    expect(v.tls_ok_line).toBe(`OK ${v.tls_server_proof}`);
   });
 
   describe('src/protocol/handshake.ts', () => {
@@ -109,10 +123,46 @@ describe('docs/protocol.md test vectors', () => {
     });
   });
 
+  describe('channel binding (tls-exporter)', () => {
+    const ex = Buffer.from(v.tls_exporter, 'hex');
+    it('computes the bound HMAC inputs, proofs and lines', () => {
+      expect(proofInput('client', v.server_nonce, v.client_nonce, v.name, ex)).toBe(v.tls_client_hmac_input);
+      expect(proofInput('server', v.server_nonce, v.client_nonce, v.name, ex)).toBe(v.tls_server_hmac_input);
+      expect(proofInput('client', v.server_nonce, v.client_nonce, v.name)).toBe(v.client_hmac_input);
+      expect(clientProof(secret, v.server_nonce, v.client_nonce, v.name, ex)).toBe(v.tls_client_proof);
+      expect(serverProof(secret, v.server_nonce, v.client_nonce, v.name, ex)).toBe(v.tls_server_proof);
+      expect(authLine(secret, v.server_nonce, v.client_nonce, v.name, ex)).toBe(v.tls_auth_line);
+    });
+
+    it('verifyAuth and verifyServerProof accept the bound lines with the same exporter', () => {
+      expect(verifyAuth(v.tls_auth_line, v.server_nonce, [secret], ex).ok).toBe(true);
+      expect(verifyServerProof(v.tls_ok_line, secret, v.server_nonce, v.client_nonce, v.name, ex)).toBe(true);
+    });
+
+    it('reject them with another exporter value (an intercepting relay) or with none, and vice versa', () => {
+      const relayed = Buffer.from(ex);
+      relayed[0] = (relayed[0] ?? 0) ^ 1;
+      const verdict = verifyAuth(v.tls_auth_line, v.server_nonce, [secret], relayed);
+      expect(verdict.ok).toBe(false);
+      if (!verdict.ok) expect(verdict.reason).toMatch(/wrong proof .*TLS-intercepting relay/);
+      expect(verifyServerProof(v.tls_ok_line, secret, v.server_nonce, v.client_nonce, v.name, relayed)).toBe(false);
+      // a plaintext proof on a TLS link, and a bound proof on a plaintext link
+      expect(verifyAuth(v.auth_line, v.server_nonce, [secret], ex).ok).toBe(false);
+      expect(verifyAuth(v.tls_auth_line, v.server_nonce, [secret]).ok).toBe(false);
+      expect(verifyServerProof(v.ok_line, secret, v.server_nonce, v.client_nonce, v.name, ex)).toBe(false);
+    });
+
+    it('refuses an exporter value that is not 32 bytes', () => {
+      expect(() => clientProof(secret, v.server_nonce, v.client_nonce, v.name, Buffer.alloc(16))).toThrow(/32 bytes/);
+    });
+  });
+
   describe('openssl (independent implementation)', () => {
     it('computes the same client and server proofs', () => {
       expect(opensslHmac(v.secret, v.client_hmac_input)).toBe(v.client_proof);
       expect(opensslHmac(v.secret, v.server_hmac_input)).toBe(v.server_proof);
+      expect(opensslHmac(v.secret, v.tls_client_hmac_input)).toBe(v.tls_client_proof);
+      expect(opensslHmac(v.secret, v.tls_server_hmac_input)).toBe(v.tls_server_proof);
     });
 
     it('agrees with handshake.ts on other inputs', () => {
