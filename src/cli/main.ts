@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // mtaproxy command line: run the daemon, or talk to it, or check a config.
 import { randomBytes } from 'node:crypto';
-import { lstatSync, readFileSync } from 'node:fs';
+import { lstatSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { parse as parseToml } from 'smol-toml';
 import { configWarnings, DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG_PATH, DIRECTIVES, formatConfigError, TABLES } from '../config/parse.js';
@@ -15,6 +16,7 @@ import type { AdminCommand, AdminReply } from '../protocol/admin.js';
 import { adminSocketsToTry, defaultAdminSockets, isDefaultAdminSocket } from '../server/admin-path.js';
 import { askDaemon } from './admin-client.js';
 import { simulate } from './simulate.js';
+import { generateSelfSigned } from '../config/x509.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -27,6 +29,9 @@ Usage:
                                             the reason if it was rejected (the old config stays)
   mtaproxy status [--config-filename=PATH]  print the daemon's live status lines
   mtaproxy gen-secret                       print a fresh random auth_shared_secret
+  mtaproxy gen-cert CERT_FILE KEY_FILE      write a new self-signed TLS pair for tls_certificate_file
+                                            and tls_key_file (key mode 0600); refuses to overwrite;
+                                            prints the SHA-256 fingerprint MTAs may pin
   mtaproxy simulate [--config-filename=PATH] [--mtas=3] [--seconds=10] [--max-connections=4]
                     [--mode=sum|average] [--throttle=sim] [--source=IP]
                                             run simulated MTAs with changing backlogs against the
@@ -249,6 +254,25 @@ async function main(argv: string[]): Promise<void> {
         out: (line) => process.stdout.write(`${line}\n`),
       });
       return;
+    }
+    case 'gen-cert': {
+      tooMany(2);
+      const [certFile, keyFile] = rest;
+      if (certFile === undefined || keyFile === undefined) return fail('usage: mtaproxy gen-cert CERT_FILE KEY_FILE', 2);
+      const pair = generateSelfSigned(hostname());
+      try {
+        // 'wx': never overwrite a pair MTAs may have pinned; the key is private from its first byte
+        writeFileSync(keyFile, pair.key.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600, flag: 'wx' });
+      } catch (err) {
+        return fail(`cannot write ${keyFile}: ${(err as NodeJS.ErrnoException).code === 'EEXIST' ? 'it exists (remove it to make a new pair)' : (err as Error).message}`, 1);
+      }
+      try {
+        writeFileSync(certFile, pair.cert, { mode: 0o644, flag: 'wx' });
+      } catch (err) {
+        unlinkSync(keyFile);
+        return fail(`cannot write ${certFile}: ${(err as NodeJS.ErrnoException).code === 'EEXIST' ? 'it exists (remove it to make a new pair)' : (err as Error).message}`, 1);
+      }
+      return void process.stdout.write(`${certFile}: sha256 fingerprint ${pair.fingerprint256}\n`);
     }
     case 'gen-secret':
       tooMany(0);

@@ -1,4 +1,5 @@
-import { writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { configText, freePort, ROOT, runCli, startDaemon, tempDir, type RunningDaemon } from '../helpers/daemon.js';
@@ -12,7 +13,7 @@ describe('mtaproxy CLI', () => {
   it('--help names every command and directive; --version prints the package version', async () => {
     const help = await runCli(['--help']);
     expect(help.code).toBe(0);
-    for (const word of ['check-config', 'reload', 'status', 'gen-secret', 'simulate', '--config-filename', 'allow_from', 'auth_shared_secret_file', 'SIGHUP', '[egress]', 'source_ips', '[socks5]', 'allow_unauthenticated', '[proxy_v2]', '[derived_throttle]', 'max_connections']) {
+    for (const word of ['check-config', 'reload', 'status', 'gen-secret', 'gen-cert', 'simulate', '--config-filename', 'allow_from', 'auth_shared_secret_file', 'SIGHUP', '[egress]', 'source_ips', '[socks5]', 'allow_unauthenticated', '[proxy_v2]', '[derived_throttle]', 'max_connections']) {
       expect(help.stdout).toContain(word);
     }
     const { version } = (await import(join(ROOT, 'package.json'), { with: { type: 'json' } })).default as { version: string };
@@ -23,6 +24,29 @@ describe('mtaproxy CLI', () => {
     expect(await runCli(['frobnicate'])).toMatchObject({ code: 2, stderr: 'mtaproxy: unknown command "frobnicate"\nTry "mtaproxy --help".\n' });
     expect((await runCli(['--no-such-flag'])).code).toBe(2);
     expect((await runCli(['gen-secret', 'extra'])).code).toBe(2);
+  });
+
+  it('gen-cert writes a self-signed pair once, which the daemon presents with the printed fingerprint', async () => {
+    const dir = tempDir();
+    const cert = join(dir, 'tls.crt');
+    const key = join(dir, 'tls.key');
+    const made = await runCli(['gen-cert', cert, key]);
+    expect(made.code, made.stderr).toBe(0);
+    const printed = /sha256 fingerprint (\S+)$/m.exec(made.stdout)?.[1];
+    expect(statSync(key).mode & 0o777).toBe(0o600);
+    // openssl agrees on the fingerprint, and the key belongs to the certificate
+    const openssl = spawnSync('openssl', ['x509', '-in', cert, '-noout', '-fingerprint', '-sha256'], { encoding: 'utf8' });
+    expect(/Fingerprint=(\S+)/i.exec(openssl.stdout)?.[1]).toBe(printed);
+    // never overwrites: a pinned fingerprint must not change by accident
+    const before = readFileSync(cert, 'utf8');
+    const again = await runCli(['gen-cert', cert, join(dir, 'other.key')]);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toMatch(/tls\.crt: it exists \(remove it to make a new pair\)/);
+    expect(readFileSync(cert, 'utf8')).toBe(before);
+    expect((await runCli(['gen-cert', cert])).code).toBe(2);
+    const d = await startDaemon({ extra: `tls_certificate_file = "${cert}"\ntls_key_file = "${key}"` });
+    running.push(d);
+    expect(await d.waitForLine(/tls: native listeners present certificate/)).toContain(`fingerprint ${printed}`);
   });
 
   it('check-config prints OK or every error, exit 0/1', async () => {

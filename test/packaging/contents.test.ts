@@ -29,7 +29,12 @@ describe('packaged files', () => {
     const dir = mkdtempSync(join(tmpdir(), 'mtaproxy-conf-'));
     try {
       writeFileSync(join(dir, 'secret'), 'a-test-secret-that-is-long-enough-0123456789\n');
-      writeFileSync(join(dir, 'mtaproxy.toml'), config.replace('/etc/mtaproxy/secret', join(dir, 'secret')));
+      // the TLS pair the package scriptlets make with the same command
+      const gen = spawnSync(process.execPath, [CLI, 'gen-cert', join(dir, 'tls.crt'), join(dir, 'tls.key')], { encoding: 'utf8' });
+      expect(gen.stdout + gen.stderr).toMatch(/tls\.crt: sha256 fingerprint ([0-9A-F]{2}:){31}[0-9A-F]{2}\n$/);
+      expect(config).toMatch(/^tls_certificate_file = "\/etc\/mtaproxy\/tls\.crt"$/m);
+      expect(config).toMatch(/^tls_key_file = "\/etc\/mtaproxy\/tls\.key"$/m);
+      writeFileSync(join(dir, 'mtaproxy.toml'), config.replace('/etc/mtaproxy/secret', join(dir, 'secret')).replace('= "/etc/mtaproxy/tls.crt"', `= "${join(dir, 'tls.crt')}"`).replace('= "/etc/mtaproxy/tls.key"', `= "${join(dir, 'tls.key')}"`));
       const r = spawnSync(process.execPath, [CLI, 'check-config', join(dir, 'mtaproxy.toml')], { encoding: 'utf8' });
       expect(r.stdout + r.stderr).toBe(`${join(dir, 'mtaproxy.toml')}: OK\n`);
     } finally {

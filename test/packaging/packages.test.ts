@@ -73,6 +73,8 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     return records.at(-1);
   };
   const secret = (): string => (readFileSync(SECRET, 'utf8').split('\n')[0] ?? '').trim();
+  /** the installed certificate's SHA-256 fingerprint, as openssl shows it */
+  const fingerprint = (): string => /Fingerprint=(\S+)/i.exec(sh('openssl', ['x509', '-in', '/etc/mtaproxy/tls.crt', '-noout', '-fingerprint', '-sha256']).stdout)?.[1] ?? '';
   const connect = async (name: string): Promise<ControlClient> => ControlClient.connect({ host: '127.0.0.1', port: PORT, name, secret: secret() });
   const state = async (unit: string): Promise<string> => (await inside(['systemctl', 'is-active', unit])).stdout.trim();
 
@@ -141,6 +143,7 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     for (const [what, text] of [['deb', deb], ['rpm', rpm]] as const) {
       expect(text, `${what}: creates the system user`).toMatch(/systemd-sysusers .*mtaproxy\.conf/);
       expect(text, `${what}: generates the secret`).toMatch(/if \[ ! -e \/etc\/mtaproxy\/secret \][\s\S]*mtaproxy gen-secret[\s\S]*chown root:mtaproxy[\s\S]*chmod 0640/);
+      expect(text, `${what}: generates the TLS pair once`).toMatch(/if \[ ! -e \/etc\/mtaproxy\/tls\.crt \] && \[ ! -e \/etc\/mtaproxy\/tls\.key \][\s\S]*mtaproxy gen-cert[\s\S]*chown root:mtaproxy \/etc\/mtaproxy\/\.tls\.key\.new[\s\S]*chmod 0640/);
       expect(text, `${what}: enables and starts the socket`).toMatch(/enable '?mtaproxy\.socket/);
       expect(text, `${what}: starts the socket`).toMatch(/start '?mtaproxy\.socket/);
       expect(text, `${what}: restarts a running service on upgrade`).toMatch(/try-restart '?mtaproxy\.service'? '?mtaproxy\.socket/);
@@ -174,6 +177,9 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     expect(secret()).toMatch(/^\S{32,}$/);
     expect(sh('stat', ['-c', '%a %U %G', SECRET]).stdout.trim()).toBe('640 root mtaproxy');
     expect(sh('stat', ['-c', '%a %U %G', CONFIG]).stdout.trim()).toBe('640 root mtaproxy');
+    // the TLS pair made at installation: the key readable by the service's group only
+    expect(sh('stat', ['-c', '%a %U %G', '/etc/mtaproxy/tls.key']).stdout.trim()).toBe('640 root mtaproxy');
+    expect(fingerprint()).toMatch(/^([0-9A-F]{2}:){31}[0-9A-F]{2}$/);
     expect(sh('getent', ['passwd', 'mtaproxy']).code).toBe(0);
     expect(sh('mtaproxy', ['--version']).stdout.trim()).toBe(VERSION);
     expect(sh('mtaproxy', ['check-config', CONFIG]).stdout.trim()).toBe(`${CONFIG}: OK`);
@@ -251,6 +257,7 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     const client = await connect('server-e');
     const pidBefore = (await inside(['systemctl', 'show', 'mtaproxy.service', '-p', 'MainPID'])).stdout.trim();
     const secretBefore = secret();
+    const fingerprintBefore = fingerprint();
     writeFileSync(CONFIG, `${readFileSync(CONFIG, 'utf8')}\n# edited by the administrator\n`);
     const r = await inside(['apt-get', 'install', '-y', '--reinstall', '-o', 'Dpkg::Options::=--force-confold', DEB], 120_000);
     expect(r.code, r.stdout + r.stderr).toBe(0);
@@ -258,6 +265,8 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     await waitFor('the service to be active again', async () => (await state('mtaproxy.service')) === 'active', { timeoutMs: 15_000 });
     expect((await inside(['systemctl', 'show', 'mtaproxy.service', '-p', 'MainPID'])).stdout.trim()).not.toBe(pidBefore);
     expect(secret()).toBe(secretBefore);
+    // MTAs may pin the fingerprint: an upgrade keeps the pair
+    expect(fingerprint()).toBe(fingerprintBefore);
     expect(readFileSync(CONFIG, 'utf8')).toContain('# edited by the administrator');
     const again = await connect('server-f');
     await again.quit();
