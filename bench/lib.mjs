@@ -70,9 +70,9 @@ export function spawnPeer(cmd, args, { dir, name, env } = {}) {
 
 /**
  * Starts the built daemon (dist/cli/main.js) with an [egress] table allowing deliveries from
- * 127.0.0.2 to the given loopback ports. Resolves once it logged "mtaproxy started".
+ * `sourceIps` (127.0.0.2) to the given loopback ports. Resolves once it logged "mtaproxy started".
  */
-export async function startProxy({ ports, extra = '', nodeArgs = [] }) {
+export async function startProxy({ ports = [], extra = '', nodeArgs = [], sourceIps = ['127.0.0.2'], throttleWaitTimeout = '10s' }) {
   const dir = mkdtempSync(join(tmpdir(), 'mtaproxy-bench-'));
   const port = await freePort();
   const configFile = join(dir, 'mtaproxy.toml');
@@ -84,10 +84,10 @@ export async function startProxy({ ports, extra = '', nodeArgs = [] }) {
     'status_interval = "1h"',
     extra,
     '[egress]',
-    'source_ips = ["127.0.0.2"]',
-    `ports = [${ports.join(', ')}]`,
+    `source_ips = [${sourceIps.map((ip) => `"${ip}"`).join(', ')}]`,
+    ...(ports.length > 0 ? [`ports = [${ports.join(', ')}]`] : []),
     'allow_private_destinations = true',
-    'throttle_wait_timeout = "10s"',
+    `throttle_wait_timeout = "${throttleWaitTimeout}"`,
     '',
   ].join('\n'));
   const peer = spawnPeer(process.execPath, [...nodeArgs, CLI, `--config-filename=${configFile}`], { dir, name: 'mtaproxy' });

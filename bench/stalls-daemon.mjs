@@ -12,10 +12,8 @@
 // work (parsing tens of thousands of replies) does not count as the daemon's delay; on a machine
 // with few CPUs the two still compete, so the RTT is an upper bound on the daemon's stall.
 import { Worker } from 'node:worker_threads';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { loadavg, tmpdir } from 'node:os';
-import { CLI, ROOT, SECRET, fmt, freePort, machine, printTable, sleep, spawnPeer } from './lib.mjs';
+import { loadavg } from 'node:os';
+import { ROOT, SECRET, fmt, machine, printTable, sleep, startProxy } from './lib.mjs';
 
 const { ControlClient } = await import(new URL('dist/client/index.js', `file://${ROOT}`).href);
 
@@ -31,28 +29,8 @@ const watchdog = setTimeout(() => {
   process.exit(2);
 }, 150_000);
 
-const dir = mkdtempSync(join(tmpdir(), 'mtaproxy-stalls-'));
-const port = await freePort();
-const configFile = join(dir, 'mtaproxy.toml');
-writeFileSync(configFile, [
-  `listen = "127.0.0.1:${port}"`,
-  'allow_from = ["127.0.0.0/8"]',
-  `auth_shared_secret = "${SECRET}"`,
-  `admin_socket = "${join(dir, 'admin.sock')}"`,
-  'status_interval = "1h"',
-  '[egress]',
-  'source_ips = ["127.0.0.1"]',
-  'throttle_wait_timeout = "120s"',
-  '',
-].join('\n'));
-const daemon = spawnPeer(process.execPath, [CLI, `--config-filename=${configFile}`], { dir, name: 'mtaproxy' });
-{
-  const deadline = Date.now() + 10_000;
-  while (!/mtaproxy started/.test(daemon.log())) {
-    if (daemon.proc.exitCode !== null || Date.now() > deadline) throw new Error(`mtaproxy did not start:\n${daemon.log()}`);
-    await sleep(30);
-  }
-}
+const daemon = await startProxy({ sourceIps: ['127.0.0.1'], throttleWaitTimeout: '120s' });
+const { port } = daemon;
 
 // the probe: its own thread and event loop; asked for the longest RTT since the last mark
 const probeCode = `
@@ -169,7 +147,6 @@ for (const n of SESSION_COUNTS) {
 probe.postMessage('stop');
 await probe.terminate();
 await daemon.stop();
-rmSync(dir, { recursive: true, force: true });
 clearTimeout(watchdog);
 
 console.log(`daemon stalls (${machine()}), load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);

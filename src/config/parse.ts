@@ -6,6 +6,7 @@ import { parse as parseToml, TomlError } from 'smol-toml';
 import { AllowList, parseAllowRule, type AllowRule } from './allow.js';
 import { locateKeys, locateString, type Position } from './locate.js';
 import { MIN_SECRET_LENGTH, SharedSecret } from './secret.js';
+import { isCanonicalIp } from '../protocol/syntax.js';
 import { parseCertificate } from './x509.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/mtaproxy/mtaproxy.toml';
@@ -417,7 +418,7 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
   const sourceIps: string[] = [];
   for (const entry of stringList('egress.source_ips', [])) {
     const at = locateString(text, where('egress.source_ips'), entry);
-    if (!ipaddr.isValid(entry) || (!entry.includes(':') && !ipaddr.IPv4.isValidFourPartDecimal(entry))) {
+    if (!isCanonicalIp(entry)) {
       fail('egress.source_ips', `"${entry}" is not an IP address`, at);
     } else if (!io.isLocalAddress(entry)) {
       fail('egress.source_ips', `"${entry}" is not an address of this host (ip -br addr shows them)`, at);

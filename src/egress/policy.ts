@@ -33,9 +33,9 @@ export interface ConnectRequest {
 export type Refusal = { code: number; message: string };
 
 const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
-import { THROTTLE_KEY } from '../protocol/throttle-key.js';
+import { isCanonicalIp, THROTTLE_KEY } from '../protocol/syntax.js';
 
-export { THROTTLE_KEY };
+export { isCanonicalIp, THROTTLE_KEY };
 
 /**
  * A host name, not an IP address in disguise: getaddrinfo (inet_aton) reads "127.1", "0x7f.1" or
@@ -47,11 +47,6 @@ export function isHostName(host: string): boolean {
   if (!HOST_NAME.test(host)) return false;
   const last = host.replace(/\.$/, '').split('.').at(-1) ?? '';
   return !/^(?:\d+|0x[0-9a-f]*)$/i.test(last);
-}
-
-/** An IPv6 address, or an IPv4 address written as four decimal numbers ("127.2" is not). */
-export function isCanonicalIp(text: string): boolean {
-  return text.includes(':') ? ipaddr.IPv6.isValid(text) : ipaddr.IPv4.isValidFourPartDecimal(text);
 }
 
 /** "CONNECT <source-ip> <host>:<port> <throttle> [wait=<ms>]"; "[v6]:port" for IPv6 hosts. */

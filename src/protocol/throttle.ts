@@ -1,6 +1,6 @@
 // Control-session throttle requests (docs/protocol.md, "Throttles"). Pure.
 import ipaddr from 'ipaddr.js';
-import { THROTTLE_KEY } from './throttle-key.js';
+import { isCanonicalIp, THROTTLE_KEY } from './syntax.js';
 import type { Declaration, LeaseKind } from '../throttle/manager.js';
 
 const MAX_LIMIT = 100_000_000;
@@ -29,7 +29,7 @@ export function parseDeclare(args: readonly string[]): Declaration | string {
   if (!THROTTLE_KEY.test(key)) return `throttle key "${key.slice(0, 40)}" must be 1-128 of A-Z a-z 0-9 . _ : @ + -, starting with a letter or digit`;
   const f = fields(rest, ['source', 'max_connections', 'max_messages_per_hour', 'mode']);
   if (typeof f === 'string') return f;
-  if (f.source === undefined || !(f.source.includes(':') ? ipaddr.IPv6.isValid(f.source) : ipaddr.IPv4.isValidFourPartDecimal(f.source))) {
+  if (f.source === undefined || !isCanonicalIp(f.source)) {
     return 'source=<ip> is required (IPv4 as a.b.c.d, or IPv6)';
   }
   const maxConnections = count(f.max_connections, 'max_connections');

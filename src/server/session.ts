@@ -67,21 +67,18 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
   ACQUIRE: (s, tag, args) => {
     const a = parseAcquire(args);
     if (typeof a === 'string') return s.reply(tag, 501, a);
-    if (s.waitingAcquires >= MAX_WAITING_ACQUIRES) return s.reply(tag, 452, `too many ACQUIREs waiting on this session (${MAX_WAITING_ACQUIRES})`);
+    if (s.waitingTags.size >= MAX_WAITING_ACQUIRES) return s.reply(tag, 452, `too many ACQUIREs waiting on this session (${MAX_WAITING_ACQUIRES})`);
     // replies are matched by tag: a second waiting request with the same tag is a client bug
-    if (s.isWaiting(tag)) return s.reply(tag, 501, `tag ${tag} is already used by a waiting ACQUIRE; use a new tag per request`);
+    if (s.waitingTags.has(tag)) return s.reply(tag, 501, `tag ${tag} is already used by a waiting ACQUIRE; use a new tag per request`);
     const maxWait = s.services.egress().throttleWaitTimeoutMs;
-    s.waitingAcquires++;
-    let answered = false;
-    const cancel = s.services.throttle.acquire(s.id, a.key, a.kind, Math.min(a.waitMs ?? maxWait, maxWait), (outcome) => {
-      answered = true;
-      s.untrack(tag);
-      s.waitingAcquires--;
+    // the callback may run at once (granted or refused) or later; a session that closes meanwhile
+    // needs no canceller: its leave answers the waits to nobody (reply() is a no-op once closed)
+    s.waitingTags.add(tag);
+    s.services.throttle.acquire(s.id, a.key, a.kind, Math.min(a.waitMs ?? maxWait, maxWait), (outcome) => {
+      s.waitingTags.delete(tag);
       if (outcome.ok) s.reply(tag, 250, a.kind === 'connection' ? `lease ${outcome.lease.id}` : 'message');
       else s.reply(tag, outcome.code, outcome.message);
     });
-    // answered at once (granted or refused): nothing to cancel later
-    if (!answered) s.track(tag, cancel);
   },
   RELEASE: (s, tag, args) => {
     const id = Number(args[0]);
@@ -121,16 +118,14 @@ export class InputGate {
 }
 
 export class ControlSession {
-  /** ACQUIREs of this session waiting for a grant (bounded by MAX_WAITING_ACQUIRES). */
-  waitingAcquires = 0;
+  /** tags of this session's ACQUIREs waiting for a grant (bounded by MAX_WAITING_ACQUIRES) */
+  readonly waitingTags = new Set<string>();
   /** throttle keys this session declared (bounded by MAX_KEYS_PER_SESSION) */
   readonly declaredKeys = new Set<string>();
   /** unique per connection: a replacing session with the same name must not share leases */
   readonly id: string;
   readonly name: string;
   readonly services: SessionServices;
-  /** queued ACQUIREs by tag, cancelled if the session goes away */
-  readonly #waits = new Map<string, () => void>();
   readonly peer: string;
   readonly connectedAt: number;
   backlog: Backlog = ZERO_BACKLOG;
@@ -259,10 +254,6 @@ export class ControlSession {
     }
   }
 
-  isWaiting(tag: string): boolean {
-    return this.#waits.has(tag);
-  }
-
   /** Closes with a notice the MTA can log, e.g. on shutdown or replacement. */
   end(reason: string, notice?: string): void {
     if (this.#closed) return;
@@ -271,14 +262,6 @@ export class ControlSession {
     // close once the notice is flushed; do not wait for the MTA's side (no half-open sessions)
     closeSoon(this.#socket);
     this.#closedBy(reason);
-  }
-
-  track(tag: string, cancel: () => void): void {
-    this.#waits.set(tag, cancel);
-  }
-
-  untrack(tag: string): void {
-    this.#waits.delete(tag);
   }
 
   warn(message: string): void {
@@ -339,7 +322,7 @@ export class ControlSession {
     this.#closed = true;
     // its leases, waits and declarations go in one call (its waits are answered 'cancelled' to
     // nobody: reply() is a no-op once closed); the limits are recomputed for the others
-    this.#waits.clear();
+    this.waitingTags.clear();
     this.services.leave(this.id);
     this.#onClose(this, reason);
   }
