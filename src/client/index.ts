@@ -25,6 +25,43 @@ export interface TunnelOptions extends ConnectOptions {
   throttle: string;
   /** longest wait for a connection slot, ms (capped by the proxy's egress.throttle_wait_timeout) */
   waitMs?: number;
+  /**
+   * smtp mode (docs/protocol.md §4.7): the proxy is the SMTP client of the destination and the
+   * socket speaks SMTP to a virtual session whose transactions share the proxy's connections.
+   * Without it the socket is a raw tunnel.
+   */
+  smtp?: SmtpModeOptions;
+}
+
+export interface SmtpModeOptions {
+  /** the MTA's EHLO name, used toward the destination */
+  ehlo: string;
+  /** STARTTLS toward the destination: "opportunistic" (default, no certificate check), "none", "required" */
+  tls?: 'none' | 'opportunistic' | 'required';
+  /** with tls "required": the destination's certificate must be valid for this name */
+  verify?: string;
+  /** SNI sent to the destination ("none" for none); default: verify, else the host if it is a name */
+  sni?: string;
+}
+
+/** What the proxy said of the destination connection an smtp-mode delivery was opened with. */
+export interface SmtpModeInfo {
+  reused: boolean;
+  /** "TLSv1.3/TLS_AES_256_GCM_SHA384" or "none" */
+  tls: string;
+}
+
+function connectLine(opts: TunnelOptions): string {
+  const host = opts.destination.host.includes(':') ? `[${opts.destination.host}]` : opts.destination.host;
+  const words = ['CONNECT', opts.source, `${host}:${opts.destination.port}`, opts.throttle];
+  if (opts.waitMs !== undefined) words.push(`wait=${opts.waitMs}`);
+  const smtp = opts.smtp;
+  if (smtp !== undefined) {
+    words.push('mode=smtp', `ehlo=${smtp.ehlo}`, `tls=${smtp.tls ?? 'opportunistic'}`);
+    if (smtp.verify !== undefined) words.push(`verify=${smtp.verify}`);
+    if (smtp.sni !== undefined) words.push(`sni=${smtp.sni}`);
+  }
+  return `${words.join(' ')}\n`;
 }
 
 /**
@@ -62,10 +99,9 @@ function readReplyLine(socket: Socket, pending: Buffer): Promise<string> {
  * Opens a delivery: resolves with a socket connected to the destination through the proxy,
  * from the chosen source address (the reply names both ends), or rejects with the reply code.
  */
-export async function openTunnel(opts: TunnelOptions): Promise<{ socket: Socket; local: string; remote: string }> {
+export async function openTunnel(opts: TunnelOptions): Promise<{ socket: Socket; local: string; remote: string; smtp: SmtpModeInfo | null }> {
   const { socket, splitter, leftover } = await authenticate(opts);
-  const host = opts.destination.host.includes(':') ? `[${opts.destination.host}]` : opts.destination.host;
-  socket.write(`CONNECT ${opts.source} ${host}:${opts.destination.port} ${opts.throttle}${opts.waitMs === undefined ? '' : ` wait=${opts.waitMs}`}\n`);
+  socket.write(connectLine(opts));
   const reply = leftover[0] ?? (await readReplyLine(socket, splitter.takePending()));
   const m = /^(\d{3}) (.*)$/.exec(reply);
   const code = Number(m?.[1] ?? 0);
@@ -73,8 +109,9 @@ export async function openTunnel(opts: TunnelOptions): Promise<{ socket: Socket;
     socket.destroy();
     throw new ProxyError(code >= 500 ? 'EPOLICY' : 'ETEMPFAIL', `CONNECT refused: ${reply}`, code || null);
   }
-  const ends = /^connected (\S+) -> (\S+)$/.exec(m?.[2] ?? '');
-  return { socket, local: ends?.[1] ?? '', remote: ends?.[2] ?? '' };
+  const ends = /^connected (\S+) -> (\S+)(?: smtp reused=(yes|no) tls=(\S+))?$/.exec(m?.[2] ?? '');
+  const smtp = ends?.[3] === undefined ? null : { reused: ends[3] === 'yes', tls: ends[4] ?? 'none' };
+  return { socket, local: ends?.[1] ?? '', remote: ends?.[2] ?? '', smtp };
 }
 
 export interface ConnectOptions {

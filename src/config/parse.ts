@@ -74,8 +74,24 @@ export interface TlsConfig {
   readonly files: TlsFiles | null;
 }
 
+/** [smtp]: smtp-mode deliveries and the pool of shared destination connections. */
+export interface SmtpConfig {
+  /** an idle destination connection is kept this long for the next transaction */
+  readonly idleTimeoutMs: number;
+  /** a connection is not reused once this old (Postfix smtp_connection_reuse_time_limit) */
+  readonly reuseTimeLimitMs: number;
+  /** transactions per connection, 0: no count limit */
+  readonly reuseCountLimit: number;
+  readonly greetingTimeoutMs: number;
+  readonly commandTimeoutMs: number;
+  readonly dataInitTimeoutMs: number;
+  readonly dataBlockTimeoutMs: number;
+  readonly dataDoneTimeoutMs: number;
+}
+
 export interface Config {
   readonly file: string;
+  readonly smtp: SmtpConfig;
   readonly tls: TlsConfig;
   readonly egress: EgressConfig;
   readonly socks5: Socks5Config | null;
@@ -147,6 +163,18 @@ export const DIRECTIVES: Readonly<Record<string, Directive>> = {
   socks5: { help: 'table [socks5]: a SOCKS5 front-end (RFC 1928/1929) for KumoMTA, curl…' },
   proxy_v2: { help: 'table [proxy_v2]: a PROXY protocol v2 front-end (KumoMTA ha_proxy_*, Momentum)' },
   derived_throttle: { help: 'table [derived_throttle]: limits for SOCKS5/PROXY v2 deliveries' },
+  smtp: { help: 'table [smtp]: smtp-mode deliveries, the shared destination connections and their timeouts' },
+};
+
+export const SMTP_DIRECTIVES: Readonly<Record<string, Directive>> = {
+  idle_timeout: { help: 'an idle destination connection is kept this long for the next transaction (default "10s")' },
+  reuse_time_limit: { help: 'a destination connection is not reused once this old (default "300s", as Postfix)' },
+  reuse_count_limit: { help: 'transactions per destination connection, 0 for no count limit (default 0: time-based)' },
+  greeting_timeout: { help: "wait for the destination's 220 greeting (default \"5m\", RFC 5321 §4.5.3.2)" },
+  command_timeout: { help: 'wait for the reply to EHLO, STARTTLS, MAIL, RCPT, RSET, NOOP (default "5m")' },
+  data_init_timeout: { help: 'wait for the 354 after DATA (default "2m")' },
+  data_block_timeout: { help: 'a body write the destination does not take this long fails the transaction (default "3m")' },
+  data_done_timeout: { help: 'wait for the final reply after the body (default "10m")' },
 };
 
 export const SOCKS5_DIRECTIVES: Readonly<Record<string, Directive>> = {
@@ -182,6 +210,7 @@ export const TABLES: Readonly<Record<string, Readonly<Record<string, Directive>>
   socks5: SOCKS5_DIRECTIVES,
   proxy_v2: PROXY_V2_DIRECTIVES,
   derived_throttle: DERIVED_THROTTLE_DIRECTIVES,
+  smtp: SMTP_DIRECTIVES,
 };
 
 const DURATION_PART = /(\d+(?:\.\d+)?)(ms|s|m|h)/gy;
@@ -507,9 +536,20 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
   const derivedThrottle = { maxConnections: integer('derived_throttle.max_connections', 10, 1, 1_000_000) };
 
   const tls = tlsConfig(bool('tls', true));
+  const smtp: SmtpConfig = {
+    idleTimeoutMs: duration('smtp.idle_timeout', 10_000, 100, 3_600_000),
+    reuseTimeLimitMs: duration('smtp.reuse_time_limit', 300_000, 1000, 86_400_000),
+    reuseCountLimit: integer('smtp.reuse_count_limit', 0, 0, 1_000_000),
+    greetingTimeoutMs: duration('smtp.greeting_timeout', 300_000, 100, 3_600_000),
+    commandTimeoutMs: duration('smtp.command_timeout', 300_000, 100, 3_600_000),
+    dataInitTimeoutMs: duration('smtp.data_init_timeout', 120_000, 100, 3_600_000),
+    dataBlockTimeoutMs: duration('smtp.data_block_timeout', 180_000, 100, 3_600_000),
+    dataDoneTimeoutMs: duration('smtp.data_done_timeout', 600_000, 100, 3_600_000),
+  };
 
   const config: Config = {
     file,
+    smtp,
     tls,
     egress,
     socks5,
@@ -604,5 +644,6 @@ export function changedDirectives(before: Config, after: Config): string[] {
   const proxyV2 = (c: Config) => c.proxyV2 && { listen: c.proxyV2.listen, allowFrom: c.proxyV2.allowFrom?.rules.map((r) => r.text) ?? null };
   if (!same(proxyV2(before), proxyV2(after))) changed.push('proxy_v2');
   if (!same(before.derivedThrottle, after.derivedThrottle)) changed.push('derived_throttle');
+  if (!same(before.smtp, after.smtp)) changed.push('smtp');
   return changed;
 }

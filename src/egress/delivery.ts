@@ -11,6 +11,7 @@ import type { Logger } from '../log/logger.js';
 import type { ThrottleService } from '../throttle/service.js';
 import { checkDestination, checkRequest, CONNECT_CODES, parseConnect, type ConnectRequest, type Refusal } from './policy.js';
 import { connectFrom, EgressError, splice } from './tunnel.js';
+import { deliverSmtp, type SmtpDeliveryContext } from './smtp-delivery.js';
 
 export interface DeliveryContext {
   egress(): EgressConfig;
@@ -30,6 +31,8 @@ export interface DeliveryContext {
   /** the client got past its front-end's handshake: it no longer counts as a pending handshake */
   admitted(socket: Socket): void;
   log: Logger;
+  /** smtp-mode deliveries: the shared pool (native front-end only) */
+  smtp: SmtpDeliveryContext;
 }
 
 /** How a front-end answers its client: a success line, a SOCKS reply, or just closing. */
@@ -66,7 +69,7 @@ const MAX_EARLY_BYTES = 64 * 1024;
  * The address to connect to, for the source address's family. getaddrinfo (which reads
  * /etc/hosts, as operators expect) has no timeout of its own: bounded here by timeoutMs.
  */
-async function resolve(req: ConnectRequest, timeoutMs: number): Promise<string | Refusal> {
+export async function resolveDestination(req: ConnectRequest, timeoutMs: number): Promise<string | Refusal> {
   if (ipaddr.isValid(req.host)) return req.host;
   let timer: NodeJS.Timeout | undefined;
   try {
@@ -150,7 +153,7 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
 
   const open = async (e: EgressConfig): Promise<void> => {
     opening = true;
-    const address = await resolve(req, e.connectTimeoutMs);
+    const address = await resolveDestination(req, e.connectTimeoutMs);
     if (typeof address !== 'string') return refuse(address);
     const bad = checkDestination(address, req.sourceIp, e);
     if (bad !== null) return refuse(bad);
@@ -233,5 +236,6 @@ export function handleNativeConnect(ctx: DeliveryContext, name: string, line: st
     ctx.log.warn({ mtaproxy_event: 'delivery', session: name, code: r.code, outcome: 'refused' }, `delivery(${name}): refused: ${r.code} ${r.message}`);
     return replies.refused(r);
   }
+  if (req.smtp !== null) return deliverSmtp(ctx, ctx.smtp, mta, { who: name, req, owner }, replies);
   deliver(ctx, mta, { who: name, req, owner }, replies);
 }

@@ -2,6 +2,7 @@
 // (docs/protocol.md, "Deliveries"). The shell resolves names and connects; this module decides.
 import ipaddr from 'ipaddr.js';
 import type { EgressConfig } from '../config/parse.js';
+import type { TlsMode, TlsPolicy } from '../smtp/client.js';
 
 /** Reply codes of a CONNECT, one per failure an operator or MTA must tell apart. */
 export const CONNECT_CODES = {
@@ -28,6 +29,14 @@ export interface ConnectRequest {
   readonly throttle: string;
   /** how long to wait for the throttle, at most egress.throttle_wait_timeout */
   readonly waitMs: number | null;
+  /** smtp mode (the proxy is the SMTP client of the destination), or null for a tunnel */
+  readonly smtp: SmtpRequest | null;
+}
+
+/** `mode=smtp ehlo=<name> [tls=none|opportunistic|required] [verify=<name>] [sni=<name>]` */
+export interface SmtpRequest {
+  readonly ehloName: string;
+  readonly tls: TlsPolicy;
 }
 
 export type Refusal = { code: number; message: string };
@@ -49,12 +58,16 @@ export function isHostName(host: string): boolean {
   return !/^(?:\d+|0x[0-9a-f]*)$/i.test(last);
 }
 
-/** "CONNECT <source-ip> <host>:<port> <throttle> [wait=<ms>]"; "[v6]:port" for IPv6 hosts. */
+const CONNECT_SYNTAX = 'CONNECT <source-ip> <host>:<port> <throttle> [wait=<ms>] [mode=smtp ehlo=<name> [tls=none|opportunistic|required] [verify=<name>] [sni=<name>]]';
+const TLS_MODES: readonly TlsMode[] = ['none', 'opportunistic', 'required'];
+const OPTIONS = new Set(['wait', 'mode', 'ehlo', 'tls', 'verify', 'sni']);
+
+/** "CONNECT <source-ip> <host>:<port> <throttle> [options]"; "[v6]:port" for IPv6 hosts. */
 export function parseConnect(line: string): ConnectRequest | Refusal {
   const parts = line.split(' ');
-  const syntax = (why: string): Refusal => ({ code: CONNECT_CODES.syntax, message: `${why}; expected "CONNECT <source-ip> <host>:<port> <throttle> [wait=<ms>]"` });
-  if (parts[0] !== 'CONNECT' || parts.length < 4 || parts.length > 5) return syntax('wrong number of fields');
-  const [, sourceIp = '', target = '', throttle = '', option] = parts;
+  const syntax = (why: string): Refusal => ({ code: CONNECT_CODES.syntax, message: `${why}; expected "${CONNECT_SYNTAX}"` });
+  if (parts[0] !== 'CONNECT' || parts.length < 4 || parts.length > 10) return syntax('wrong number of fields');
+  const [, sourceIp = '', target = '', throttle = ''] = parts;
   if (!isCanonicalIp(sourceIp)) return syntax(`"${sourceIp.slice(0, 60)}" is not an IP address (IPv4 as four decimal numbers, a.b.c.d)`);
   const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(target);
   if (m === null) return syntax(`"${target.slice(0, 80)}" is not host:port`);
@@ -65,13 +78,39 @@ export function parseConnect(line: string): ConnectRequest | Refusal {
   const port = Number(m[3]);
   if (port < 1 || port > 65535) return syntax(`port ${port} is out of range`);
   if (!THROTTLE_KEY.test(throttle)) return syntax(`throttle key "${throttle.slice(0, 40)}" must be 1-128 of A-Z a-z 0-9 . _ : @ + -, starting with a letter or digit`);
-  let waitMs: number | null = null;
-  if (option !== undefined) {
-    const w = /^wait=(\d{1,9})$/.exec(option);
-    if (w === null) return syntax(`unknown option "${option.slice(0, 40)}"`);
-    waitMs = Number(w[1]);
+  const options = new Map<string, string>();
+  for (const option of parts.slice(4)) {
+    const o = /^([a-z]+)=(.{1,253})$/.exec(option);
+    if (o === null || !OPTIONS.has(o[1] ?? '')) return syntax(`unknown option "${option.slice(0, 40)}"`);
+    if (options.has(o[1] ?? '')) return syntax(`option ${o[1]} given twice`);
+    options.set(o[1] ?? '', o[2] ?? '');
   }
-  return { sourceIp: ipaddr.process(sourceIp).toString(), host, port, throttle, waitMs };
+  let waitMs: number | null = null;
+  const wait = options.get('wait');
+  if (wait !== undefined) {
+    if (!/^\d{1,9}$/.test(wait)) return syntax(`wait=${wait.slice(0, 20)} is not a number of milliseconds`);
+    waitMs = Number(wait);
+  }
+  const mode = options.get('mode');
+  if (mode !== undefined && mode !== 'smtp' && mode !== 'tunnel') return syntax(`mode=${mode.slice(0, 20)}: the modes are tunnel (the default) and smtp`);
+  const base = { sourceIp: ipaddr.process(sourceIp).toString(), host, port, throttle, waitMs };
+  if (mode !== 'smtp') {
+    for (const k of ['ehlo', 'tls', 'verify', 'sni']) if (options.has(k)) return syntax(`option ${k} needs mode=smtp`);
+    return { ...base, smtp: null };
+  }
+  const ehloName = options.get('ehlo');
+  if (ehloName === undefined || !(isHostName(ehloName) || /^\[(?:IPv6:)?[0-9A-Fa-f:.]+\]$/.test(ehloName))) {
+    return syntax('mode=smtp needs ehlo=<the MTA\'s host name> (a domain, or an address literal such as [192.0.2.1])');
+  }
+  const tlsMode = (options.get('tls') ?? 'opportunistic') as TlsMode;
+  if (!TLS_MODES.includes(tlsMode)) return syntax(`tls=${tlsMode.slice(0, 20)}: expected none, opportunistic or required`);
+  const verifyName = options.get('verify') ?? null;
+  if (verifyName !== null && (tlsMode !== 'required' || !isHostName(verifyName))) return syntax('verify=<host name> needs tls=required (a certificate is checked only when TLS is required)');
+  const sniOption = options.get('sni');
+  if (sniOption !== undefined && sniOption !== 'none' && !isHostName(sniOption)) return syntax(`sni=${sniOption.slice(0, 40)} is not a host name (or "none")`);
+  // SNI: as asked, else the name verified, else the host if it is a name
+  const sni = sniOption === 'none' ? null : (sniOption ?? verifyName ?? (isHostName(host) ? host : null));
+  return { ...base, smtp: { ehloName, tls: { mode: tlsMode, verifyName, sni } } };
 }
 
 /** Checks what can be checked before resolving the destination. */

@@ -24,6 +24,9 @@ import { LeaveQueue } from './leaves.js';
 import type { ControlSession, SessionServices } from './session.js';
 import { ThrottleService } from '../throttle/service.js';
 import { handleNativeConnect, type DeliveryContext } from '../egress/delivery.js';
+import { poolLimits, smtpTimeouts, type SmtpDeliveryContext } from '../egress/smtp-delivery.js';
+import { TimerWheel } from '../net/wheel.js';
+import { SmtpPool } from '../smtp/pool.js';
 import { serveSocks5 } from './socks5.js';
 import { serveProxyV2 } from './proxy-v2.js';
 
@@ -91,6 +94,7 @@ export class Daemon {
   readonly #services: SessionServices;
   readonly #leaves: LeaveQueue;
   readonly #delivery: DeliveryContext;
+  readonly #smtp: SmtpDeliveryContext;
   #timers: NodeJS.Timeout[] = [];
   #watchdog: NodeJS.Timeout | null = null;
   #reloading: Promise<ReloadResult> | null = null;
@@ -98,6 +102,13 @@ export class Daemon {
 
   constructor(opts: DaemonOptions) {
     this.#config = opts.config;
+    const wheel = new TimerWheel();
+    this.#smtp = {
+      wheel,
+      pool: new SmtpPool(wheel, poolLimits(opts.config.smtp), smtpTimeouts(opts.config.smtp, opts.config.egress.connectTimeoutMs)),
+      config: () => this.#config.smtp,
+      links: new Set(),
+    };
     this.#log = opts.log;
     this.#notifier = opts.notifier;
     this.#passed = opts.passed;
@@ -115,6 +126,7 @@ export class Daemon {
       stopping: () => this.#stopping,
       admitted: (socket) => this.#admitted(socket),
       log: this.#log,
+      smtp: this.#smtp,
     };
   }
 
@@ -181,6 +193,7 @@ export class Daemon {
     const changed = changedDirectives(this.#config, loaded.config).filter((d) => d !== 'listen' || this.#passed === null);
     const timersChanged = loaded.config.statusIntervalMs !== this.#config.statusIntervalMs || loaded.config.pingIntervalMs !== this.#config.pingIntervalMs;
     this.#config = loaded.config;
+    this.#smtp.pool.configure(poolLimits(this.#config.smtp), smtpTimeouts(this.#config.smtp, this.#config.egress.connectTimeoutMs));
     this.#log.level = loaded.config.logVerbose ? 'debug' : 'info';
     if (timersChanged) this.#startTimers();
     this.#rejectedReload = null;
@@ -493,8 +506,14 @@ export class Daemon {
       throttles: this.#throttle.manager.throttleCount,
       window: WINDOW,
       sessions: [...this.#sessions.values()].map((s) => s.snapshot()),
-      remote: { active: this.#tunnels.size, cached: 0 },
+      remote: this.#remote(),
     });
+  }
+
+  /** Destination connections: tunnels (each has one) and the pool's, busy or cached. */
+  #remote(): { active: number; cached: number } {
+    const pool = this.#smtp.pool.snapshot();
+    return { active: this.#tunnels.size - this.#smtp.links.size + pool.active, cached: pool.cached };
   }
 
   #summary(): string {
@@ -551,6 +570,10 @@ export class Daemon {
     for (const session of this.#sessions.values()) session.end('shutdown', '421 mtaproxy shutting down');
     this.#leaves.flush();
     for (const abort of [...this.#delivery.pending.values()]) abort({ code: 421, message: 'proxy shutting down' });
+    // smtp links close between transactions; idle destination connections QUIT now, busy ones
+    // when their transaction ends
+    for (const link of [...this.#smtp.links]) link.shutdown();
+    this.#smtp.pool.shutdown();
     // connections still in their handshake: closed, not half-closed (a peer that never sends its
     // FIN must not hold the drain open)
     for (const socket of this.#connections) {

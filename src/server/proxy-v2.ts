@@ -78,7 +78,7 @@ export function serveProxyV2(socket: Socket, ctx: ProxyV2Context): void {
       host: target.host,
       port: target.port,
       throttle: derivedThrottleKey(target.sourceIp, target.host, target.port),
-      waitMs: null,
+      waitMs: null, smtp: null,
     };
     const replies: DeliveryReplies = {
       connected: () => {}, // no reply channel: the MX's greeting is the client's "connected"

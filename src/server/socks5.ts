@@ -142,7 +142,7 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
     stop();
     socket.pause();
     if (received.length > 0) socket.unshift(received);
-    const req = { sourceIp, host: request.host, port: request.port, throttle: derivedThrottleKey(sourceIp, request.host, request.port), waitMs: null };
+    const req = { sourceIp, host: request.host, port: request.port, throttle: derivedThrottleKey(sourceIp, request.host, request.port), waitMs: null, smtp: null };
     const replies: DeliveryReplies = {
       connected: (local) => socket.write(encodeReply(REP.succeeded, splitHostPort(local))),
       refused: (r) => {

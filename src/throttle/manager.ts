@@ -551,6 +551,20 @@ export class ThrottleManager {
     return events;
   }
 
+  /**
+   * Gives a message token back: the message it was taken for was not accepted (the destination
+   * refused MAIL FROM), so it does not count against max_messages_per_hour.
+   */
+  refundMessage(key: string, now: number): ThrottleEvent[] {
+    const t = this.#throttles.get(key);
+    if (t === undefined) return [];
+    this.#refill(t, now);
+    t.tokens = Math.min(messageBurst(t.maxMessagesPerHour), t.tokens + 1);
+    const events: ThrottleEvent[] = [];
+    this.#serve(t, now, events);
+    return events;
+  }
+
   /** Withdraws one declaration (derived throttles nobody uses any more). */
   undeclare(session: string, key: string, now: number): ThrottleEvent[] {
     const t = this.#throttles.get(key);

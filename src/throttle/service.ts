@@ -56,6 +56,11 @@ export class ThrottleService {
     this.#dispatch(this.manager.release(leaseId, this.#now()));
   }
 
+  /** A message token back (the destination did not accept the message it was taken for). */
+  refundMessage(key: string): void {
+    this.#dispatch(this.manager.refundMessage(key, this.#now()));
+  }
+
   undeclare(session: string, key: string): void {
     this.#dispatch(this.manager.undeclare(session, key, this.#now()));
   }

@@ -1,0 +1,100 @@
+// What the MTA sends on an smtp-mode link, pure: command lines (RFC 5321 §4.1) and the DATA body up
+// to its terminating "<CRLF>.<CRLF>". Bytes are kept as they came (latin1 strings), so addresses
+// in UTF-8 (SMTPUTF8) and dot-stuffed body lines reach the destination unchanged.
+
+/** RFC 5321 §4.5.3.1.4: 512 octets, more with extension parameters; lenient but bounded. */
+export const MAX_COMMAND_LINE = 2048;
+
+export class CommandLineTooLong extends Error {
+  readonly code = 'MTAPROXY_SMTP_LINE_TOO_LONG';
+  constructor() {
+    super(`command line longer than ${MAX_COMMAND_LINE} bytes`);
+  }
+}
+
+/** Splits command lines; a line ends in LF (a CR before it is dropped). */
+export class CommandReader {
+  #pending: Buffer | null = null;
+
+  get buffered(): number {
+    return this.#pending?.length ?? 0;
+  }
+
+  /** Takes the unread bytes (the DATA body follows a DATA command in the same read). */
+  takePending(): Buffer {
+    const rest = this.#pending ?? Buffer.alloc(0);
+    this.#pending = null;
+    return rest;
+  }
+
+  /** Returns the next complete line, or null if it has not all arrived. */
+  next(chunk?: Buffer): string | null {
+    if (chunk !== undefined && chunk.length > 0) this.#pending = this.#pending === null ? chunk : Buffer.concat([this.#pending, chunk]);
+    const data = this.#pending;
+    if (data === null) return null;
+    const nl = data.indexOf(10);
+    if (nl === -1) {
+      if (data.length > MAX_COMMAND_LINE + 1) throw new CommandLineTooLong();
+      return null;
+    }
+    const end = nl > 0 && data[nl - 1] === 13 ? nl - 1 : nl;
+    if (end > MAX_COMMAND_LINE) throw new CommandLineTooLong();
+    const line = data.toString('latin1', 0, end);
+    this.#pending = nl + 1 === data.length ? null : data.subarray(nl + 1);
+    return line;
+  }
+}
+
+export type Verb = 'EHLO' | 'HELO' | 'MAIL' | 'RCPT' | 'DATA' | 'RSET' | 'NOOP' | 'QUIT' | 'VRFY' | 'EXPN' | 'HELP' | 'STARTTLS' | 'AUTH' | 'BDAT' | 'XMTAPROXY' | 'OTHER';
+
+const VERBS = new Set<string>(['EHLO', 'HELO', 'MAIL', 'RCPT', 'DATA', 'RSET', 'NOOP', 'QUIT', 'VRFY', 'EXPN', 'HELP', 'STARTTLS', 'AUTH', 'BDAT', 'XMTAPROXY']);
+
+export interface Command {
+  readonly verb: Verb;
+  /** the line as sent (without CRLF) */
+  readonly line: string;
+  readonly args: string;
+}
+
+export function parseCommand(line: string): Command {
+  const m = /^([A-Za-z]+)(?: (.*))?$/s.exec(line);
+  const word = (m?.[1] ?? '').toUpperCase();
+  const verb = (VERBS.has(word) ? word : 'OTHER') as Verb;
+  return { verb, line, args: m?.[2] ?? '' };
+}
+
+/** A MAIL or RCPT line the proxy can relay: "MAIL FROM:<...>" / "RCPT TO:<...>" with parameters. */
+export function isPathCommand(c: Command): boolean {
+  if (c.verb === 'MAIL') return /^FROM:\s?<[^<>]*>(?: .*)?$/is.test(c.args);
+  if (c.verb === 'RCPT') return /^TO:\s?<[^<>]*>(?: .*)?$/is.test(c.args);
+  return false;
+}
+
+/** Finds the end of a DATA body, "<CRLF>.<CRLF>" (the body's start counts as following a CRLF). */
+export class DataEndScanner {
+  /** the last bytes seen (up to 4), for a terminator split across chunks */
+  #tail: Buffer = Buffer.from('\r\n');
+  #bytes = 0;
+
+  /** body bytes seen so far, terminator included */
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  /**
+   * Returns the offset in `chunk` just after the terminator, or -1 if the body goes on. Only
+   * CRLF.CRLF ends it: a bare LF before or after the dot does not (RFC 5321 §4.1.1.4).
+   */
+  push(chunk: Buffer): number {
+    const joined = Buffer.concat([this.#tail, chunk]);
+    const at = joined.indexOf('\r\n.\r\n', 0, 'latin1');
+    if (at !== -1) {
+      const end = at + 5 - this.#tail.length;
+      this.#bytes += end;
+      return end;
+    }
+    this.#bytes += chunk.length;
+    this.#tail = Buffer.from(joined.subarray(Math.max(0, joined.length - 4)));
+    return -1;
+  }
+}

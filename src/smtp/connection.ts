@@ -1,0 +1,281 @@
+// One SMTP connection from the proxy to a destination (the shell around client.ts): connect from
+// the source address, greeting, EHLO, STARTTLS per the TLS policy, EHLO again; then commands with
+// their replies, a DATA body with backpressure, QUIT. Every wait is a deadline on the daemon's
+// timer wheel. A connection that fails in any way is dead and never used again.
+import type { Socket } from 'node:net';
+import { checkServerIdentity, connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { connectFrom, EgressError } from '../egress/tunnel.js';
+import type { TimerWheel, WheelTimer } from '../net/wheel.js';
+import { openStep, type OpenState, type TlsPolicy } from './client.js';
+import type { Extensions } from './ehlo.js';
+import { ReplyError, ReplyParser, replySummary, type Reply } from './reply.js';
+
+/** RFC 5321 §4.5.3.2 client timeouts, the defaults of the [smtp] table. */
+export interface SmtpTimeouts {
+  readonly connectMs: number;
+  /** initial 220: 5 min */
+  readonly greetingMs: number;
+  /** EHLO, STARTTLS, MAIL, RCPT, RSET, NOOP: 5 min */
+  readonly commandMs: number;
+  /** DATA initiation (354): 2 min */
+  readonly dataInitMs: number;
+  /** a body write not taken by the destination: 3 min */
+  readonly dataBlockMs: number;
+  /** final reply after "<CRLF>.<CRLF>": 10 min */
+  readonly dataDoneMs: number;
+}
+
+export const RFC5321_TIMEOUTS: SmtpTimeouts = {
+  connectMs: 30_000,
+  greetingMs: 300_000,
+  commandMs: 300_000,
+  dataInitMs: 120_000,
+  dataBlockMs: 180_000,
+  dataDoneMs: 600_000,
+};
+
+export interface ConnectionSpec {
+  readonly sourceIp: string;
+  /** the destination's IP address (resolved) */
+  readonly address: string;
+  readonly port: number;
+  readonly ehloName: string;
+  readonly tls: TlsPolicy;
+}
+
+/** Why a connection could not be opened or used: a reply code for the MTA and a reason. */
+export class SmtpConnectionError extends Error {
+  readonly code: number;
+  /** the destination's own reply, when it gave one */
+  readonly reply: Reply | null;
+  constructor(code: number, message: string, reply: Reply | null = null) {
+    super(message);
+    this.code = code;
+    this.reply = reply;
+  }
+}
+
+export interface TlsInfo {
+  readonly version: string;
+  readonly cipher: string;
+  /** the destination's certificate was verified against the policy's name */
+  readonly verified: boolean;
+}
+
+let nextId = 1;
+
+export class DestinationConnection {
+  readonly id = nextId++;
+  readonly spec: ConnectionSpec;
+  readonly openedAt = performance.now();
+  greeting!: Reply;
+  ehlo!: Reply;
+  extensions!: Extensions;
+  tls: TlsInfo | null = null;
+  /** the local end (proof of the source address) */
+  local = '';
+  transactions = 0;
+  lastUsedAt = performance.now();
+  /** why it died, once it has */
+  deadReason: string | null = null;
+  /** called once when the connection dies (closed, error, timeout, unexpected reply) */
+  onDead: ((why: string) => void) | null = null;
+
+  #socket: Socket;
+  readonly #wheel: TimerWheel;
+  #parser = new ReplyParser();
+  #waiters: { resolve: (r: Reply) => void; reject: (e: SmtpConnectionError) => void; timer: WheelTimer }[] = [];
+  #blockTimer: WheelTimer | null = null;
+
+  private constructor(spec: ConnectionSpec, socket: Socket, wheel: TimerWheel) {
+    this.spec = spec;
+    this.#socket = socket;
+    this.#wheel = wheel;
+    this.#attach(socket);
+  }
+
+  get dead(): boolean {
+    return this.deadReason !== null;
+  }
+
+  /** Bytes written to the destination (headers, commands and bodies). */
+  get bytesWritten(): number {
+    return this.#socket.bytesWritten;
+  }
+
+  /** Opens and greets; rejects with SmtpConnectionError (or EgressError for the TCP connect). */
+  static async open(spec: ConnectionSpec, timeouts: SmtpTimeouts, wheel: TimerWheel): Promise<DestinationConnection> {
+    const socket = await connectFrom(spec.sourceIp, spec.address, spec.port, timeouts.connectMs);
+    const c = new DestinationConnection(spec, socket, wheel);
+    c.local = `${socket.localAddress}:${socket.localPort}`;
+    try {
+      await c.#handshake(timeouts);
+    } catch (err) {
+      c.destroy(err instanceof Error ? err.message : String(err));
+      throw err;
+    }
+    return c;
+  }
+
+  async #handshake(timeouts: SmtpTimeouts): Promise<void> {
+    let state: OpenState = { phase: 'greeting', ehloName: this.spec.ehloName, policy: this.spec.tls, plainEhlo: null };
+    let reply = await this.#expect(timeouts.greetingMs);
+    this.greeting = reply;
+    for (;;) {
+      const step = openStep(state, reply);
+      switch (step.do) {
+        case 'fail':
+          throw new SmtpConnectionError(step.code, step.message, step.reply);
+        case 'ready':
+          this.ehlo = step.ehlo;
+          this.extensions = step.extensions;
+          return;
+        case 'send':
+          if (state.phase === 'ehlo' && step.phase === 'starttls') state = { ...state, plainEhlo: reply };
+          state = { ...state, phase: step.phase };
+          reply = await this.command(step.line, timeouts.commandMs);
+          break;
+        case 'starttls':
+          await this.#startTls(timeouts.commandMs);
+          state = { ...state, phase: 'ehlo-tls' };
+          reply = await this.command(`EHLO ${this.spec.ehloName}`, timeouts.commandMs);
+          break;
+      }
+    }
+  }
+
+  #startTls(timeoutMs: number): Promise<void> {
+    const raw = this.#socket;
+    raw.removeAllListeners('data');
+    raw.removeAllListeners('error');
+    raw.removeAllListeners('close');
+    // bytes the destination sent after its 220 were not protected by TLS: drop them (RFC 3207
+    // §5, the STARTTLS command injection of CVE-2011-0411)
+    this.#parser = new ReplyParser();
+    const { verifyName, sni } = this.spec.tls;
+    return new Promise((resolve, reject) => {
+      const s: TLSSocket = tlsConnect({
+        socket: raw,
+        ...(sni !== null ? { servername: sni } : {}),
+        rejectUnauthorized: verifyName !== null,
+        ...(verifyName !== null ? { checkServerIdentity: (_host, cert) => checkServerIdentity(verifyName, cert) } : {}),
+      });
+      const timer = this.#wheel.add(timeoutMs, () => {
+        s.destroy();
+        reject(new SmtpConnectionError(421, `TLS handshake with the destination timed out after ${timeoutMs}ms`));
+      });
+      s.once('secureConnect', () => {
+        timer.cancel();
+        s.removeAllListeners('error');
+        const cipher = s.getCipher();
+        this.tls = { version: s.getProtocol() ?? cipher.version, cipher: cipher.name, verified: verifyName !== null };
+        this.#socket = s;
+        this.#attach(s);
+        resolve();
+      });
+      s.once('error', (err) => {
+        timer.cancel();
+        s.destroy();
+        reject(new SmtpConnectionError(421, `TLS with the destination failed: ${err.message}`));
+      });
+    });
+  }
+
+  #attach(socket: Socket): void {
+    socket.on('data', (chunk: Buffer) => {
+      let replies: Reply[];
+      try {
+        replies = this.#parser.push(chunk);
+      } catch (err) {
+        return this.destroy(err instanceof ReplyError ? `destination broke the protocol: ${err.message}` : String(err));
+      }
+      for (const r of replies) {
+        const w = this.#waiters.shift();
+        if (w === undefined) {
+          // nothing was asked: a 421 while idle ("timeout, closing") or garbage; either way done
+          this.destroy(`unexpected reply from the destination: ${replySummary(r)}`);
+          return;
+        }
+        w.timer.cancel();
+        w.resolve(r);
+      }
+    });
+    socket.on('error', (err: NodeJS.ErrnoException) => this.destroy(`destination connection error: ${err.code ?? err.message}`));
+    socket.on('close', () => this.destroy('destination closed the connection'));
+    socket.on('end', () => this.destroy('destination closed the connection'));
+    socket.on('drain', () => {
+      this.#blockTimer?.cancel();
+      this.#blockTimer = null;
+    });
+  }
+
+  #expect(timeoutMs: number): Promise<Reply> {
+    return new Promise((resolve, reject) => {
+      if (this.deadReason !== null) return reject(new SmtpConnectionError(421, this.deadReason));
+      const timer = this.#wheel.add(timeoutMs, () => this.destroy(`destination did not answer within ${timeoutMs}ms`));
+      this.#waiters.push({ resolve, reject, timer });
+    });
+  }
+
+  /** Sends one command line and resolves with its reply. Several may be outstanding (PIPELINING). */
+  command(line: string, timeoutMs: number): Promise<Reply> {
+    if (this.deadReason === null) this.#socket.write(Buffer.from(`${line}\r\n`, 'latin1'));
+    return this.#expect(timeoutMs);
+  }
+
+  /**
+   * Writes body bytes; returns false when the destination's side is full (wait for drainOnce).
+   * A write the destination does not take within `blockTimeoutMs` kills the connection.
+   */
+  writeBody(chunk: Buffer, blockTimeoutMs: number): boolean {
+    if (this.deadReason !== null) return true;
+    const ok = this.#socket.write(chunk);
+    if (!ok && this.#blockTimer === null) {
+      this.#blockTimer = this.#wheel.add(blockTimeoutMs, () => this.destroy(`destination took no DATA for ${blockTimeoutMs}ms`));
+    }
+    return ok;
+  }
+
+  /** Calls fn once the destination's side can take more (or the connection died). */
+  drainOnce(fn: () => void): void {
+    if (this.deadReason !== null || this.#socket.writableLength === 0) return fn();
+    const done = (): void => {
+      this.#socket.removeListener('drain', done);
+      this.#socket.removeListener('close', done);
+      fn();
+    };
+    this.#socket.once('drain', done);
+    this.#socket.once('close', done);
+  }
+
+  /** The reply to what was written last (the final reply after a body's "<CRLF>.<CRLF>"). */
+  awaitReply(timeoutMs: number): Promise<Reply> {
+    return this.#expect(timeoutMs);
+  }
+
+  /** QUIT politely (RFC 5321 §4.1.1.10), then close; never waits longer than `timeoutMs`. */
+  quit(timeoutMs = 5000): void {
+    if (this.deadReason !== null) return;
+    this.command('QUIT', timeoutMs).then(
+      () => this.destroy('quit'),
+      () => {},
+    );
+    this.#socket.end();
+  }
+
+  destroy(why: string): void {
+    if (this.deadReason !== null) return;
+    this.deadReason = why;
+    this.#blockTimer?.cancel();
+    this.#socket.destroy();
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) {
+      w.timer.cancel();
+      w.reject(new SmtpConnectionError(421, why));
+    }
+    this.onDead?.(why);
+  }
+}
+
+export { EgressError };

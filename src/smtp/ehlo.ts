@@ -1,0 +1,43 @@
+// The destination's EHLO reply (RFC 5321 §4.1.1.1), pure: its extensions, and the EHLO reply the
+// MTA sees on its virtual session. STARTTLS toward the destination is the proxy's business (the
+// MTA's link is TLS already), AUTH is not relayed, and an extension is offered to the MTA only if
+// the proxy relays it faithfully.
+import type { Reply } from './reply.js';
+
+/** Extension keyword (upper case) → its parameters ("SIZE" → "35882577"). */
+export type Extensions = ReadonlyMap<string, string>;
+
+export function parseEhlo(reply: Reply): Extensions {
+  const ext = new Map<string, string>();
+  for (const line of reply.lines.slice(1)) {
+    const m = /^([A-Za-z0-9][A-Za-z0-9-]*)(?:[ =](.*))?$/.exec(line.trim());
+    if (m !== null && m[1] !== undefined) ext.set(m[1].toUpperCase(), (m[2] ?? '').trim());
+  }
+  return ext;
+}
+
+/**
+ * Extensions relayed to the MTA when the destination offers them: each changes only what the MTA
+ * may send in MAIL/RCPT/DATA, which the proxy passes through unchanged. BDAT (CHUNKING,
+ * BINARYMIME) is not relayed: the MTA uses DATA.
+ */
+export const RELAYED_EXTENSIONS = ['SIZE', '8BITMIME', 'PIPELINING', 'SMTPUTF8', 'ENHANCEDSTATUSCODES', 'DSN'] as const;
+
+/** The EHLO reply for the MTA: the destination's first line, then the relayed extensions it offers. */
+export function ehloForMta(reply: Reply, ext: Extensions): string[] {
+  const lines = [reply.lines[0] ?? 'mtaproxy'];
+  for (const name of RELAYED_EXTENSIONS) {
+    const params = ext.get(name);
+    if (params === undefined) continue;
+    lines.push(params === '' ? name : `${name} ${params}`);
+  }
+  return lines;
+}
+
+/** The destination's SIZE limit in bytes, null if it states none (RFC 1870: "SIZE" or "SIZE 0"). */
+export function sizeLimit(ext: Extensions): number | null {
+  const v = ext.get('SIZE');
+  if (v === undefined || !/^\d{1,15}$/.test(v)) return null;
+  const n = Number(v);
+  return n === 0 ? null : n;
+}

@@ -1,0 +1,176 @@
+// The pure parts of smtp mode: reply parser, command reader, DATA end scanner, EHLO filter, the
+// client's open sequence, the timer wheel, and CONNECT's smtp options. No sockets.
+import { describe, expect, it } from 'vitest';
+import { parseConnect } from '../../src/egress/policy.js';
+import { TimerWheel } from '../../src/net/wheel.js';
+import { openStep, type OpenState, type TlsPolicy } from '../../src/smtp/client.js';
+import { CommandLineTooLong, CommandReader, DataEndScanner, isPathCommand, parseCommand } from '../../src/smtp/command.js';
+import { ehloForMta, parseEhlo, sizeLimit } from '../../src/smtp/ehlo.js';
+import { enhancedCode, formatReply, ReplyError, ReplyParser, type Reply } from '../../src/smtp/reply.js';
+
+const reply = (text: string): Reply => {
+  const r = new ReplyParser().push(Buffer.from(text, 'latin1'));
+  expect(r).toHaveLength(1);
+  return r[0] as Reply;
+};
+
+describe('ReplyParser', () => {
+  it('joins multi-line replies, keeps the raw bytes, and splits pipelined replies across chunks', () => {
+    const p = new ReplyParser();
+    expect(p.push(Buffer.from('250-mx.example Hello\r\n250-SIZE 1000\r'))).toEqual([]);
+    expect(p.inReply).toBe(true);
+    const [ehlo, mail, ...rest] = p.push(Buffer.from('\n250 PIPELINING\r\n250 2.1.0 Ok\r\n550 5.1.1 <x@y>: unknown\r\n'));
+    expect(ehlo?.code).toBe(250);
+    expect(ehlo?.lines).toEqual(['mx.example Hello', 'SIZE 1000', 'PIPELINING']);
+    expect(ehlo?.raw.toString()).toBe('250-mx.example Hello\r\n250-SIZE 1000\r\n250 PIPELINING\r\n');
+    expect(mail?.raw.toString()).toBe('250 2.1.0 Ok\r\n');
+    expect(rest[0]?.code).toBe(550);
+    expect(enhancedCode(rest[0] as Reply)).toBe('5.1.1');
+    expect(p.buffered).toBe(0);
+  });
+
+  it('accepts a bare code and 8-bit text, byte for byte', () => {
+    expect(reply('250\r\n').lines).toEqual(['']);
+    const r = reply('554 5.7.1 caf\xe9\r\n');
+    expect(r.raw).toEqual(Buffer.from('554 5.7.1 caf\xe9\r\n', 'latin1'));
+    expect(enhancedCode(r)).toBe('5.7.1');
+    expect(enhancedCode(reply('250 4.1.0 wrong class\r\n'))).toBeNull();
+  });
+
+  it('refuses garbage, a code that changes inside a reply, and unbounded lines or replies', () => {
+    expect(() => new ReplyParser().push(Buffer.from('hello\r\n'))).toThrow(ReplyError);
+    expect(() => new ReplyParser().push(Buffer.from('250-a\r\n251 b\r\n'))).toThrow('reply code changed');
+    expect(() => new ReplyParser().push(Buffer.from('199 x\r\n'))).toThrow(ReplyError);
+    expect(() => new ReplyParser().push(Buffer.alloc(5000, 0x41))).toThrow('longer than 4096');
+    expect(() => new ReplyParser().push(Buffer.from('250-x\r\n'.repeat(300)))).toThrow('more than 256 lines');
+  });
+
+  it('formats the proxy’s own replies', () => {
+    expect(formatReply(250, ['a', 'b']).toString()).toBe('250-a\r\n250 b\r\n');
+    expect(formatReply(451, ['4.4.2 x']).toString()).toBe('451 4.4.2 x\r\n');
+  });
+});
+
+describe('commands and DATA', () => {
+  it('reads lines (CRLF or LF), keeps the rest, and bounds a line', () => {
+    const r = new CommandReader();
+    expect(r.next(Buffer.from('MAIL FROM:<a@b> SIZE=10\r\nRCPT TO:<c@d>\nDA'))).toBe('MAIL FROM:<a@b> SIZE=10');
+    expect(r.next()).toBe('RCPT TO:<c@d>');
+    expect(r.next()).toBeNull();
+    expect(r.takePending().toString()).toBe('DA');
+    expect(() => new CommandReader().next(Buffer.alloc(3000, 0x41))).toThrow(CommandLineTooLong);
+  });
+
+  it('parses verbs and checks MAIL/RCPT paths', () => {
+    expect(parseCommand('mail FROM:<a@b>').verb).toBe('MAIL');
+    expect(parseCommand('XYZZY').verb).toBe('OTHER');
+    expect(isPathCommand(parseCommand('MAIL FROM:<> BODY=8BITMIME'))).toBe(true);
+    expect(isPathCommand(parseCommand('RCPT TO:<üser@example.com>'))).toBe(true);
+    expect(isPathCommand(parseCommand('MAIL FROM:a@b'))).toBe(false);
+    expect(isPathCommand(parseCommand('MAIL TO:<a@b>'))).toBe(false);
+  });
+
+  it('finds <CRLF>.<CRLF> wherever the chunks split it, and only that', () => {
+    const body = 'Subject: x\r\n\r\n..stuffed\r\n.\r\nNEXT';
+    const end = body.indexOf('.\r\nNEXT') + 3;
+    for (let cut = 0; cut <= body.length; cut++) {
+      const s = new DataEndScanner();
+      const a = s.push(Buffer.from(body.slice(0, cut)));
+      if (a !== -1) {
+        expect(a).toBe(end);
+        continue;
+      }
+      expect(s.push(Buffer.from(body.slice(cut))) + cut).toBe(end);
+      expect(s.bytes).toBe(end);
+    }
+    // an empty body; bare LFs around the dot do not end it (SMTP smuggling)
+    expect(new DataEndScanner().push(Buffer.from('.\r\n'))).toBe(3);
+    expect(new DataEndScanner().push(Buffer.from('a\n.\nb\r\n.\n'))).toBe(-1);
+    expect(new DataEndScanner().push(Buffer.from('a\r\n.\nb\n.\r\n'))).toBe(-1);
+  });
+});
+
+describe('EHLO', () => {
+  it('offers the MTA only what the proxy relays', () => {
+    const r = reply('250-mx.example at your service\r\n250-SIZE 35882577\r\n250-8BITMIME\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250-ENHANCEDSTATUSCODES\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n');
+    const ext = parseEhlo(r);
+    expect(ext.get('AUTH')).toBe('PLAIN LOGIN');
+    expect(sizeLimit(ext)).toBe(35882577);
+    expect(ehloForMta(r, ext)).toEqual(['mx.example at your service', 'SIZE 35882577', '8BITMIME', 'PIPELINING', 'SMTPUTF8', 'ENHANCEDSTATUSCODES']);
+  });
+});
+
+describe('opening a destination connection', () => {
+  const policy = (mode: TlsPolicy['mode']): TlsPolicy => ({ mode, verifyName: null, sni: null });
+  const at = (phase: OpenState['phase'], mode: TlsPolicy['mode'], plainEhlo: Reply | null = null): OpenState => ({ phase, ehloName: 'mail.example', policy: policy(mode), plainEhlo });
+  const ehloTls = reply('250-mx\r\n250 STARTTLS\r\n');
+  const ehloPlain = reply('250-mx\r\n250 SIZE 10\r\n');
+
+  it('greets, EHLOs, and does STARTTLS whenever it is offered unless tls=none', () => {
+    expect(openStep(at('greeting', 'opportunistic'), reply('220 mx ESMTP\r\n'))).toEqual({ do: 'send', line: 'EHLO mail.example', phase: 'ehlo' });
+    expect(openStep(at('ehlo', 'opportunistic'), ehloTls)).toMatchObject({ do: 'send', line: 'STARTTLS' });
+    expect(openStep(at('ehlo', 'none'), ehloTls)).toMatchObject({ do: 'ready' });
+    expect(openStep(at('starttls', 'opportunistic'), reply('220 go ahead\r\n'))).toEqual({ do: 'starttls' });
+    expect(openStep(at('ehlo-tls', 'required'), ehloPlain)).toMatchObject({ do: 'ready', ehlo: ehloPlain });
+  });
+
+  it('required TLS fails without STARTTLS; opportunistic goes on in plaintext', () => {
+    expect(openStep(at('ehlo', 'required'), ehloPlain)).toMatchObject({ do: 'fail', code: 421, message: 'TLS is required but the destination does not offer STARTTLS' });
+    expect(openStep(at('ehlo', 'opportunistic'), ehloPlain)).toMatchObject({ do: 'ready' });
+    expect(openStep(at('starttls', 'required'), reply('454 4.7.0 TLS not available\r\n'))).toMatchObject({ do: 'fail', code: 421 });
+    expect(openStep(at('starttls', 'opportunistic', ehloTls), reply('454 4.7.0 TLS not available\r\n'))).toMatchObject({ do: 'ready', ehlo: ehloTls });
+  });
+
+  it('keeps the class of a refused greeting, and falls back to HELO for an old server', () => {
+    expect(openStep(at('greeting', 'none'), reply('554 5.7.1 go away\r\n'))).toMatchObject({ do: 'fail', code: 554 });
+    expect(openStep(at('greeting', 'none'), reply('421 busy\r\n'))).toMatchObject({ do: 'fail', code: 421 });
+    expect(openStep(at('ehlo', 'opportunistic'), reply('502 5.5.2 what\r\n'))).toEqual({ do: 'send', line: 'HELO mail.example', phase: 'helo' });
+    expect(openStep(at('ehlo', 'required'), reply('502 5.5.2 what\r\n'))).toMatchObject({ do: 'fail' });
+  });
+});
+
+describe('TimerWheel', () => {
+  it('fires each entry once, at or after its deadline, never before; cancel works', () => {
+    let now = 1000;
+    const w = new TimerWheel({ resolutionMs: 100, now: () => now, auto: false });
+    const fired: string[] = [];
+    w.add(250, () => fired.push('a'));
+    const b = w.add(250, () => fired.push('b'));
+    w.add(1000, () => fired.push('c'));
+    b.cancel();
+    expect(w.size).toBe(2);
+    now = 1249;
+    w.tick();
+    expect(fired).toEqual([]);
+    now = 1300;
+    w.tick();
+    expect(fired).toEqual(['a']);
+    now = 100_000; // a long stall: everything due fires, in order
+    w.tick();
+    expect(fired).toEqual(['a', 'c']);
+    expect(w.size).toBe(0);
+  });
+});
+
+describe('CONNECT smtp options', () => {
+  it('parses mode=smtp with its TLS policy and SNI default', () => {
+    expect(parseConnect('CONNECT 192.0.2.1 mx.example.net:25 t mode=smtp ehlo=mail.example.com')).toMatchObject({
+      smtp: { ehloName: 'mail.example.com', tls: { mode: 'opportunistic', verifyName: null, sni: 'mx.example.net' } },
+    });
+    expect(parseConnect('CONNECT 192.0.2.1 198.51.100.7:25 t wait=10 mode=smtp ehlo=[192.0.2.1] tls=required verify=mx.example.net sni=none')).toMatchObject({
+      waitMs: 10,
+      smtp: { ehloName: '[192.0.2.1]', tls: { mode: 'required', verifyName: 'mx.example.net', sni: null } },
+    });
+    expect(parseConnect('CONNECT 192.0.2.1 198.51.100.7:25 t')).toMatchObject({ smtp: null });
+  });
+
+  it('refuses what it cannot honour, with 501 and the syntax', () => {
+    const code = (l: string): number | undefined => (parseConnect(l) as { code?: number }).code;
+    expect(code('CONNECT 192.0.2.1 mx.example:25 t mode=smtp')).toBe(501);
+    expect(code('CONNECT 192.0.2.1 mx.example:25 t ehlo=a.example')).toBe(501);
+    expect(code('CONNECT 192.0.2.1 mx.example:25 t mode=smtp ehlo=a.example tls=maybe')).toBe(501);
+    expect(code('CONNECT 192.0.2.1 mx.example:25 t mode=smtp ehlo=a.example verify=mx.example')).toBe(501);
+    expect(code('CONNECT 192.0.2.1 mx.example:25 t mode=smtp ehlo=a.example ehlo=b.example')).toBe(501);
+    expect(code('CONNECT 192.0.2.1 mx.example:25 t mode=bulk')).toBe(501);
+  });
+});
