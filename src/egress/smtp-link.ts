@@ -170,7 +170,8 @@ export class SmtpLink {
           if (this.#isClosed()) return this.#afterClose();
           this.#mta.resume();
           if (this.#phase === 'body') {
-            const rest = this.#reader.takePending();
+            // the body may have begun in the DATA command's read, or arrived while it waited
+            const rest = Buffer.concat([this.#reader.takePending(), ...this.#pendingChunks.splice(0)]);
             if (rest.length > 0) this.#body(rest);
             return;
           }

@@ -12,7 +12,7 @@ import type { Logger } from '../log/logger.js';
 import { parseAdminRequest, MAX_ADMIN_LINE, type AdminReply } from '../protocol/admin.js';
 import { WINDOW } from '../protocol/control.js';
 import { LineSplitter, LineTooLongError } from '../protocol/lines.js';
-import { statusRecords, type StatusRecord } from '../status/format.js';
+import { poolLines, statusRecords, type StatusRecord } from '../status/format.js';
 import type { Notifier } from '../systemd/notify.js';
 import type { PassedSocket } from '../systemd/activation.js';
 import { closeListening, endpointKey, listen, NoUnixSocketError, type Endpoint, type Listening } from './listeners.js';
@@ -485,7 +485,7 @@ export class Daemon {
       if (line === undefined) return;
       socket.removeAllListeners('data');
       const command = parseAdminRequest(line);
-      if (command === 'status') return answer({ ok: true, message: 'status', lines: this.status().map((r) => r.msg) });
+      if (command === 'status') return answer({ ok: true, message: 'status', lines: [...this.status().map((r) => r.msg), ...this.#poolLines()] });
       if (command === 'reload') {
         void this.reload().then((r) => answer({ ok: r.ok, message: r.message, errors: r.errors }));
         return;
@@ -508,6 +508,21 @@ export class Daemon {
       sessions: [...this.#sessions.values()].map((s) => s.snapshot()),
       remote: this.#remote(),
     });
+  }
+
+  #poolLines(): string[] {
+    return poolLines(
+      this.#smtp.pool.snapshot().keys.map((k) => ({
+        sourceIp: k.spec.sourceIp,
+        destination: k.spec.address.includes(':') ? `[${k.spec.address}]:${k.spec.port}` : `${k.spec.address}:${k.spec.port}`,
+        ehlo: k.spec.ehloName,
+        tls: k.spec.tls.mode,
+        active: k.active,
+        opening: k.opening,
+        waiting: k.waiting,
+        cached: k.cached,
+      })),
+    );
   }
 
   /** Destination connections: tunnels (each has one) and the pool's, busy or cached. */

@@ -46,6 +46,7 @@ interface Waiter {
 }
 
 interface KeyState {
+  readonly spec: ConnectionSpec;
   readonly idle: Pooled[];
   readonly active: Set<Pooled>;
   readonly waiters: Waiter[];
@@ -57,7 +58,7 @@ export interface PoolSnapshot {
   readonly active: number;
   readonly cached: number;
   readonly opening: number;
-  readonly keys: readonly { key: string; active: number; opening: number; waiting: number; cached: readonly { id: number; ageMs: number; idleMs: number; transactions: number; tls: string }[] }[];
+  readonly keys: readonly { key: string; spec: ConnectionSpec; active: number; opening: number; waiting: number; cached: readonly { id: number; ageMs: number; idleMs: number; transactions: number; tls: string }[] }[];
 }
 
 export class SmtpPool {
@@ -95,7 +96,7 @@ export class SmtpPool {
       done({ ok: false, code: 421, message: 'proxy shutting down' });
       return () => {};
     }
-    const ks = this.#key(req.key);
+    const ks = this.#key(req.key, req.spec);
     if (req.fresh !== true) {
       const p = this.#takeIdle(ks);
       if (p !== null) {
@@ -171,13 +172,13 @@ export class SmtpPool {
   giveBack(conn: DestinationConnection, reusable: boolean): void {
     const p = this.#byConn.get(conn);
     if (p === undefined) return;
-    this.#key(p.key).active.delete(p);
+    this.#known(p.key).active.delete(p);
     this.#giveBack(p, reusable);
   }
 
   #giveBack(p: Pooled, reusable: boolean): void {
     if (!reusable || this.#stopping || !this.#reusable(p)) return this.#retire(p, reusable);
-    const ks = this.#key(p.key);
+    const ks = this.#known(p.key);
     const w = ks.waiters.shift();
     if (w !== undefined) {
       w.settled = true;
@@ -245,9 +246,15 @@ export class SmtpPool {
     this.#gc(p.key);
   }
 
-  #key(key: string): KeyState {
+  #key(key: string, spec: ConnectionSpec): KeyState {
     let ks = this.#keys.get(key);
-    if (ks === undefined) this.#keys.set(key, (ks = { idle: [], active: new Set(), waiters: [], opening: 0 }));
+    if (ks === undefined) this.#keys.set(key, (ks = { spec, idle: [], active: new Set(), waiters: [], opening: 0 }));
+    return ks;
+  }
+
+  #known(key: string): KeyState {
+    const ks = this.#keys.get(key);
+    if (ks === undefined) throw new Error(`pool key ${key} vanished while in use`);
     return ks;
   }
 
@@ -281,6 +288,7 @@ export class SmtpPool {
       opening += ks.opening;
       keys.push({
         key,
+        spec: ks.spec,
         active: ks.active.size,
         opening: ks.opening,
         waiting: ks.waiters.length,

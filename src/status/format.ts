@@ -150,3 +150,30 @@ export function statusRecords(s: StatusSnapshot): StatusRecord[] {
   });
   return records;
 }
+
+/** One shared destination connection key of the pool (smtp mode), for `mtaproxy status`. */
+export interface PoolKeyStatus {
+  readonly sourceIp: string;
+  readonly destination: string;
+  readonly ehlo: string;
+  readonly tls: string;
+  readonly active: number;
+  readonly opening: number;
+  readonly waiting: number;
+  readonly cached: readonly { readonly id: number; readonly ageMs: number; readonly idleMs: number; readonly transactions: number; readonly tls: string }[];
+}
+
+/**
+ * `mtaproxy status` only (not the periodic lines): every destination with pooled connections, and
+ * each cached connection with its age, idle time and transactions so far.
+ */
+export function poolLines(keys: readonly PoolKeyStatus[]): string[] {
+  const lines: string[] = [];
+  for (const k of keys) {
+    lines.push(`smtp_pool: ${k.sourceIp} -> ${k.destination} ehlo=${k.ehlo} tls=${k.tls} active=${k.active} cached=${k.cached.length} opening=${k.opening} waiting=${k.waiting}`);
+    for (const c of k.cached) {
+      lines.push(`smtp_pool:   conn#${c.id} age=${formatUptime(c.ageMs)} idle=${formatUptime(c.idleMs)} transactions=${c.transactions} tls=${c.tls}`);
+    }
+  }
+  return lines;
+}

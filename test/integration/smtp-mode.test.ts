@@ -157,6 +157,8 @@ describe('smtp mode', () => {
     await d.waitForLine(/smtp\(server-b\): 127\.0\.0\.2:\d+ -> 127\.0\.0\.1:\d+ conn#\d+ reused tls=TLSv1\.\d rcpt=2\/2 bytes=\d+ DATA -> 250/);
     const status = await d.cli(['status']);
     expect(status.stdout).toContain('direct_remote_smtp: connections=1(active=0 cached=1)');
+    expect(status.stdout).toContain(`smtp_pool: 127.0.0.2 -> 127.0.0.1:${smtpPort} ehlo=mail-2.example tls=opportunistic active=0 cached=1 opening=0 waiting=0`);
+    expect(status.stdout).toMatch(/smtp_pool: {3}conn#\d+ age=\d+s idle=\d+s transactions=2 tls=TLSv1\.[23]/);
   });
 
   it('passes per-recipient replies verbatim and answers XMTAPROXY with the connection used', async () => {
@@ -276,7 +278,7 @@ describe('smtp mode', () => {
     await d.waitForLine(/smtp\(server-a\): .* bytes=\d+ lost: .* -> 451/);
   });
 
-  it('finds out that a cached connection died and sends the transaction on a new one', async () => {
+  it('drops a cached connection the destination closed, and sends the next transaction on a new one', async () => {
     const d = await proxy([smtpPort]);
     await mta(d, 'server-a');
     const before = seen.connections;
@@ -288,6 +290,56 @@ describe('smtp mode', () => {
     const info = await send(c, 'a@example.com', ['b@example.net'], 'Subject: two\r\n\r\ny\r\n');
     expect(info.accepted).toEqual(['b@example.net']);
     expect(seen.connections - before).toBe(2);
+    await quit(c);
+  });
+
+  it('a cached connection that answers MAIL with 421 is replaced without the MTA seeing it', async () => {
+    // the first connection closes with 421 at its second MAIL (as an MX whose idle timer fired
+    // just as the proxy reused it); later connections behave
+    let connections = 0;
+    const closer = createServer((sock) => {
+      const n = ++connections;
+      let mails = 0;
+      let data = false;
+      let text = '';
+      sock.write('220 closer ESMTP\r\n');
+      sock.on('data', (c: Buffer) => {
+        text += c.toString('latin1');
+        for (;;) {
+          if (data) {
+            const end = text.indexOf('\r\n.\r\n');
+            if (end === -1) return;
+            text = text.slice(end + 5);
+            data = false;
+            sock.write('250 2.0.0 queued\r\n');
+            continue;
+          }
+          const i = text.indexOf('\r\n');
+          if (i === -1) return;
+          const verb = text.slice(0, 4).toUpperCase();
+          text = text.slice(i + 2);
+          if (verb === 'EHLO') sock.write('250-closer\r\n250 8BITMIME\r\n');
+          else if (verb === 'MAIL' && n === 1 && ++mails === 2) return sock.end('421 4.4.2 closer: idle timeout\r\n');
+          else if (verb === 'DATA') {
+            data = true;
+            sock.write('354 go\r\n');
+          } else if (verb === 'QUIT') return sock.end('221 bye\r\n');
+          else sock.write('250 2.1.0 ok\r\n');
+        }
+      });
+      sock.on('error', () => {});
+    });
+    servers.push(closer);
+    await new Promise<void>((r) => closer.listen(0, '127.0.0.1', r));
+    const port = (closer.address() as AddressInfo).port;
+    const d = await proxy([port]);
+    await mta(d, 'server-a');
+    const c = await smtpClient((await link(d, 'server-a', port)).socket);
+    await send(c, 'a@example.com', ['b@example.net'], 'Subject: one\r\n\r\nx\r\n');
+    const info = await send(c, 'a@example.com', ['b@example.net'], 'Subject: two\r\n\r\ny\r\n');
+    expect(info.accepted).toEqual(['b@example.net']);
+    expect(info.response).toBe('250 2.0.0 queued');
+    expect(connections).toBe(2);
     await quit(c);
   });
 
