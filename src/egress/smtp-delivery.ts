@@ -38,6 +38,20 @@ export function smtpTimeouts(c: SmtpConfig, connectMs: number): SmtpTimeouts {
 }
 
 /** Connections are shared only within one key: same source, destination, EHLO name, TLS policy and throttle. */
+/**
+ * Idle connections beyond their throttle's limit (the MTAs declared a lower max_connections, or
+ * the declaring sessions left) are QUIT: called on every status tick.
+ */
+export function trimPool(smtp: SmtpDeliveryContext, throttle: DeliveryContext['throttle']): void {
+  const m = throttle.manager;
+  for (const group of smtp.pool.groups()) {
+    const limits = m.limits(group);
+    if (limits === null) continue;
+    const excess = m.inUse(group) - limits.maxConnections;
+    if (excess > 0) smtp.pool.retireIdle(group, excess);
+  }
+}
+
 export function poolKey(spec: ConnectionSpec, throttle: string): string {
   const t = spec.tls;
   return `${spec.sourceIp}|${spec.address}:${spec.port}|${spec.ehloName.toLowerCase()}|${t.mode}|${t.verifyName ?? '-'}|${t.sni ?? '-'}|${throttle}`;
@@ -91,8 +105,13 @@ export function deliverSmtp(ctx: DeliveryContext, smtp: SmtpDeliveryContext, mta
     const destination = target.includes(':') ? `[${target}]:${req.port}` : `${target}:${req.port}`;
     // a new destination connection takes a connection slot of the throttle, held by the
     // connection (heldByDelivery: it survives the control session) until it is retired
-    const acquireSlot: BorrowRequest['acquireSlot'] = (cb) =>
-      ctx.throttle.acquire(
+    const acquireSlot: BorrowRequest['acquireSlot'] = (cb) => {
+      // every slot taken, one by an idle connection of another key of this throttle (another
+      // EHLO name or TLS policy): that one goes, so this borrower need not wait for it to time out
+      const m = ctx.throttle.manager;
+      const limits = m.limits(req.throttle);
+      if (limits !== null && m.inUse(req.throttle) >= limits.maxConnections) smtp.pool.retireIdle(req.throttle, 1);
+      return ctx.throttle.acquire(
         d.owner,
         req.throttle,
         'connection',
@@ -103,7 +122,8 @@ export function deliverSmtp(ctx: DeliveryContext, smtp: SmtpDeliveryContext, mta
         },
         { heldByDelivery: true },
       );
-    const borrow = { key: poolKey(spec, req.throttle), spec, acquireSlot };
+    };
+    const borrow = { key: poolKey(spec, req.throttle), group: req.throttle, spec, acquireSlot };
     cancel = smtp.pool.borrow(borrow, (b) => {
       cancel = null;
       if (done) {

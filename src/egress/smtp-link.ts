@@ -161,6 +161,12 @@ export class SmtpLink {
         else this.#mta.resume();
         return;
       }
+      if (/[\r\0]/.test(line)) {
+        // a bare CR or a NUL inside a command would be read differently by the destination
+        // (command smuggling onto a shared connection): never relayed
+        this.#write(formatReply(501, ['5.5.2 mtaproxy: bare CR or NUL in a command line']));
+        continue;
+      }
       const cmd = parseCommand(line);
       this.#busy = true;
       this.#mta.pause();
@@ -430,6 +436,7 @@ export class SmtpLink {
       connection: conn.id,
       reused: this.#reused,
       tls,
+      tls_resumed: conn.tls?.resumed ?? false,
       recipients: tx?.rcptOk ?? 0,
       recipients_refused: (tx?.rcptTotal ?? 0) - (tx?.rcptOk ?? 0),
       bytes,
@@ -437,7 +444,7 @@ export class SmtpLink {
       end: how,
       duration_ms: tx === null ? 0 : Math.round(performance.now() - tx.started),
     };
-    const text = `smtp(${this.#o.who}): ${conn.local} -> ${this.#o.destination} conn#${conn.id} ${this.#reused ? 'reused' : 'new'} tls=${tls} rcpt=${fields.recipients}/${tx?.rcptTotal ?? 0} bytes=${bytes} ${how} -> ${reply === null ? `451 (${how})` : replySummary(reply)}`;
+    const text = `smtp(${this.#o.who}): ${conn.local} -> ${this.#o.destination} conn#${conn.id} ${this.#reused ? 'reused' : 'new'} tls=${tls}${conn.tls?.resumed === true ? '(resumed)' : ''} rcpt=${fields.recipients}/${tx?.rcptTotal ?? 0} bytes=${bytes} ${how} -> ${reply === null ? `451 (${how})` : replySummary(reply)}`;
     if (reply !== null && reply.code < 400) this.#ctx.log.info(fields, text);
     else this.#ctx.log.warn(fields, text);
   }

@@ -24,7 +24,7 @@ import { LeaveQueue } from './leaves.js';
 import type { ControlSession, SessionServices } from './session.js';
 import { ThrottleService } from '../throttle/service.js';
 import { handleNativeConnect, type DeliveryContext } from '../egress/delivery.js';
-import { poolLimits, smtpTimeouts, type SmtpDeliveryContext } from '../egress/smtp-delivery.js';
+import { poolLimits, smtpTimeouts, trimPool, type SmtpDeliveryContext } from '../egress/smtp-delivery.js';
 import { TimerWheel } from '../net/wheel.js';
 import { SmtpPool } from '../smtp/pool.js';
 import { serveSocks5 } from './socks5.js';
@@ -550,6 +550,7 @@ export class Daemon {
         if (this.#fdLimit !== null && this.#fdsInUse() > this.#fdLimit / 4) this.#calibrateFds();
         for (const record of this.status()) this.#log.info(record.fields, record.msg);
         this.#notifier.status(this.#summary());
+        trimPool(this.#smtp, this.#throttle);
       }, config.statusIntervalMs),
       // one timer for all sessions, not one per session: a tenth of the ping interval, so a
       // session silent for two intervals is closed within 2.1 intervals (docs/throttling.md)

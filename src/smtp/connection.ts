@@ -60,9 +60,32 @@ export interface TlsInfo {
   readonly cipher: string;
   /** the destination's certificate was verified against the policy's name */
   readonly verified: boolean;
+  /** the TLS session was resumed (no full handshake) */
+  readonly resumed: boolean;
 }
 
 let nextId = 1;
+
+/**
+ * TLS sessions toward destinations, for resumption (RFC 8446 tickets / TLS 1.2 session ids): a new
+ * connection to the same destination under the same names skips the full handshake. Bounded; the
+ * oldest entry goes first. A session is used only under the verification it was made with.
+ */
+const MAX_TLS_SESSIONS = 10_000;
+const tlsSessions = new Map<string, Buffer>();
+
+function tlsSessionKey(spec: ConnectionSpec): string {
+  return `${spec.sourceIp}|${spec.address}:${spec.port}|${spec.tls.sni ?? '-'}|${spec.tls.verifyName ?? '-'}`;
+}
+
+function rememberTlsSession(key: string, session: Buffer): void {
+  tlsSessions.delete(key);
+  tlsSessions.set(key, session);
+  if (tlsSessions.size > MAX_TLS_SESSIONS) {
+    const oldest = tlsSessions.keys().next();
+    if (oldest.done !== true) tlsSessions.delete(oldest.value);
+  }
+}
 
 export class DestinationConnection {
   readonly id = nextId++;
@@ -153,9 +176,12 @@ export class DestinationConnection {
     // §5, the STARTTLS command injection of CVE-2011-0411)
     this.#parser = new ReplyParser();
     const { verifyName, sni } = this.spec.tls;
+    const sessionKey = tlsSessionKey(this.spec);
+    const session = tlsSessions.get(sessionKey);
     return new Promise((resolve, reject) => {
       const s: TLSSocket = tlsConnect({
         socket: raw,
+        ...(session !== undefined ? { session } : {}),
         ...(sni !== null ? { servername: sni } : {}),
         rejectUnauthorized: verifyName !== null,
         ...(verifyName !== null ? { checkServerIdentity: (_host, cert) => checkServerIdentity(verifyName, cert) } : {}),
@@ -164,11 +190,12 @@ export class DestinationConnection {
         s.destroy();
         reject(new SmtpConnectionError(421, `TLS handshake with the destination timed out after ${timeoutMs}ms`));
       });
+      s.on('session', (ticket: Buffer) => rememberTlsSession(sessionKey, ticket));
       s.once('secureConnect', () => {
         timer.cancel();
         s.removeAllListeners('error');
         const cipher = s.getCipher();
-        this.tls = { version: s.getProtocol() ?? cipher.version, cipher: cipher.name, verified: verifyName !== null };
+        this.tls = { version: s.getProtocol() ?? cipher.version, cipher: cipher.name, verified: verifyName !== null, resumed: s.isSessionReused() };
         this.#socket = s;
         this.#attach(s);
         resolve();

@@ -23,6 +23,11 @@ export type SlotOutcome = { ok: true; release: () => void } | { ok: false; code:
 export interface BorrowRequest {
   /** the pool key: connections are shared only between borrowers of the same key */
   readonly key: string;
+  /**
+   * connections of one group share a slot budget (the throttle): an idle connection of another
+   * key of the group may be retired to free a slot for this one (retireIdle)
+   */
+  readonly group: string;
   readonly spec: ConnectionSpec;
   /** takes a connection slot for a new connection (waiting if needed); returns a canceller */
   readonly acquireSlot: (done: (outcome: SlotOutcome) => void) => () => void;
@@ -47,6 +52,7 @@ interface Waiter {
 
 interface KeyState {
   readonly spec: ConnectionSpec;
+  readonly group: string;
   readonly idle: Pooled[];
   readonly active: Set<Pooled>;
   readonly waiters: Waiter[];
@@ -96,7 +102,7 @@ export class SmtpPool {
       done({ ok: false, code: 421, message: 'proxy shutting down' });
       return () => {};
     }
-    const ks = this.#key(req.key, req.spec);
+    const ks = this.#key(req.key, req.spec, req.group);
     if (req.fresh !== true) {
       const p = this.#takeIdle(ks);
       if (p !== null) {
@@ -246,9 +252,9 @@ export class SmtpPool {
     this.#gc(p.key);
   }
 
-  #key(key: string, spec: ConnectionSpec): KeyState {
+  #key(key: string, spec: ConnectionSpec, group: string): KeyState {
     let ks = this.#keys.get(key);
-    if (ks === undefined) this.#keys.set(key, (ks = { spec, idle: [], active: new Set(), waiters: [], opening: 0 }));
+    if (ks === undefined) this.#keys.set(key, (ks = { spec, group, idle: [], active: new Set(), waiters: [], opening: 0 }));
     return ks;
   }
 
@@ -261,6 +267,26 @@ export class SmtpPool {
   #gc(key: string): void {
     const ks = this.#keys.get(key);
     if (ks !== undefined && ks.idle.length === 0 && ks.active.size === 0 && ks.waiters.length === 0 && ks.opening === 0) this.#keys.delete(key);
+  }
+
+  /**
+   * QUITs up to `n` idle connections of `group`, those idle longest first: a throttle whose limit
+   * shrank, or a borrower of another key of the group waiting for a slot. Returns how many.
+   */
+  retireIdle(group: string, n: number): number {
+    const idle: Pooled[] = [];
+    for (const ks of this.#keys.values()) if (ks.group === group) idle.push(...ks.idle);
+    idle.sort((a, b) => a.conn.lastUsedAt - b.conn.lastUsedAt);
+    const retired = idle.slice(0, Math.max(0, n));
+    for (const p of retired) this.#retire(p, true);
+    return retired.length;
+  }
+
+  /** Groups with connections (for trimming them to their throttles' limits). */
+  groups(): Set<string> {
+    const g = new Set<string>();
+    for (const ks of this.#keys.values()) g.add(ks.group);
+    return g;
   }
 
   /** Idle connections QUIT now; active ones when given back; no new borrows. */
