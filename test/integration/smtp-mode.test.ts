@@ -197,11 +197,12 @@ describe('smtp mode', () => {
     expect(tx[1]).toBe('550 5.1.1 no such user here');
     expect(tx[2]).toMatch(/^250 /);
     expect(tx[3]).toMatch(/^354 /);
-    s.write('Subject: x\r\n\r\nbody\r\n.\r\nXMTAPROXY\r\nQUIT\r\n');
-    await until(afterEhlo + 7);
+    s.write('Subject: x\r\n\r\nbody\r\n.\r\nXMTAPROXY\r\nNOOP\rMAIL FROM:<x@y>\r\nQUIT\r\n');
+    await until(afterEhlo + 8);
     expect(replies[afterEhlo + 4]).toMatch(/^250 /);
     expect(replies[afterEhlo + 5]).toMatch(/^250 2\.0\.0 connection=\d+ reused=(yes|no) tls=TLSv1\.[23] cipher=\S+ local=127\.0\.0\.2:\d+ transactions=1$/);
-    expect(replies[afterEhlo + 6]).toMatch(/^221 /);
+    expect(replies[afterEhlo + 6]).toBe('501 5.5.2 mtaproxy: bare CR or NUL in a command line');
+    expect(replies[afterEhlo + 7]).toMatch(/^221 /);
   });
 
   it('shares the destination limit at transaction granularity: 3 MTAs, 2 connections', async () => {
