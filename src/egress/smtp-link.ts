@@ -126,6 +126,8 @@ export class SmtpLink {
   #touch(): void {
     this.#idle?.cancel();
     this.#idle = this.#ctx.wheel.add(this.#o.idleTimeoutMs, () => {
+      // waiting for the destination (its own timeouts apply) is not the MTA being idle
+      if (this.#busy) return this.#touch();
       this.#write(formatReply(421, [`4.4.2 mtaproxy: no command for ${this.#o.idleTimeoutMs}ms, closing`]));
       this.#close('idle timeout');
     });

@@ -38,7 +38,8 @@ async function fakeMx(): Promise<FakeMx> {
           const body = text.slice(0, end);
           text = text.slice(end + 5);
           data = false;
-          if (!body.includes('STALL')) sock.write('250 2.0.0 queued\r\n');
+          if (body.includes('SLOW')) setTimeout(() => sock.write('250 2.0.0 queued slowly\r\n'), 1600);
+          else if (!body.includes('STALL')) sock.write('250 2.0.0 queued\r\n');
           continue;
         }
         const i = text.indexOf('\r\n');
@@ -149,6 +150,23 @@ describe('smtp pool limits', () => {
     expect(err.response).toContain('mtaproxy: the destination connection failed during this transaction (destination did not answer within 500ms)');
     expect((await send(c)).response).toBe('250 2.0.0 queued');
     expect(mx.connections).toBe(2);
+  });
+
+  it('a link waiting for a slow destination is not idle: egress.idle_timeout does not cut it', async () => {
+    const mx = await fakeMx();
+    servers.push(mx.server);
+    const d = await startDaemon({
+      extra: `[egress]\nsource_ips = ["127.0.0.2"]\nports = [${mx.port}]\nallow_private_destinations = true\nidle_timeout = "1s"\n`,
+    });
+    running.push(d);
+    await mta(d, 'a');
+    const c = await client(d, 'a', mx.port);
+    expect((await send(c, 'Subject: x\r\n\r\nSLOW\r\n')).response).toBe('250 2.0.0 queued slowly');
+    // and an MTA that really says nothing is cut after it
+    const end = new Promise<void>((r) => c.once('end', () => r()));
+    const started = Date.now();
+    await end;
+    expect(Date.now() - started).toBeLessThan(3000);
   });
 
   it('every MAIL FROM takes a message token: past max_messages_per_hour the MTA gets 4xx from the proxy', async () => {
