@@ -85,6 +85,17 @@ export async function resolveDestination(req: ConnectRequest, timeoutMs: number)
   }
 }
 
+/** What refuses a delivery before anything is resolved or waited for: policy, shutdown, max_tunnels. */
+export function admission(ctx: DeliveryContext, req: ConnectRequest, egress: EgressConfig): Refusal | null {
+  const policy = checkRequest(req, egress);
+  if (policy !== null) return policy;
+  if (ctx.stopping()) return { code: CONNECT_CODES.shuttingDown, message: 'proxy shutting down' };
+  if (ctx.tunnels.size + ctx.pending.size >= egress.maxTunnels) {
+    return { code: CONNECT_CODES.tooManyTunnels, message: `egress.max_tunnels (${egress.maxTunnels}) reached (${ctx.tunnels.size} open, ${ctx.pending.size} opening)` };
+  }
+  return null;
+}
+
 export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies: DeliveryReplies): void {
   ctx.admitted(mta);
   const { req, who } = d;
@@ -191,12 +202,8 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
   };
 
   const egress = ctx.egress();
-  const policy = checkRequest(req, egress);
-  if (policy !== null) return refuse(policy);
-  if (ctx.stopping()) return refuse({ code: CONNECT_CODES.shuttingDown, message: 'proxy shutting down' });
-  if (ctx.tunnels.size + ctx.pending.size >= egress.maxTunnels) {
-    return refuse({ code: CONNECT_CODES.tooManyTunnels, message: `egress.max_tunnels (${egress.maxTunnels}) reached (${ctx.tunnels.size} open, ${ctx.pending.size} opening)` });
-  }
+  const refusal = admission(ctx, req, egress);
+  if (refusal !== null) return refuse(refusal);
   ctx.pending.set(mta, (r) => {
     cancelWait?.();
     refuse(r);

@@ -10,9 +10,9 @@ import type { TimerWheel } from '../net/wheel.js';
 import type { ConnectionSpec, SmtpTimeouts } from '../smtp/connection.js';
 import type { BorrowRequest, PoolLimits, SlotOutcome, SmtpPool } from '../smtp/pool.js';
 import type { Delivery, DeliveryContext, DeliveryReplies } from './delivery.js';
-import { resolveDestination } from './delivery.js';
+import { admission, resolveDestination } from './delivery.js';
 import { SmtpLink } from './smtp-link.js';
-import { checkDestination, checkRequest, CONNECT_CODES, type Refusal } from './policy.js';
+import { checkDestination, type Refusal } from './policy.js';
 
 export interface SmtpDeliveryContext {
   readonly pool: SmtpPool;
@@ -86,12 +86,8 @@ export function deliverSmtp(ctx: DeliveryContext, smtp: SmtpDeliveryContext, mta
   mta.on('error', () => {});
 
   const egress = ctx.egress();
-  const policy = checkRequest(req, egress);
-  if (policy !== null) return refuse(policy);
-  if (ctx.stopping()) return refuse({ code: CONNECT_CODES.shuttingDown, message: 'proxy shutting down' });
-  if (ctx.tunnels.size + ctx.pending.size >= egress.maxTunnels) {
-    return refuse({ code: CONNECT_CODES.tooManyTunnels, message: `egress.max_tunnels (${egress.maxTunnels}) reached (${ctx.tunnels.size} open, ${ctx.pending.size} opening)` });
-  }
+  const refusal = admission(ctx, req, egress);
+  if (refusal !== null) return refuse(refusal);
   ctx.pending.set(mta, refuse);
   const waitMs = Math.min(req.waitMs ?? egress.throttleWaitTimeoutMs, egress.throttleWaitTimeoutMs);
 

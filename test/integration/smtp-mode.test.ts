@@ -2,12 +2,13 @@
 // with its built-in self-signed certificate) and real SMTP clients (nodemailer's SMTPConnection)
 // on the MTA side: transactions of different MTAs share the proxy's destination connections.
 import { createHash } from 'node:crypto';
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
 import { SMTPServer } from 'smtp-server';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ControlClient, openTunnel, type SmtpModeOptions } from '../../src/client/index.js';
 import { SECRET, startDaemon, type RunningDaemon } from '../helpers/daemon.js';
+import { fakeMx } from '../helpers/fake-mx.js';
 
 interface Seen {
   connections: number;
@@ -70,7 +71,7 @@ afterAll(async () => {
 
 const running: RunningDaemon[] = [];
 const clients: ControlClient[] = [];
-const servers: Server[] = [];
+const servers: { close(): void }[] = [];
 afterEach(async () => {
   for (const c of clients.splice(0)) c.destroy();
   await Promise.all(running.splice(0).map((d) => d.stop()));
@@ -224,47 +225,10 @@ describe('smtp mode', () => {
   });
 
   it('a destination that drops mid-DATA gives the MTA a 4xx, and that connection is not reused', async () => {
-    // a hand-written destination that accepts one transaction, then closes during the second's body
-    let connections = 0;
-    const dropper = createServer((sock) => {
-      connections++;
-      let data = false;
-      let n = 0;
-      let text = '';
-      sock.write('220 dropper ESMTP\r\n');
-      sock.on('data', (c: Buffer) => {
-        text += c.toString('latin1');
-        if (data) {
-          if (text.includes('DROP')) return sock.destroy();
-          if (text.includes('\r\n.\r\n')) {
-            data = false;
-            text = '';
-            sock.write('250 2.0.0 queued\r\n');
-          }
-          return;
-        }
-        let i: number;
-        while ((i = text.indexOf('\r\n')) !== -1) {
-          const line = text.slice(0, i);
-          text = text.slice(i + 2);
-          const verb = line.slice(0, 4).toUpperCase();
-          if (verb === 'EHLO') sock.write('250-dropper\r\n250 PIPELINING\r\n');
-          else if (verb === 'DATA') {
-            n++;
-            data = true;
-            sock.write('354 go\r\n');
-            if (text.includes('DROP')) return sock.destroy();
-            return;
-          } else if (verb === 'QUIT') sock.end('221 bye\r\n');
-          else sock.write('250 2.1.0 ok\r\n');
-        }
-      });
-      sock.on('error', () => {});
-      void n;
-    });
-    servers.push(dropper);
-    await new Promise<void>((r) => dropper.listen(0, '127.0.0.1', r));
-    const port = (dropper.address() as AddressInfo).port;
+    // a destination that accepts one transaction, then closes during the second's body
+    const mx = await fakeMx();
+    servers.push(mx);
+    const port = mx.port;
     const d = await proxy([port]);
     await mta(d, 'server-a');
     const c = await smtpClient((await link(d, 'server-a', port, { ehlo: 'a.example', tls: 'opportunistic' })).socket);
@@ -274,7 +238,7 @@ describe('smtp mode', () => {
     expect(err.response).toMatch(/^451 4\.4\.2 mtaproxy: the destination connection failed/);
     // the next transaction is served on a new connection
     await send(c, 'a@example.com', ['b@example.net'], 'Subject: three\r\n\r\nfine\r\n');
-    expect(connections).toBe(2);
+    expect(mx.connections).toBe(2);
     await quit(c);
     await d.waitForLine(/smtp\(server-a\): .* bytes=\d+ lost: .* -> 451/);
   });
@@ -297,42 +261,9 @@ describe('smtp mode', () => {
   it('a cached connection that answers MAIL with 421 is replaced without the MTA seeing it', async () => {
     // the first connection closes with 421 at its second MAIL (as an MX whose idle timer fired
     // just as the proxy reused it); later connections behave
-    let connections = 0;
-    const closer = createServer((sock) => {
-      const n = ++connections;
-      let mails = 0;
-      let data = false;
-      let text = '';
-      sock.write('220 closer ESMTP\r\n');
-      sock.on('data', (c: Buffer) => {
-        text += c.toString('latin1');
-        for (;;) {
-          if (data) {
-            const end = text.indexOf('\r\n.\r\n');
-            if (end === -1) return;
-            text = text.slice(end + 5);
-            data = false;
-            sock.write('250 2.0.0 queued\r\n');
-            continue;
-          }
-          const i = text.indexOf('\r\n');
-          if (i === -1) return;
-          const verb = text.slice(0, 4).toUpperCase();
-          text = text.slice(i + 2);
-          if (verb === 'EHLO') sock.write('250-closer\r\n250 8BITMIME\r\n');
-          else if (verb === 'MAIL' && n === 1 && ++mails === 2) return sock.end('421 4.4.2 closer: idle timeout\r\n');
-          else if (verb === 'DATA') {
-            data = true;
-            sock.write('354 go\r\n');
-          } else if (verb === 'QUIT') return sock.end('221 bye\r\n');
-          else sock.write('250 2.1.0 ok\r\n');
-        }
-      });
-      sock.on('error', () => {});
-    });
-    servers.push(closer);
-    await new Promise<void>((r) => closer.listen(0, '127.0.0.1', r));
-    const port = (closer.address() as AddressInfo).port;
+    const mx = await fakeMx({ closeAtMail: (connection, mail) => connection === 1 && mail === 2 });
+    servers.push(mx);
+    const port = mx.port;
     const d = await proxy([port]);
     await mta(d, 'server-a');
     const c = await smtpClient((await link(d, 'server-a', port)).socket);
@@ -340,7 +271,7 @@ describe('smtp mode', () => {
     const info = await send(c, 'a@example.com', ['b@example.net'], 'Subject: two\r\n\r\ny\r\n');
     expect(info.accepted).toEqual(['b@example.net']);
     expect(info.response).toBe('250 2.0.0 queued');
-    expect(connections).toBe(2);
+    expect(mx.connections).toBe(2);
     await quit(c);
   });
 

@@ -2,68 +2,13 @@
 // idle connections QUIT after smtp.idle_timeout, reuse_count_limit, stalls answered with the
 // proxy's 451, message tokens per MAIL FROM, trimming to a shrunk throttle, the drain on SIGTERM,
 // and TLS resumption toward a destination (smtp-server) when a connection is replaced.
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
 import { SMTPServer } from 'smtp-server';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ControlClient, openTunnel } from '../../src/client/index.js';
 import { SECRET, startDaemon, type RunningDaemon } from '../helpers/daemon.js';
-
-interface FakeMx {
-  port: number;
-  connections: number;
-  open: number;
-  quits: number;
-  mails: number;
-  /** messages whose body contains STALL get no final reply */
-  server: Server;
-}
-
-async function fakeMx(): Promise<FakeMx> {
-  const mx: FakeMx = { port: 0, connections: 0, open: 0, quits: 0, mails: 0, server: createServer() };
-  mx.server.on('connection', (sock: Socket) => {
-    mx.connections++;
-    mx.open++;
-    sock.on('close', () => mx.open--);
-    sock.on('error', () => {});
-    let data = false;
-    let text = '';
-    sock.write('220 fake ESMTP\r\n');
-    sock.on('data', (c: Buffer) => {
-      text += c.toString('latin1');
-      for (;;) {
-        if (data) {
-          const end = text.indexOf('\r\n.\r\n');
-          if (end === -1) return;
-          const body = text.slice(0, end);
-          text = text.slice(end + 5);
-          data = false;
-          if (body.includes('SLOW')) setTimeout(() => sock.write('250 2.0.0 queued slowly\r\n'), 1600);
-          else if (!body.includes('STALL')) sock.write('250 2.0.0 queued\r\n');
-          continue;
-        }
-        const i = text.indexOf('\r\n');
-        if (i === -1) return;
-        const verb = text.slice(0, 4).toUpperCase();
-        text = text.slice(i + 2);
-        if (verb === 'EHLO') sock.write('250-fake\r\n250-PIPELINING\r\n250 8BITMIME\r\n');
-        else if (verb === 'DATA') {
-          data = true;
-          sock.write('354 go\r\n');
-        } else if (verb === 'QUIT') {
-          mx.quits++;
-          return void sock.end('221 2.0.0 bye\r\n');
-        } else {
-          if (verb === 'MAIL') mx.mails++;
-          sock.write('250 2.1.0 ok\r\n');
-        }
-      }
-    });
-  });
-  await new Promise<void>((r) => mx.server.listen(0, '127.0.0.1', r));
-  mx.port = (mx.server.address() as AddressInfo).port;
-  return mx;
-}
+import { fakeMx } from '../helpers/fake-mx.js';
 
 const running: RunningDaemon[] = [];
 const clients: ControlClient[] = [];
@@ -113,7 +58,7 @@ const until = async (cond: () => boolean, ms = 5000): Promise<void> => {
 describe('smtp pool limits', () => {
   it('QUITs an idle connection after smtp.idle_timeout, and opens a new one afterwards', async () => {
     const mx = await fakeMx();
-    servers.push(mx.server);
+    servers.push(mx);
     const d = await proxy(mx.port, 'idle_timeout = "300ms"');
     await mta(d, 'a');
     const c = await client(d, 'a', mx.port);
@@ -128,7 +73,7 @@ describe('smtp pool limits', () => {
 
   it('reuse_count_limit retires a connection after that many transactions', async () => {
     const mx = await fakeMx();
-    servers.push(mx.server);
+    servers.push(mx);
     const d = await proxy(mx.port, 'reuse_count_limit = 2');
     await mta(d, 'a');
     const c = await client(d, 'a', mx.port);
@@ -141,7 +86,7 @@ describe('smtp pool limits', () => {
 
   it('a destination that stalls after the body gives the MTA the proxy’s 451, and its connection is dropped', async () => {
     const mx = await fakeMx();
-    servers.push(mx.server);
+    servers.push(mx);
     const d = await proxy(mx.port, 'data_done_timeout = "500ms"');
     await mta(d, 'a');
     const c = await client(d, 'a', mx.port);
@@ -154,7 +99,7 @@ describe('smtp pool limits', () => {
 
   it('a link waiting for a slow destination is not idle: egress.idle_timeout does not cut it', async () => {
     const mx = await fakeMx();
-    servers.push(mx.server);
+    servers.push(mx);
     const d = await startDaemon({
       extra: `[egress]\nsource_ips = ["127.0.0.2"]\nports = [${mx.port}]\nallow_private_destinations = true\nidle_timeout = "1s"\n`,
     });
@@ -171,7 +116,7 @@ describe('smtp pool limits', () => {
 
   it('every MAIL FROM takes a message token: past max_messages_per_hour the MTA gets 4xx from the proxy', async () => {
     const mx = await fakeMx();
-    servers.push(mx.server);
+    servers.push(mx);
     const d = await proxy(mx.port);
     // 60 per hour: a burst of one, then one a minute
     await mta(d, 'a', 2, 60);
@@ -185,7 +130,7 @@ describe('smtp pool limits', () => {
 
   it('QUITs idle connections beyond a throttle limit that shrank', async () => {
     const mx = await fakeMx();
-    servers.push(mx.server);
+    servers.push(mx);
     const d = await proxy(mx.port);
     const ctl = await mta(d, 'a', 3);
     const conns = await Promise.all([1, 2, 3].map(() => client(d, 'a', mx.port)));
@@ -201,7 +146,7 @@ describe('smtp pool limits', () => {
 
   it('on SIGTERM, an idle link gets 421, a link mid-transaction finishes it, and cached connections QUIT', async () => {
     const mx = await fakeMx();
-    servers.push(mx.server);
+    servers.push(mx);
     const d = await proxy(mx.port, '', 'shutdown_timeout = "10s"');
     await mta(d, 'a');
     const idle = await rawLink(d, 'a', mx.port);
