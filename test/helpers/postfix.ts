@@ -12,7 +12,7 @@
 // stops Postfix and removes the dir by itself.
 //
 // Postfix is configured as a plain MX for `domains` (default dest.test): any recipient is accepted
-// except `reject-*@` (550 5.1.1) and `defer-*@` (450 4.2.0), other domains get 554 relay denied;
+// except `reject-*@` (550 5.1.1) and `defer-*@` (450 4.2.0), other domains get 554 5.7.1 Relay access denied;
 // STARTTLS is offered (`tls: false` turns it off); `smtpd_client_connection_count_limit` is
 // `connectionLimit` (0 = none) and, importantly, `smtpd_client_event_limit_exceptions` is emptied:
 // by default it is $mynetworks, which includes 127.0.0.0/8, so loopback clients would be exempt
@@ -31,6 +31,7 @@
 //   smtpd[pid]: 5F1A62104F2: client=unknown[127.0.0.1]
 //   qmgr[pid]: 5F1A62104F2: from=<a@src.test>, size=312, nrcpt=1 (queue active)   <- a transaction
 //   smtpd[pid]: NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 550 5.1.1 <reject-x@dest.test>: ...
+//     (`5F1A62104F2: reject: ...` once the transaction has an accepted recipient)
 //   smtpd[pid]: warning: Connection concurrency limit exceeded: 3 from unknown[127.0.0.1] for service ...
 //   smtpd[pid]: disconnect from unknown[127.0.0.1] ehlo=2 starttls=1 mail=2 rcpt=2 data=2 quit=1 commands=10
 // A readiness probe (EHLO, STARTTLS, QUIT) runs before startPostfix() resolves; its lines are not
@@ -242,7 +243,7 @@ function mainCf(dir: string, o: Required<Omit<PostfixOptions, 'port' | 'keep' | 
     local_header_rewrite_clients: '',
     always_add_missing_headers: 'no',
     smtpd_banner: '$myhostname ESMTP Postfix',
-    smtpd_relay_restrictions: 'permit_auth_destination, reject',
+    smtpd_relay_restrictions: 'permit_auth_destination, reject_unauth_destination',
     smtpd_recipient_restrictions: `check_recipient_access regexp:${join(dir, 'etc/recipient_access')}`,
     smtpd_client_connection_count_limit: String(o.connectionLimit),
     smtpd_client_connection_rate_limit: '0',
@@ -301,7 +302,7 @@ const DISCONNECT = new RegExp(`^disconnect from ${PEER}(.*)$`);
 const TLS = new RegExp(`^\\w+ TLS connection established from ${PEER}: (.*)$`);
 const CLIENT = new RegExp(`^([0-9A-F]+): client=${PEER}`);
 const LIMIT = new RegExp(`^warning: Connection concurrency limit exceeded: \\d+ from ${PEER}`);
-const REJECT = new RegExp(`^NOQUEUE: reject: RCPT from ${PEER}: (\\d{3} .*?); from=`);
+const REJECT = new RegExp(`^(?:NOQUEUE|[0-9A-F]+): reject: RCPT from ${PEER}: (\\d{3} .*?); from=`);
 const COMMITTED = /^([0-9A-F]+): from=<[^>]*>, size=\d+, nrcpt=\d+ \(queue active\)$/;
 
 function emptyClient(): ClientStats {
