@@ -149,6 +149,8 @@ export interface PostfixInstance {
   mark(): Promise<LogMark>;
   stats(since?: LogMark): Promise<PostfixStats>;
   waitForStats(done: (s: PostfixStats) => boolean, opts?: { since?: LogMark; timeoutMs?: number }): Promise<PostfixStats>;
+  /** resolves with the first log line (after `since`, default the start) matching `re` */
+  waitForLogLine(re: RegExp, opts?: { since?: LogMark; timeoutMs?: number }): Promise<string>;
   /** delivered messages in delivery order ('capture' delivery) */
   messages(): Promise<DeliveredMessage[]>;
   /** resolves once at least `n` delivered messages (matching `filter`) are there */
@@ -556,6 +558,16 @@ export async function startPostfix(options: PostfixOptions = {}): Promise<Postfi
         await sleep(100);
       }
     },
+    waitForLogLine: async (re, opts = {}) => {
+      const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
+      for (;;) {
+        const text = Buffer.from(await readLog(dir)).subarray(opts.since?.offset ?? 0).toString();
+        const hit = text.split('\n').find((l) => re.test(l));
+        if (hit !== undefined) return hit;
+        if (Date.now() > deadline) throw new Error(`no log line ${re} in ${dir}/maillog:\n${text.slice(-3000)}`);
+        await sleep(100);
+      }
+    },
     messages: () => readMessages(out, o.hostname),
     waitForMessages: async (n, opts = {}) => {
       const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
@@ -592,7 +604,8 @@ async function waitReady(s: Started, dir: string, host: string, port: number, ho
   for (;;) {
     if (exitCode !== undefined) break;
     try {
-      await probe(host, port, hostname, tls);
+      // the race: if master could not bind, someone else may be answering on the port
+      await Promise.race([probe(host, port, hostname, tls), s.exited.then((c) => Promise.reject(new Error(`postfix start-fg exited (${c})`)))]);
       return null;
     } catch (e) {
       last = e instanceof Error ? e.message : String(e);
