@@ -28,6 +28,7 @@
 // and per SMTP session, the lines of that log (see parseLog):
 //   smtpd[pid]: connect from unknown[127.0.0.1]
 //   smtpd[pid]: Anonymous TLS connection established from unknown[127.0.0.1]: TLSv1.3 with cipher ...
+//     (a resumed session is logged the same but without `server-digest ...`: no certificate signature)
 //   smtpd[pid]: 5F1A62104F2: client=unknown[127.0.0.1]
 //   qmgr[pid]: 5F1A62104F2: from=<a@src.test>, size=312, nrcpt=1 (queue active)   <- a transaction
 //   smtpd[pid]: NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 550 5.1.1 <reject-x@dest.test>: ...
@@ -37,6 +38,9 @@
 // A readiness probe (EHLO, STARTTLS, QUIT) runs before startPostfix() resolves; its lines are not
 // counted. Log lines arrive asynchronously: wait with waitForStats()/waitForMessages(), never sleep.
 // Set MTAPROXY_KEEP_POSTFIX=1 to keep the dir after stop() for a post-mortem.
+// Only node: imports, so a plain-JS bench can load it through esbuild (a devDependency):
+//   await (await import('esbuild')).build({ entryPoints: ['test/helpers/postfix.ts'], bundle: true,
+//     platform: 'node', format: 'esm', outfile: '/tmp/x/postfix.mjs' }); then import() that file.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, mkdirSync, writeFileSync, chmodSync, chownSync, rmSync } from 'node:fs';
 import { readFile, readdir } from 'node:fs/promises';
@@ -103,6 +107,8 @@ export interface SmtpSession {
   client: string;
   /** 'TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) ...', null without STARTTLS */
   tls: string | null;
+  /** the handshake resumed a TLS session (inferred: no certificate signature, so no `server-digest`) */
+  tlsResumed: boolean;
   /** refused by the connection count limit (421 4.7.0) */
   refused: boolean;
   /** queue ids created in this session (a MAIL..RCPT accepted) */
@@ -117,7 +123,10 @@ export interface SmtpSession {
 
 export interface ClientStats {
   connections: number;
+  /** every STARTTLS handshake, full or resumed */
   tlsHandshakes: number;
+  /** of which resumed a session (no certificate sent) */
+  tlsResumed: number;
   transactions: number;
   disconnects: number;
   refused: number;
@@ -308,7 +317,7 @@ const REJECT = new RegExp(`^(?:NOQUEUE|[0-9A-F]+): reject: RCPT from ${PEER}: (\
 const COMMITTED = /^([0-9A-F]+): from=<[^>]*>, size=\d+, nrcpt=\d+ \(queue active\)$/;
 
 function emptyClient(): ClientStats {
-  return { connections: 0, tlsHandshakes: 0, transactions: 0, disconnects: 0, refused: 0, rejectedRecipients: 0 };
+  return { connections: 0, tlsHandshakes: 0, tlsResumed: 0, transactions: 0, disconnects: 0, refused: 0, rejectedRecipients: 0 };
 }
 
 /** Counts connections, TLS handshakes, transactions, ... in a Postfix maillog (see the header). */
@@ -329,7 +338,7 @@ export function parseLog(text: string): PostfixStats {
     if (program !== 'smtpd') continue;
     let r: RegExpExecArray | null;
     if ((r = CONNECT.exec(msg)) !== null) {
-      const s: SmtpSession = { pid, client: r[1] as string, tls: null, refused: false, queueIds: [], transactions: 0, rejects: [], commands: null };
+      const s: SmtpSession = { pid, client: r[1] as string, tls: null, tlsResumed: false, refused: false, queueIds: [], transactions: 0, rejects: [], commands: null };
       sessions.push(s);
       open.set(pid, s);
       continue;
@@ -339,7 +348,10 @@ export function parseLog(text: string): PostfixStats {
     if ((r = DISCONNECT.exec(msg)) !== null) {
       s.commands = Object.fromEntries((r[2] as string).trim().split(/\s+/).filter((w) => w.includes('=')).map((w) => w.split('=', 2) as [string, string]));
       open.delete(pid);
-    } else if ((r = TLS.exec(msg)) !== null) s.tls = r[2] as string;
+    } else if ((r = TLS.exec(msg)) !== null) {
+      s.tls = r[2] as string;
+      s.tlsResumed = !/ server-digest /.test(`${s.tls} `);
+    }
     else if ((r = CLIENT.exec(msg)) !== null) s.queueIds.push(r[1] as string);
     else if (LIMIT.test(msg)) s.refused = true;
     else if ((r = REJECT.exec(msg)) !== null) s.rejects.push(r[2] as string);
@@ -352,6 +364,7 @@ export function parseLog(text: string): PostfixStats {
     for (const t of [total, c]) {
       t.connections += 1;
       t.tlsHandshakes += s.tls === null ? 0 : 1;
+      t.tlsResumed += s.tlsResumed ? 1 : 0;
       t.transactions += s.transactions;
       t.disconnects += s.commands === null ? 0 : 1;
       t.refused += s.refused ? 1 : 0;

@@ -3,7 +3,9 @@
 // happened on the wire, so the shared-connection tests and bench/reuse.mjs can rely on them.
 import { execFile } from 'node:child_process';
 import { X509Certificate, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import nodemailer from 'nodemailer';
 import type Mail from 'nodemailer/lib/mailer/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -74,7 +76,7 @@ describe.skipIf(unavailable !== null)('a real Postfix as SMTP destination', () =
     expect(first.response).toMatch(/^250 2\.0\.0 Ok: queued as [0-9A-F]+$/);
 
     const stats = await a.waitForStats((s) => (s.byClient['127.0.0.2']?.disconnects ?? 0) >= 1);
-    expect(stats.byClient['127.0.0.2']).toEqual({ connections: 1, tlsHandshakes: 1, transactions: 2, disconnects: 1, refused: 0, rejectedRecipients: 0 });
+    expect(stats.byClient['127.0.0.2']).toEqual({ connections: 1, tlsHandshakes: 1, tlsResumed: 0, transactions: 2, disconnects: 1, refused: 0, rejectedRecipients: 0 });
     const [session] = stats.sessions.filter((s) => s.client === '127.0.0.2');
     expect(session?.tls).toMatch(/^TLSv1\.[23] with cipher /);
     expect(session?.commands).toMatchObject({ ehlo: '2', starttls: '1', mail: '2', rcpt: '2', data: '2' });
@@ -210,13 +212,21 @@ describe.skipIf(unavailable !== null)('a real Postfix as SMTP destination', () =
     expect((await a.messages()).filter((m) => m.recipient.startsWith('reject-') || m.recipient.startsWith('defer-') || m.recipient.endsWith('elsewhere.test'))).toEqual([]);
   }, 60_000);
 
-  it('openssl s_client -starttls smtp sees the harness certificate', async () => {
-    const out = await new Promise<string>((resolve, reject) => {
-      const child = execFile('openssl', ['s_client', '-starttls', 'smtp', '-connect', `${a.host}:${a.port}`, '-servername', a.hostname], { timeout: 30_000 }, (err, stdout) =>
-        err !== null && stdout === '' ? reject(err) : resolve(stdout),
+  /** s_client sends EHLO and STARTTLS, then our QUIT; -ign_eof: read on until Postfix closes (after its 221) */
+  function sClient(...args: string[]): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      const child = execFile(
+        'openssl',
+        ['s_client', '-starttls', 'smtp', '-connect', `${a.host}:${a.port}`, '-servername', a.hostname, '-ign_eof', ...args],
+        { timeout: 30_000 },
+        (err, stdout) => (err !== null ? reject(new Error(`openssl s_client: ${err.message}\n${stdout}`)) : resolve(stdout)),
       );
       child.stdin?.end('QUIT\r\n');
     });
+  }
+
+  it('openssl s_client -starttls smtp sees the harness certificate', async () => {
+    const out = await sClient();
     const pem = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(out)?.[0];
     expect(pem).toBeDefined();
     const seen = new X509Certificate(pem as string);
@@ -225,6 +235,22 @@ describe.skipIf(unavailable !== null)('a real Postfix as SMTP destination', () =
     expect(seen.subject).toBe('CN=mx.dest.test');
     expect(seen.subjectAltName).toContain('DNS:mx.dest.test');
     expect(out).toMatch(/Verification error: self[- ]signed certificate|verify error:num=18:self[- ]signed certificate/);
+  }, 60_000);
+
+  it('tells a resumed TLS session from a full handshake', async () => {
+    const session = join(tmpdir(), `postfix-test-session-${randomBytes(4).toString('hex')}.pem`);
+    try {
+      const first = await sClient('-bind', '127.0.0.13:0', '-sess_out', session);
+      expect(first).toMatch(/^New, TLSv1\.3, /m);
+      expect(first).toMatch(/^221 2\.0\.0 Bye/m);
+      const second = await sClient('-bind', '127.0.0.13:0', '-sess_in', session);
+      expect(second).toMatch(/^Reused, TLSv1\.3, /m);
+    } finally {
+      rmSync(session, { force: true });
+    }
+    const stats = await a.waitForStats((s) => (s.byClient['127.0.0.13']?.disconnects ?? 0) >= 2);
+    expect(stats.byClient['127.0.0.13']).toMatchObject({ connections: 2, tlsHandshakes: 2, tlsResumed: 1 });
+    expect(stats.sessions.filter((s) => s.client === '127.0.0.13').map((s) => s.tlsResumed)).toEqual([false, true]);
   }, 60_000);
 
   it('runs several instances at once, each its own: log, mail, address (same port on another address)', async () => {
