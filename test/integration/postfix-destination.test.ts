@@ -1,15 +1,17 @@
 // The real-Postfix destination harness (test/helpers/postfix.ts) against real clients: nodemailer
 // over STARTTLS, raw sockets, openssl s_client. What its stats() and messages() report must be what
 // happened on the wire, so the shared-connection tests and bench/reuse.mjs can rely on them.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { X509Certificate, randomBytes } from 'node:crypto';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { build } from 'esbuild';
 import nodemailer from 'nodemailer';
 import type Mail from 'nodemailer/lib/mailer/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { postfixUnavailable, startPostfix, type PostfixInstance } from '../helpers/postfix.js';
+import { ROOT } from '../helpers/daemon.js';
 import { rawConnect, type RawClient } from '../helpers/raw.js';
 
 const unavailable = postfixUnavailable();
@@ -293,5 +295,44 @@ describe.skipIf(unavailable !== null)('a real Postfix as SMTP destination', () =
       (e: NodeJS.ErrnoException) => e.code,
     );
     expect(refused).toBe('ECONNREFUSED');
+  }, 120_000);
+
+  it('cleans up by itself when the process that started it is killed (SIGKILL: no stop(), no exit handler)', async () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'postfix-orphan-test-'));
+    try {
+      const bundle = join(tmp, 'postfix.mjs');
+      await build({ entryPoints: [join(ROOT, 'test/helpers/postfix.ts')], bundle: true, platform: 'node', format: 'esm', outfile: bundle, logLevel: 'silent' });
+      const script = `const { startPostfix } = await import(${JSON.stringify(bundle)}); const p = await startPostfix({ address: '127.0.0.14', keep: false }); console.log(JSON.stringify({ dir: p.dir, port: p.port })); setInterval(() => {}, 1000);`;
+      const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const started = await new Promise<{ dir: string; port: number }>((resolve, reject) => {
+        let out = '';
+        child.stdout.on('data', (d: Buffer) => {
+          out += d.toString();
+          if (out.includes('\n')) resolve(JSON.parse(out) as { dir: string; port: number });
+        });
+        child.once('exit', (code) => reject(new Error(`child exited (${code}) before starting Postfix: ${out}`)));
+      });
+      const greeting = await rawConnect(started.port, { host: '127.0.0.14', tls: false });
+      expect(await greeting.line(/^\d{3} /, LINE_MS)).toBe('220 mx.dest.test ESMTP Postfix\r');
+      greeting.socket.destroy();
+      child.kill('SIGKILL');
+      const deadline = Date.now() + 60_000;
+      let state = '';
+      for (;;) {
+        const answer = await rawConnect(started.port, { host: '127.0.0.14', tls: false }).then(
+          (c) => {
+            c.socket.destroy();
+            return 'listening';
+          },
+          (e: NodeJS.ErrnoException) => e.code ?? 'error',
+        );
+        state = `${answer}, dir ${existsSync(started.dir) ? 'still there' : 'removed'}`;
+        if (state === 'ECONNREFUSED, dir removed' || Date.now() > deadline) break;
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      expect(state).toBe('ECONNREFUSED, dir removed');
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
   }, 120_000);
 });
