@@ -214,6 +214,11 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
   const waitMs = Math.min(req.waitMs ?? egress.throttleWaitTimeoutMs, egress.throttleWaitTimeoutMs);
   // heldByDelivery: the slot stays taken until this delivery ends, even if the control session
   // that declared the throttle goes away or is replaced meanwhile (the tunnel is still open)
+  // every slot taken, some by idle shared connections (smtp mode) of this throttle: one goes, so
+  // a tunnel does not wait for the pool's idle timeout
+  const m = ctx.throttle.manager;
+  const limits = m.limits(req.throttle);
+  if (limits !== null && m.inUse(req.throttle) >= limits.maxConnections) ctx.smtp.pool.retireIdle(req.throttle, 1);
   cancelWait = ctx.throttle.acquire(owner, req.throttle, 'connection', waitMs, (outcome) => {
     cancelWait = null;
     if (!outcome.ok) return refuse({ code: outcome.code, message: outcome.message });
