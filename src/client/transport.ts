@@ -572,10 +572,15 @@ export class MtaproxyTransport implements Transport<MtaproxySentMessageInfo> {
     if (lost === null && !conn.destroyed) {
       // the connection the transaction actually used (the link borrows per transaction)
       const x = await xmtaproxy(conn);
-      const m = x === null ? null : /connection=(\d+) reused=(yes|no) tls=(\S+) cipher=(\S+) local=(\S+)/.exec(x);
+      const m = x === null ? null : /connection=(\d+) reused=(yes|no) tls=(\S+) cipher=(\S+) local=(\S+) transactions=(\d+)/.exec(x);
       if (m !== null) {
         result.connection = Number(m[1]);
-        result.reused = m[2] === 'yes';
+        // reused = the connection carried a transaction before this one. Counted from its
+        // transactions (those that reached the final reply to the body, this one included if it
+        // did), not from "reused=": the proxy says yes also for the first transaction of a
+        // connection it opened for this link's CONNECT
+        const bodyDone = sent.err === null || sent.err.code === 'EMESSAGE';
+        result.reused = Number(m[6]) - (bodyDone ? 1 : 0) > 0;
         result.tls = m[3] === 'none' ? 'none' : `${m[3]}/${m[4]}`;
         result.local = m[5] ?? result.local;
       }
