@@ -285,6 +285,7 @@ export class MtaproxyTransport implements Transport<MtaproxySentMessageInfo> {
     const envelope = mail.message.getEnvelope();
     const messageId = mail.message.messageId();
     const to = [...new Set(envelope.to)];
+    if (to.length === 0) throw Object.assign(new Error('No recipients defined'), { code: 'EENVELOPE' });
     const byDomain = new Map<string, string[]>();
     for (const rcpt of to) {
       const domain = (rcpt.slice(rcpt.lastIndexOf('@') + 1) || rcpt).toLowerCase();
@@ -388,6 +389,9 @@ export class MtaproxyTransport implements Transport<MtaproxySentMessageInfo> {
   }
 
   async #route(domain: string): Promise<Route> {
+    // RFC 5321 §5.1: an address literal is the host itself
+    const literal = /^\[(?:IPv6:)?([^\]]+)\]$/i.exec(domain)?.[1];
+    if (literal !== undefined && isIP(literal) !== 0) return { ok: true, hosts: [{ host: literal, port: this.#o.port ?? 25 }] };
     const staticMx = this.#o.mx === undefined ? undefined : Object.entries(this.#o.mx).find(([d]) => d.toLowerCase() === domain)?.[1];
     let records: MxRecord[];
     if (staticMx !== undefined) {

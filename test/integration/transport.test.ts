@@ -228,6 +228,18 @@ describe('MtaproxyTransport', () => {
     expect(info.rejectedErrors[0]).toMatchObject({ recipient: 'n@nx.test', responseCode: 550, origin: 'transport' });
   });
 
+  it('delivers to an address literal directly, and refuses a message without recipients', async () => {
+    const { mailer } = transporter({ port: a.port, ehlo: 'literal.example.test', throttle: 'literal' });
+    const before = a.transactions.length;
+    const info = await send(mailer, { from: 'app@example.test', envelope: { from: 'app@example.test', to: ['lit@[127.0.0.1]'] }, text: 'x' });
+    expect(info.accepted).toEqual(['lit@[127.0.0.1]']);
+    expect(info.mtaproxy[0]?.mx).toBe(`127.0.0.1:${a.port}`);
+    expect(a.transactions.slice(before).map((t) => t.to)).toEqual([['lit@[127.0.0.1]']]);
+    const err = (await mailer.sendMail({ from: 'app@example.test', text: 'x' }).catch((e: unknown) => e)) as Error & { code?: string };
+    expect(err.message).toBe('No recipients defined');
+    expect(err.code).toBe('EENVELOPE');
+  });
+
   it("all MX hosts down: the proxy's temporary reply, for every recipient of the domain", async () => {
     const { mailer } = transporter({ mx: { 'down.test': `127.0.0.1:${deadPort}` } });
     const err = (await mailer.sendMail({ from: 'app@example.test', to: ['a@down.test', 'b@down.test'], text: 'x' }).catch((e: unknown) => e)) as DeliveryError;
