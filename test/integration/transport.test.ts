@@ -2,7 +2,7 @@
 // real daemon in smtp mode, to real SMTP servers (smtp-server, STARTTLS on its built-in
 // self-signed certificate) reached through MX overrides: per-domain routing, the source IP, the
 // destinations' own per-recipient replies, null MX, MX fallback, TLS policy, connection reuse.
-import { createServer, type AddressInfo } from 'node:net';
+import { createServer, type AddressInfo, type Server } from 'node:net';
 import nodemailer from 'nodemailer';
 import { SMTPServer } from 'smtp-server';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -59,7 +59,37 @@ async function destination(): Promise<Destination> {
 let a: Destination;
 let b: Destination;
 let deadPort = 0;
+let dropperPort = 0;
+let dropper: Server;
 let daemon: RunningDaemon;
+
+/** An MX that refuses "reject*" recipients and drops the connection during every message body. */
+function startDropper(): Server {
+  return createServer((sock) => {
+    let data = false;
+    let text = '';
+    sock.write('220 dropper ESMTP\r\n');
+    sock.on('data', (c: Buffer) => {
+      if (data) return sock.destroy();
+      text += c.toString('latin1');
+      let i: number;
+      while ((i = text.indexOf('\r\n')) !== -1) {
+        const line = text.slice(0, i);
+        text = text.slice(i + 2);
+        const verb = line.slice(0, 4).toUpperCase();
+        if (verb === 'EHLO') sock.write('250-dropper\r\n250 PIPELINING\r\n');
+        else if (verb === 'RCPT' && /<reject/i.test(line)) sock.write('550 5.1.1 dropper: no such user\r\n');
+        else if (verb === 'DATA') {
+          data = true;
+          sock.write('354 go ahead\r\n');
+          if (text.length > 0) return sock.destroy();
+        } else if (verb === 'QUIT') return void sock.end('221 bye\r\n');
+        else sock.write('250 2.1.0 ok\r\n');
+      }
+    });
+    sock.on('error', () => {});
+  });
+}
 
 beforeAll(async () => {
   [a, b] = await Promise.all([destination(), destination()]);
@@ -68,12 +98,16 @@ beforeAll(async () => {
   await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
   deadPort = (probe.address() as AddressInfo).port;
   await new Promise<void>((r) => probe.close(() => r()));
+  dropper = startDropper();
+  await new Promise<void>((r) => dropper.listen(0, '127.0.0.1', r));
+  dropperPort = (dropper.address() as AddressInfo).port;
   daemon = await startDaemon({
-    extra: `[egress]\nsource_ips = ["127.0.0.2", "127.0.0.3"]\nports = [${a.port}, ${b.port}, ${deadPort}]\nallow_private_destinations = true\nthrottle_wait_timeout = "10s"\n[smtp]\nidle_timeout = "30s"\n`,
+    extra: `[egress]\nsource_ips = ["127.0.0.2", "127.0.0.3"]\nports = [${a.port}, ${b.port}, ${deadPort}, ${dropperPort}]\nallow_private_destinations = true\nthrottle_wait_timeout = "10s"\n[smtp]\nidle_timeout = "30s"\n`,
   });
 });
 afterAll(async () => {
   await daemon.stop();
+  dropper.close();
   await Promise.all([a, b].map((d) => new Promise<void>((resolve) => d.server.close(() => resolve()))));
 });
 
@@ -249,6 +283,19 @@ describe('MtaproxyTransport', () => {
       ['a@down.test', 442, 'proxy', 'CONNECT'],
       ['b@down.test', 442, 'proxy', 'CONNECT'],
     ]);
+  });
+
+  it("an MX that drops mid-body: the proxy's 451 for the accepted recipients, never a success; a refused one keeps its 550", async () => {
+    const { mailer } = transporter({ mx: { 'drop.test': `127.0.0.1:${dropperPort}` }, throttle: 'drop' });
+    const err = (await mailer.sendMail({ from: 'app@example.test', to: ['x@drop.test', 'reject-y@drop.test', 'z@drop.test'], text: 'lost' }).catch((e: unknown) => e)) as DeliveryError;
+    expect(err).toBeInstanceOf(DeliveryError);
+    const byRcpt = new Map(err.rejectedErrors.map((e) => [e.recipient, e]));
+    expect(byRcpt.get('reject-y@drop.test')).toMatchObject({ response: '550 5.1.1 dropper: no such user', command: 'RCPT TO', origin: 'destination' });
+    for (const r of ['x@drop.test', 'z@drop.test']) {
+      expect(byRcpt.get(r)).toMatchObject({ responseCode: 451, command: 'DATA', origin: 'proxy', temporary: true });
+      expect(byRcpt.get(r)?.response).toMatch(/^451 4\.4\.2 mtaproxy: the destination connection failed/);
+    }
+    expect(err.info.mtaproxy[0]?.accepted).toEqual([]);
   });
 
   it("tls 'required' with verify fails against a self-signed certificate; opportunistic delivers", async () => {
