@@ -471,3 +471,16 @@ export class ControlClient {
 }
 
 export { ResilientControl, type ResilientOptions } from './resilient.js';
+export {
+  DeliveryError,
+  MtaproxyTransport,
+  orderMx,
+  RecipientError,
+  type DestinationResult,
+  type FailureOrigin,
+  type MtaproxySentMessageInfo,
+  type MtaproxyTransportOptions,
+  type MxRecord,
+  type ThrottleLimits,
+  type TransportEnvelope,
+} from './transport.js';
