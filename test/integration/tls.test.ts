@@ -260,6 +260,21 @@ describe('TLS link', () => {
     expect((await runCli(['check-config', file])).stdout).toBe(`${file}: OK\n`);
   });
 
+  it('the daemon warns about a plaintext listener on a non-loopback address at start, and when a reload turns TLS off', async () => {
+    const listen = `0.0.0.0:${await freePort()}`;
+    const warning = /WARN listener: tls = false and native listener 0\.0\.0\.0:\d+ is not a loopback address: .*plain text.*remove tls = false/;
+    const d = await daemon({ tls: false, listen });
+    await d.waitForLine(warning);
+    const count = (): number => d.lines.filter((l) => warning.test(l)).length;
+    expect(count()).toBe(1);
+    d.writeConfig(configText({ adminSocket: d.adminSocket, listen }));
+    expect((await d.cli(['reload'])).code).toBe(0);
+    expect(count()).toBe(1);
+    d.writeConfig(configText({ adminSocket: d.adminSocket, listen, tls: false }));
+    expect((await d.cli(['reload'])).stdout).toMatch(/applied \(changed: tls\)/);
+    expect(count()).toBe(2);
+  });
+
   it('carries a tunnel over TLS with half-close: the destination answers after the MTA sent its FIN', async () => {
     const destination = createTcpServer({ allowHalfOpen: true }, (s) => {
       let got = '';
