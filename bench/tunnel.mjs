@@ -11,12 +11,14 @@
 // peer is skipped). The sink is Postfix's /usr/sbin/smtp-sink when installed, otherwise the Node
 // sink below, run as a child process so that its CPU is not the load client's.
 // Measures: (a) MiB/s of the DATA phase of one session carrying 10 MiB (median of 5, after
-// 10 warm-up sessions through the same path: steady state, not the JIT's first minutes);
+// 10 warm-up sessions through the same path: steady state, not the JIT's first minutes), and the
+// proxy's CPU per MiB over those 5 (a slow sink caps MiB/s for every path alike; CPU/MiB it does not);
 // (b) whole sessions/s (connect + proxy setup, EHLO, MAIL, RCPT, 1 KiB DATA, QUIT) from
 // 16 concurrent loops, and the proxy's CPU per session (/proc/PID/stat, forked children included).
 // Targets: mtaproxy MiB/s >= 0.9x HAProxy; sessions/s >= 0.9x HAProxy; CPU/session <= 1.2x HAProxy.
 import { existsSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,6 +33,11 @@ const WARMUP = 10; // sessions of 10 MiB through each path before its MiB/s runs
 const SOURCE = '127.0.0.2';
 const SINK_HOST = '127.0.0.1';
 const SINK_PORT = arg('sink', null); // set only in the sink's child process
+// --paths=mtaproxy,HAProxy: only these paths (exact names; direct always runs, as the baseline)
+const ONLY = arg('paths', null)?.split(',') ?? null;
+// --cpu-prof=DIR: both proxies run under node --cpu-prof (a .cpuprofile each in DIR, written when
+// they stop; summarize with node bench/cpuprofile.mjs FILE); best with --paths= one proxy path
+const CPU_PROF = arg('cpu-prof', null);
 
 // ---- the Node SMTP sink (child process: node bench/tunnel.mjs --sink=PORT) ----------------------
 function runSink(port) {
@@ -158,11 +165,13 @@ async function sessionRate(path, seconds) {
   };
   await Promise.all(Array.from({ length: LOOPS }, () => loop(performance.now() + 500, false)));
   const cpu = () => (path.pid === null ? NaN : cpuSeconds(path.pid));
+  if (path.tunnels !== undefined) path.tunnels = path.resumed = 0; // count the measured window only
   const cpu0 = cpu();
   const t0 = performance.now();
   await Promise.all(Array.from({ length: LOOPS }, () => loop(t0 + seconds * 1000, true)));
   const elapsed = (performance.now() - t0) / 1000;
-  return { rate: ok / elapsed, failed, firstError, cpuUs: ((cpu() - cpu0) * 1e6) / ok };
+  const resumed = path.tunnels === undefined ? null : path.resumed / path.tunnels;
+  return { rate: ok / elapsed, failed, firstError, cpuUs: ((cpu() - cpu0) * 1e6) / ok, resumed };
 }
 
 // ---- the paths ---------------------------------------------------------------------------------
@@ -267,13 +276,36 @@ async function startDante(dir, sinkPort) {
   }
 }
 
+/**
+ * What the proxy's TLS listener negotiates with Node's defaults (as the client library connects):
+ * protocol, cipher, key exchange group, and how many session tickets a full and a resumed
+ * handshake bring (TLS 1.3 sends them after the handshake, so wait a little for them).
+ */
+async function tlsFacts(port) {
+  const handshake = (session) => new Promise((resolve, reject) => {
+    const s = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false, session });
+    const tickets = [];
+    s.on('session', (t) => tickets.push(t));
+    s.once('error', reject);
+    s.once('secureConnect', () => setTimeout(() => {
+      const facts = { protocol: s.getProtocol(), cipher: s.getCipher().name, group: s.getEphemeralKeyInfo()?.name ?? '?', reused: s.isSessionReused(), tickets };
+      s.destroy();
+      resolve(facts);
+    }, 200));
+  });
+  const full = await handshake(undefined);
+  const resumed = await handshake(full.tickets.at(-1));
+  return `${full.protocol} ${full.cipher}, key exchange ${full.group}; session tickets: ${full.tickets.length} after a full handshake, ${resumed.tickets.length} after a resumed one (${resumed.reused ? 'resumed' : 'NOT resumed'})`;
+}
+
 const installed = (cmd) => [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/sbin'].some((d) => existsSync(join(d, cmd)));
 
 // ---- main --------------------------------------------------------------------------------------
 async function main() {
   console.log(`# tunnel bench: ${machine()}, ${SECONDS}s per session-rate cell, ${LOOPS} loops`);
   const sinkPort = await freePort();
-  const proxy = await startProxy({ ports: [sinkPort] });
+  const nodeArgs = CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`];
+  const proxy = await startProxy({ ports: [sinkPort], nodeArgs });
   const smtpSink = existsSync('/usr/sbin/smtp-sink');
   const sink = smtpSink
     ? spawnPeer('/usr/sbin/smtp-sink', ['-u', 'nobody', `${SINK_HOST}:${sinkPort}`, '4096'], { dir: proxy.dir, name: 'sink' })
@@ -286,20 +318,33 @@ async function main() {
   await control.declare({ key: 'bench', sourceIp: SOURCE, maxConnections: 10_000, maxMessagesPerHour: 100_000_000, mode: 'sum' });
   const tunnel = { host: '127.0.0.1', port: proxy.port, name: 'bench', secret: SECRET, source: SOURCE, destination: { host: SINK_HOST, port: sinkPort }, throttle: 'bench' };
   // the same proxy with plaintext native listeners: the difference is what TLS costs
-  const plain = await startProxy({ ports: [sinkPort], extra: 'tls = false' });
+  const plain = await startProxy({ ports: [sinkPort], extra: 'tls = false', nodeArgs });
   const plainControl = await ControlClient.connect({ host: '127.0.0.1', port: plain.port, name: 'bench', secret: SECRET, tls: false });
   await plainControl.declare({ key: 'bench', sourceIp: SOURCE, maxConnections: 10_000, maxMessagesPerHour: 100_000_000, mode: 'sum' });
+  /** a TLS path counts its tunnels and how many of them resumed a TLS session (client side) */
+  const tlsPath = (path, opts) => Object.assign(path, {
+    tunnels: 0,
+    resumed: 0,
+    open: async () => {
+      const { socket } = await openTunnel(opts);
+      path.tunnels++;
+      if (socket.isSessionReused()) path.resumed++;
+      return socket;
+    },
+  });
   const paths = [
     { name: 'direct', pid: null, note: `the client binds ${SOURCE} itself`, open: () => dial(sinkPort, SINK_HOST, SOURCE) },
-    { name: 'mtaproxy', pid: proxy.pid, note: 'native protocol over TLS, sessions resumed: TLS + HMAC handshake bound to it + CONNECT per tunnel', open: async () => (await openTunnel(tunnel)).socket },
-    { name: 'mtaproxy full TLS', pid: proxy.pid, note: 'the same with a full TLS handshake per tunnel (no resumption)', open: async () => (await openTunnel({ ...tunnel, tls: { resumption: false } })).socket },
+    tlsPath({ name: 'mtaproxy', pid: proxy.pid, note: 'native protocol over TLS, sessions resumed: TLS + HMAC handshake bound to it + CONNECT per tunnel' }, tunnel),
+    tlsPath({ name: 'mtaproxy full TLS', pid: proxy.pid, note: 'the same with a full TLS handshake per tunnel (no resumption)' }, { ...tunnel, tls: { resumption: false } }),
     { name: 'mtaproxy plaintext', pid: plain.pid, note: 'tls = false (a trusted network only): HMAC handshake + CONNECT per tunnel', open: async () => (await openTunnel({ ...tunnel, port: plain.port, tls: false })).socket },
-  ];
+  ].filter((p) => ONLY === null || p.name === 'direct' || ONLY.includes(p.name));
   for (const p of paths) p.seen = (await probe(p)).ehlo;
-  for (const [cmd, pkg, start] of [['haproxy', 'haproxy', startHaproxy], ['danted', 'dante-server', startDante]]) {
+  for (const [cmd, pkg, start, name] of [['haproxy', 'haproxy', startHaproxy, 'HAProxy'], ['danted', 'dante-server', startDante, 'Dante']]) {
+    if (ONLY !== null && !ONLY.includes(name)) continue;
     if (!installed(cmd)) console.log(`# ${cmd} skipped: not installed (apt-get install -y ${pkg})`);
     else paths.push(...[await start(proxy.dir, sinkPort)].filter((p) => p !== null));
   }
+  console.log(`# TLS link: ${await tlsFacts(proxy.port)}`);
   for (const p of paths) console.log(`# ${p.name}: ${p.note}; the sink saw the connection from ${/greets (\S+)/.exec(p.seen)?.[1] ?? '? (smtp-sink does not say)'}`);
 
   // a) then b), one path at a time (they share the loopback and the CPUs)
@@ -309,8 +354,11 @@ async function main() {
     // and each path: ~100 MiB, so that a JIT-compiled proxy is measured warm, as it runs for days
     for (let i = 0; i < WARMUP; i++) await session(p, BIG);
     const runs = [];
+    const cpu0 = p.pid === null ? NaN : cpuSeconds(p.pid);
     for (let i = 0; i < RUNS; i++) runs.push((await session(p, BIG)).mib);
-    results.set(p.name, { mib: median(runs), mibMin: Math.min(...runs), mibMax: Math.max(...runs) });
+    // the proxy's CPU per MiB carried: what the sink's own speed does not hide
+    const cpuMsPerMib = p.pid === null ? NaN : ((cpuSeconds(p.pid) - cpu0) * 1000) / ((RUNS * BIG.length) / 1024 / 1024);
+    results.set(p.name, { mib: median(runs), mibMin: Math.min(...runs), mibMax: Math.max(...runs), cpuMsPerMib });
   }
   for (const p of paths) {
     Object.assign(results.get(p.name), await sessionRate(p, SECONDS));
@@ -321,9 +369,9 @@ async function main() {
   const ha = results.get('HAProxy');
   const ratio = (a, b) => (b === undefined || !Number.isFinite(a / b) ? '-' : `${fmt(a / b, 2)}x`);
   console.log(`\n## a) one session carrying ${fmt(BIG.length / 1024 / 1024, 1)} MiB of DATA: MiB/s of the DATA phase, median of ${RUNS}\n`);
-  printTable(['path', 'MiB/s', 'min', 'max', 'vs HAProxy', 'vs direct'], paths.map(({ name }) => {
+  printTable(['path', 'MiB/s', 'min', 'max', 'vs HAProxy', 'vs direct', 'proxy CPU ms/MiB'], paths.map(({ name }) => {
     const r = results.get(name);
-    return [name, fmt(r.mib), fmt(r.mibMin), fmt(r.mibMax), ratio(r.mib, ha?.mib), ratio(r.mib, direct.mib)];
+    return [name, fmt(r.mib), fmt(r.mibMin), fmt(r.mibMax), ratio(r.mib, ha?.mib), ratio(r.mib, direct.mib), fmt(r.cpuMsPerMib, 2)];
   }));
   console.log(`\n## b) whole sessions (connect + setup, EHLO, MAIL, RCPT, 1 KiB DATA, QUIT), ${LOOPS} loops, ${SECONDS}s\n`);
   printTable(['path', 'sessions/s', 'failed', 'proxy CPU µs/session', 'sessions/s vs HAProxy', 'vs direct', 'CPU vs HAProxy'], paths.map(({ name }) => {
@@ -332,8 +380,8 @@ async function main() {
   }));
   for (const p of paths) if (results.get(p.name).firstError !== null) console.log(`# ${p.name}: first failure: ${results.get(p.name).firstError}`);
 
+  const m = results.get('mtaproxy') ?? { mib: NaN, rate: NaN, cpuUs: NaN };
   console.log('\n## Targets (same run)\n');
-  const m = results.get('mtaproxy');
   const target = (label, a, b, ok) => (ha === undefined ? [label, 'n/a (no HAProxy)', 'n/a'] : [label, ratio(a, b), verdict(ok(a / b))]);
   const rows = [
     target('mtaproxy MiB/s >= 0.9x HAProxy', m.mib, ha?.mib, (x) => x >= 0.9),
@@ -343,16 +391,27 @@ async function main() {
   printTable(['target', 'measured', 'verdict'], rows);
   console.log(`\n# overall: ${rows.every((r) => r[2] === 'PASS') ? 'all targets met' : 'TARGET MISSED (see table)'}`);
 
+  // the TLS link: the same proxy build with and without TLS, sessions resumed or not
   const plaintext = results.get('mtaproxy plaintext');
-  const full = results.get('mtaproxy full TLS');
-  console.log(`\n# TLS cost (mtaproxy vs mtaproxy plaintext): MiB/s ${ratio(m.mib, plaintext.mib)}, sessions/s ${ratio(m.rate, plaintext.rate)} resumed and ${ratio(full.rate, plaintext.rate)} with full handshakes, proxy CPU/session ${ratio(m.cpuUs, plaintext.cpuUs)} resumed and ${ratio(full.cpuUs, plaintext.cpuUs)} full`);
+  const tlsRows = ['mtaproxy', 'mtaproxy full TLS', 'mtaproxy plaintext'].filter((n) => results.has(n));
+  if (tlsRows.length > 0) {
+    console.log(`\n## c) the TLS link (from b): TLS sessions resumed, full TLS handshakes, plaintext (tls = false)\n`);
+    printTable(['path', 'sessions/s', 'proxy CPU µs/session', 'TLS sessions resumed', 'sessions/s vs plaintext', 'CPU vs plaintext'], tlsRows.map((name) => {
+      const r = results.get(name);
+      return [name, fmt(r.rate), fmt(r.cpuUs), r.resumed === null ? '-' : `${fmt(100 * r.resumed, 1)} %`, ratio(r.rate, plaintext?.rate), ratio(r.cpuUs, plaintext?.cpuUs)];
+    }));
+    const tls = results.get('mtaproxy');
+    if (tls !== undefined && plaintext !== undefined) console.log(`\n# TLS cost (mtaproxy vs mtaproxy plaintext): MiB/s ${ratio(tls.mib, plaintext.mib)}, sessions/s ${ratio(tls.rate, plaintext.rate)}, proxy CPU/session +${fmt(tls.cpuUs - plaintext.cpuUs)} µs resumed${results.has('mtaproxy full TLS') ? `, +${fmt(results.get('mtaproxy full TLS').cpuUs - plaintext.cpuUs)} µs full` : ''}`);
+  }
 
   control.destroy();
   plainControl.destroy();
   for (const p of paths) await p.stop?.();
   await sink.stop();
+  // SIGTERM: the daemon exits by itself, so --cpu-prof writes its profile
   await proxy.stop();
   await plain.stop();
+  if (CPU_PROF !== null) console.log(`# CPU profiles of the proxies in ${CPU_PROF} (TLS proxy pid ${proxy.pid}, plaintext ${plain.pid}): node bench/cpuprofile.mjs FILE`);
 }
 
 if (SINK_PORT !== null) runSink(Number(SINK_PORT));

@@ -571,16 +571,22 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
   return errors.length > 0 ? { ok: false, errors } : { ok: true, config };
 }
 
+/** 127.0.0.0/8, ::1, and IPv4-mapped ::ffff:127.x; a wildcard (0.0.0.0, ::) is not loopback. */
+export function isLoopbackAddress(host: string): boolean {
+  return ipaddr.isValid(host) && ipaddr.process(host).range() === 'loopback';
+}
+
 /**
  * Warnings `check-config` prints (and the daemon logs at start): valid, but probably not meant.
- * Today: a plaintext native listener (tls = false) on an address that is not loopback.
+ * Today: a plaintext native listener (tls = false) on a `listen` address that is not loopback.
+ * `listenIgnored`: leave `listen` out (the daemon checks the addresses it actually bound, which
+ * under socket activation are not `listen` at all: server/listeners.ts plaintextListenerWarnings).
  */
-export function configWarnings(config: Config): string[] {
+export function configWarnings(config: Config, opts: { listenIgnored?: boolean } = {}): string[] {
   const warnings: string[] = [];
-  if (config.tls.enabled) return warnings;
+  if (config.tls.enabled || opts.listenIgnored === true) return warnings;
   for (const l of config.listen) {
-    const loopback = ipaddr.isValid(l.host) && ipaddr.process(l.host).range() === 'loopback';
-    if (loopback) continue;
+    if (isLoopbackAddress(l.host)) continue;
     const shown = l.host.includes(':') ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`;
     warnings.push(
       `${config.file}: warning: tls = false and listen "${shown}" is not a loopback address: control sessions and deliveries cross the network in plain text (readable, and a delivery can be hijacked after the handshake); remove tls = false unless this network is trusted`,

@@ -15,7 +15,7 @@ import { LineSplitter, LineTooLongError } from '../protocol/lines.js';
 import { poolLines, statusRecords, type StatusRecord } from '../status/format.js';
 import type { Notifier } from '../systemd/notify.js';
 import type { PassedSocket } from '../systemd/activation.js';
-import { closeListening, endpointKey, listen, NoUnixSocketError, type Endpoint, type Listening } from './listeners.js';
+import { closeListening, endpointKey, listen, NoUnixSocketError, plaintextListenerWarnings, type Endpoint, type Listening } from './listeners.js';
 import { adminEndpoint, noAdminSocketWarning } from './admin-path.js';
 import { serveNative, serveNativeTls, type NativeContext } from './native.js';
 import { RefusalLog } from './ratelimit.js';
@@ -148,8 +148,10 @@ export class Daemon {
     }
     this.#tls = this.#tlsIdentity(this.#config);
     this.#logTls(this.#tls);
-    for (const warning of configWarnings(this.#config)) this.#log.warn({ mtaproxy_event: 'config_warning' }, warning);
+    // `listen` is judged by the addresses actually bound (below): under socket activation it is ignored
+    for (const warning of configWarnings(this.#config, { listenIgnored: true })) this.#log.warn({ mtaproxy_event: 'config_warning' }, warning);
     await this.#reconcileListeners(this.#config);
+    if (!this.#config.tls.enabled) this.#warnPlaintext(this.#listening.values());
     this.#fdLimit = openFileLimit();
     this.#calibrateFds();
     this.#startTimers();
@@ -181,11 +183,14 @@ export class Daemon {
     } catch (err) {
       return this.#rejectReload([`tls_certificate_file: cannot use the certificate: ${(err as Error).message}`]);
     }
+    let added: Listening[];
     try {
-      await this.#reconcileListeners(loaded.config);
+      added = await this.#reconcileListeners(loaded.config);
     } catch (err) {
       return this.#rejectReload([(err as Error).message]);
     }
+    // plaintext now: every native listener; still plaintext: the ones just bound
+    if (!loaded.config.tls.enabled) this.#warnPlaintext(this.#config.tls.enabled ? this.#listening.values() : added);
     // new connections get the new certificate; established ones keep theirs
     if (tls?.fingerprint256 !== this.#tls?.fingerprint256 || tls?.file !== this.#tls?.file) this.#logTls(tls);
     this.#tls = tls;
@@ -247,8 +252,13 @@ export class Daemon {
     return endpoints;
   }
 
-  /** Binds what is new first (all or nothing), then closes what is no longer wanted. */
-  async #reconcileListeners(config: Config): Promise<void> {
+  /** tls = false: a native listener bound to an address that is not loopback is worth a warning. */
+  #warnPlaintext(listening: Iterable<Listening>): void {
+    for (const w of plaintextListenerWarnings(listening)) this.#log.warn(w.fields, w.message);
+  }
+
+  /** Binds what is new first (all or nothing), then closes what is no longer wanted; resolves with what it bound. */
+  async #reconcileListeners(config: Config): Promise<Listening[]> {
     const wanted = new Map(this.#wanted(config).map((e) => [endpointKey(e), e]));
     const added: Listening[] = [];
     try {
@@ -280,6 +290,7 @@ export class Daemon {
       this.#listening.delete(key);
       this.#log.info({ mtaproxy_event: 'listener_closed', address: l.bound }, `listener: closed ${l.bound} (no longer configured)`);
     }
+    return added;
   }
 
   #accept(socket: Socket, endpoint: Endpoint): void {

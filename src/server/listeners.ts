@@ -4,7 +4,7 @@ import { chmodSync, lstatSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { userInfo } from 'node:os';
 import { dirname } from 'node:path';
-import type { ListenAddress } from '../config/parse.js';
+import { isLoopbackAddress, type ListenAddress } from '../config/parse.js';
 import type { FrontEnd } from '../systemd/activation.js';
 
 export type Endpoint =
@@ -213,4 +213,41 @@ export function closeListening(l: Listening): void {
       // already gone
     }
   }
+}
+
+/** A native listener that serves plain text (tls = false) on an address that is not loopback. */
+export interface PlaintextListenerWarning {
+  fields: { mtaproxy_event: 'plaintext_listener'; front_end: 'native'; address: string; fd?: number; fd_name?: string };
+  message: string;
+}
+
+const PLAINTEXT_RISK =
+  'control sessions and deliveries cross the network in plain text (readable, and a delivery can be hijacked after the handshake)';
+
+/**
+ * One warning per native TCP listener whose bound address is not loopback (a wildcard included),
+ * for a daemon with tls = false. Judged by the address the socket is bound to, not by `listen`:
+ * under socket activation the sockets come from systemd and `listen` is ignored. A Unix socket
+ * passed as native is local: no warning.
+ */
+export function plaintextListenerWarnings(listening: Iterable<Listening>): PlaintextListenerWarning[] {
+  const warnings: PlaintextListenerWarning[] = [];
+  for (const l of listening) {
+    if (l.endpoint.frontEnd !== 'native') continue;
+    const a = l.server.address();
+    if (a === null || typeof a === 'string' || isLoopbackAddress(a.address)) continue;
+    if (l.endpoint.kind === 'fd') {
+      const { fd, name } = l.endpoint;
+      warnings.push({
+        fields: { mtaproxy_event: 'plaintext_listener', front_end: 'native', address: l.bound, fd, fd_name: name },
+        message: `listener: tls = false and native socket ${fd} (${name}) passed by systemd is bound to ${l.bound}, not a loopback address: ${PLAINTEXT_RISK}; remove tls = false, or bind the socket unit's ListenStream= to a loopback address, unless this network is trusted`,
+      });
+    } else {
+      warnings.push({
+        fields: { mtaproxy_event: 'plaintext_listener', front_end: 'native', address: l.bound },
+        message: `listener: tls = false and native listener ${l.bound} is not a loopback address: ${PLAINTEXT_RISK}; remove tls = false, or listen on a loopback address, unless this network is trusted`,
+      });
+    }
+  }
+  return warnings;
 }

@@ -87,6 +87,41 @@ describe('socket activation', () => {
     await client.quit();
   });
 
+  // tls = false: the warning follows the sockets systemd passed, not `listen` (ignored under activation)
+  const PLAINTEXT_WARNING = /WARN listener: tls = false and native socket 3 \(native\) passed by systemd is bound to 0\.0\.0\.0:(\d+), not a loopback address: .*plain text.*remove tls = false, or bind the socket unit's ListenStream= to a loopback address/;
+
+  it('warns at start about a plaintext (tls = false) socket passed by systemd on a non-loopback address, whatever listen says', async () => {
+    const port = await freePort();
+    const d = await startDaemon({
+      tls: false,
+      listen: '127.0.0.1:1', // loopback, but ignored: the passed socket listens on every address
+      command: ['systemd-socket-activate', '-l', `0.0.0.0:${port}`, '--fdname=native'],
+    });
+    running.push(d);
+    const client = await ControlClient.connect({ host: '127.0.0.1', port, name: 'server-a', secret: SECRET, tls: false });
+    await d.waitForLine(/mtaproxy started/);
+    const line = await d.waitForLine(PLAINTEXT_WARNING);
+    expect(PLAINTEXT_WARNING.exec(line)?.[1]).toBe(String(port));
+    expect(line).toMatch(/ front_end=native address=0\.0\.0\.0:\d+ fd=3 fd_name=native$/);
+    // nothing about the ignored `listen`
+    expect(d.lines.filter((l) => /tls = false and listen/.test(l))).toEqual([]);
+    await client.quit();
+  });
+
+  it('does not warn about a plaintext socket passed by systemd on loopback, even when listen is not loopback', async () => {
+    const port = await freePort();
+    const d = await startDaemon({
+      tls: false,
+      listen: '0.0.0.0:1', // not loopback, but ignored
+      command: ['systemd-socket-activate', '-l', `127.0.0.1:${port}`, '--fdname=native'],
+    });
+    running.push(d);
+    const client = await ControlClient.connect({ host: '127.0.0.1', port, name: 'server-a', secret: SECRET, tls: false });
+    await d.waitForLine(/mtaproxy started/);
+    await client.quit();
+    expect(d.lines.filter((l) => / WARN .*(not a loopback|plain text)/.test(l))).toEqual([]);
+  });
+
   it('refuses to start on a socket with an unknown FileDescriptorName', async () => {
     const port = await freePort();
     const d = await startDaemon({ command: ['systemd-socket-activate', '-l', `127.0.0.1:${port}`, '--fdname=smtp'] });

@@ -10,6 +10,7 @@ import { connect as tlsConnect, createServer as createTlsServer, type TLSSocket 
 import { afterEach, describe, expect, it } from 'vitest';
 import { authenticate, clearTlsSessions, ControlClient, openTunnel, ProxyError } from '../../src/client/index.js';
 import { generateSelfSigned, type CertificatePair } from '../../src/config/x509.js';
+import { tlsExporter } from '../../src/protocol/handshake.js';
 import { configText, freePort, OTHER_SECRET, runCli, SECRET, startDaemon, tempDir, type RunningDaemon } from '../helpers/daemon.js';
 import { rawConnect } from '../helpers/raw.js';
 
@@ -181,6 +182,43 @@ describe('TLS link', () => {
     expect((wrong as ProxyError).message).toContain(`presented certificate ${fingerprint}, not the pinned`);
   });
 
+  it('binds resumed TLS sessions too: each has its own exporter, and a relay that resumes on both sides still fails', async () => {
+    const d = await daemon();
+    clearTlsSessions();
+    // a full handshake, then two resumed ones: the proofs (checked by authenticate) cover each
+    // connection's own tls-exporter value, which differs although the session is the same
+    const first = await authenticate(connectOpts(d.port));
+    await new Promise((r) => setTimeout(r, 50)); // the TLS 1.3 tickets arrive after the handshake
+    const resumed = [await authenticate(connectOpts(d.port)), await authenticate(connectOpts(d.port))];
+    const sockets = [first, ...resumed].map((a) => a.socket as TLSSocket);
+    expect(sockets.map((s) => s.isSessionReused())).toEqual([false, true, true]);
+    const exporters = new Set(sockets.map((s) => tlsExporter(s).toString('hex')));
+    expect(exporters.size).toBe(3);
+    for (const s of sockets) s.destroy();
+
+    // the man in the middle resumes too: toward the proxy with a ticket of his own earlier
+    // connection, toward the MTA with the ticket he issued it on its first attempt
+    const evil = generateSelfSigned('mtaproxy.example');
+    let upstreamSession: Buffer | undefined;
+    const seen: { mtaResumed: boolean; proxyResumed: boolean }[] = [];
+    const mitm = createTlsServer({ cert: evil.cert, key: evil.key.export({ type: 'pkcs8', format: 'pem' }) }, (fromMta) => {
+      const toProxy = tlsConnect({ host: '127.0.0.1', port: d.port, rejectUnauthorized: false, ...(upstreamSession === undefined ? {} : { session: upstreamSession }) });
+      toProxy.on('session', (t: Buffer) => (upstreamSession = t));
+      toProxy.once('secureConnect', () => seen.push({ mtaResumed: fromMta.isSessionReused(), proxyResumed: toProxy.isSessionReused() }));
+      pipeBoth(fromMta, toProxy);
+    });
+    const mitmPort = await listening(mitm);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const err = await ControlClient.connect(connectOpts(mitmPort)).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ProxyError);
+      expect((err as ProxyError).code).toBe('EAUTH');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // the second attempt really was resumed on both legs, and still failed
+    expect(seen).toEqual([{ mtaResumed: false, proxyResumed: false }, { mtaResumed: true, proxyResumed: true }]);
+    await d.waitForLine(/failed: wrong proof \(shared secret mismatch, replayed handshake, or a TLS-intercepting relay\)/);
+  });
+
   it('applies a new certificate at reload to new connections; an established session stays up', async () => {
     const first = generateSelfSigned('proxy-a.example');
     const second = generateSelfSigned('proxy-b.example');
@@ -220,6 +258,21 @@ describe('TLS link', () => {
     expect(r.stdout).toMatch(/: OK\n$/);
     writeFileSync(file, configText({ adminSocket: join(dir, 'admin.sock'), listen: '127.0.0.1:807', tls: false }));
     expect((await runCli(['check-config', file])).stdout).toBe(`${file}: OK\n`);
+  });
+
+  it('the daemon warns about a plaintext listener on a non-loopback address at start, and when a reload turns TLS off', async () => {
+    const listen = `0.0.0.0:${await freePort()}`;
+    const warning = /WARN listener: tls = false and native listener 0\.0\.0\.0:\d+ is not a loopback address: .*plain text.*remove tls = false/;
+    const d = await daemon({ tls: false, listen });
+    await d.waitForLine(warning);
+    const count = (): number => d.lines.filter((l) => warning.test(l)).length;
+    expect(count()).toBe(1);
+    d.writeConfig(configText({ adminSocket: d.adminSocket, listen }));
+    expect((await d.cli(['reload'])).code).toBe(0);
+    expect(count()).toBe(1);
+    d.writeConfig(configText({ adminSocket: d.adminSocket, listen, tls: false }));
+    expect((await d.cli(['reload'])).stdout).toMatch(/applied \(changed: tls\)/);
+    expect(count()).toBe(2);
   });
 
   it('carries a tunnel over TLS with half-close: the destination answers after the MTA sent its FIN', async () => {

@@ -1,6 +1,11 @@
-// tls, tls_certificate_file, tls_key_file (src/config/parse.ts), and check-config's plaintext warning.
+// tls, tls_certificate_file, tls_key_file (src/config/parse.ts), check-config's plaintext warning,
+// and the daemon's, judged by the addresses its listeners are bound to (src/server/listeners.ts).
 import { generateKeyPairSync } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { closeListening, listen, plaintextListenerWarnings, type Endpoint, type Listening } from '../../src/server/listeners.js';
 import { changedDirectives, configWarnings, formatConfigError, parseConfig, type ConfigIo, type ConfigResult } from '../../src/config/parse.js';
 import { generateSelfSigned } from '../../src/config/x509.js';
 
@@ -102,5 +107,35 @@ describe('configWarnings', () => {
     expect(w[0]).toMatch(/^\/etc\/mtaproxy\/mtaproxy.toml: warning: tls = false and listen "0\.0\.0\.0:807" is not a loopback address: .*plain text.*remove tls = false/);
     expect(w[1]).toContain('"[2001:db8::1]:807"');
     expect(warnings(['listen = "0.0.0.0:807"'])).toEqual([]);
+  });
+});
+
+describe('plaintextListenerWarnings (the daemon, from the bound sockets)', () => {
+  it('warns about native listeners bound to a wildcard, not about loopback, Unix or other front-ends', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mtaproxy-unit-'));
+    const endpoints: Endpoint[] = [
+      { kind: 'tcp', frontEnd: 'native', address: { host: '127.0.0.1', port: 0 } },
+      { kind: 'tcp', frontEnd: 'native', address: { host: '::1', port: 0 } },
+      { kind: 'tcp', frontEnd: 'native', address: { host: '0.0.0.0', port: 0 } },
+      { kind: 'tcp', frontEnd: 'socks5', address: { host: '0.0.0.0', port: 0 } },
+      { kind: 'unix', frontEnd: 'native', path: join(dir, 'native.sock') },
+    ];
+    const bound: Listening[] = [];
+    try {
+      for (const e of endpoints) bound.push(await listen(e, (s) => s.destroy()));
+      const warnings = plaintextListenerWarnings(bound);
+      expect(warnings).toHaveLength(1);
+      const [w] = warnings;
+      expect(w?.fields).toEqual({ mtaproxy_event: 'plaintext_listener', front_end: 'native', address: bound[2]?.bound });
+      expect(w?.message).toMatch(/^listener: tls = false and native listener 0\.0\.0\.0:\d+ is not a loopback address: .*plain text.*remove tls = false/);
+      // without `listenIgnored`, check-config's config-based warning; the daemon passes it and relies on the above
+      const r = parse(['tls = false', 'listen = "0.0.0.0:807"']);
+      if (!r.ok) throw new Error('parse failed');
+      expect(configWarnings(r.config)).toHaveLength(1);
+      expect(configWarnings(r.config, { listenIgnored: true })).toEqual([]);
+    } finally {
+      for (const l of bound) closeListening(l);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
