@@ -132,7 +132,7 @@ export function deliverSmtp(ctx: DeliveryContext, smtp: SmtpDeliveryContext, mta
       mta.removeListener('close', onGone);
       const conn = b.conn;
       const tls = conn.tls === null ? 'none' : `${conn.tls.version}/${conn.tls.cipher}`;
-      replies.connected(conn.local, `${destination} smtp reused=${b.reused ? 'yes' : 'no'} tls=${tls}`);
+      replies.connected(conn.local, `${destination} smtp reused=${conn.uses > 0 ? 'yes' : 'no'} tls=${tls}`);
       // the link's transactions borrow again; until then the connection serves others
       const { greeting, ehlo, extensions } = conn;
       smtp.pool.giveBack(conn, true);

@@ -302,7 +302,9 @@ export class SmtpLink {
       }
       if (reply.code >= 200 && reply.code < 300) {
         this.#conn = b.conn;
-        this.#reused = b.reused;
+        // reused: the connection carried an earlier transaction (the CONNECT's borrow was none)
+        this.#reused = b.conn.uses > 0;
+        b.conn.uses++;
         this.#tx = { started, from: cmd.args, rcptOk: 0, rcptTotal: 0, tokenTaken: true };
       } else {
         this.#ctx.throttle.refundMessage(this.#o.throttle);

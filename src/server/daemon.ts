@@ -528,6 +528,7 @@ export class Daemon {
         destination: k.spec.address.includes(':') ? `[${k.spec.address}]:${k.spec.port}` : `${k.spec.address}:${k.spec.port}`,
         ehlo: k.spec.ehloName,
         tls: k.spec.tls.mode,
+        throttle: k.group,
         active: k.active,
         opening: k.opening,
         waiting: k.waiting,

@@ -97,7 +97,10 @@ export class DestinationConnection {
   tls: TlsInfo | null = null;
   /** the local end (proof of the source address) */
   local = '';
+  /** transactions completed (final reply of DATA received) */
   transactions = 0;
+  /** transactions begun (MAIL FROM accepted), of any MTA: more than 0 means the next one reuses it */
+  uses = 0;
   lastUsedAt = performance.now();
   /** why it died, once it has */
   deadReason: string | null = null;

@@ -64,7 +64,7 @@ export interface PoolSnapshot {
   readonly active: number;
   readonly cached: number;
   readonly opening: number;
-  readonly keys: readonly { key: string; spec: ConnectionSpec; active: number; opening: number; waiting: number; cached: readonly { id: number; ageMs: number; idleMs: number; transactions: number; tls: string }[] }[];
+  readonly keys: readonly { key: string; group: string; spec: ConnectionSpec; active: number; opening: number; waiting: number; cached: readonly { id: number; ageMs: number; idleMs: number; transactions: number; tls: string }[] }[];
 }
 
 export class SmtpPool {
@@ -314,6 +314,7 @@ export class SmtpPool {
       opening += ks.opening;
       keys.push({
         key,
+        group: ks.group,
         spec: ks.spec,
         active: ks.active.size,
         opening: ks.opening,

@@ -157,6 +157,7 @@ export interface PoolKeyStatus {
   readonly destination: string;
   readonly ehlo: string;
   readonly tls: string;
+  readonly throttle: string;
   readonly active: number;
   readonly opening: number;
   readonly waiting: number;
@@ -170,7 +171,7 @@ export interface PoolKeyStatus {
 export function poolLines(keys: readonly PoolKeyStatus[]): string[] {
   const lines: string[] = [];
   for (const k of keys) {
-    lines.push(`smtp_pool: ${k.sourceIp} -> ${k.destination} ehlo=${k.ehlo} tls=${k.tls} active=${k.active} cached=${k.cached.length} opening=${k.opening} waiting=${k.waiting}`);
+    lines.push(`smtp_pool: ${k.sourceIp} -> ${k.destination} ehlo=${k.ehlo} tls=${k.tls} throttle=${k.throttle} active=${k.active} cached=${k.cached.length} opening=${k.opening} waiting=${k.waiting}`);
     for (const c of k.cached) {
       lines.push(`smtp_pool:   conn#${c.id} age=${formatUptime(c.ageMs)} idle=${formatUptime(c.idleMs)} transactions=${c.transactions} tls=${c.tls}`);
     }
