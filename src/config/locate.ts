@@ -6,7 +6,10 @@ export interface Position {
   column: number;
 }
 
-const HEADER = /^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$/;
+// No \s* around the name: with the name's own [^\]] (which matches spaces too) they made a line
+// of "[" and many spaces without "]" (an inner array of a multi-line array) cubic to reject.
+// normalizeKey trims the name instead.
+const HEADER = /^\s*\[\[?([^\]]+)\]\]?\s*(#.*)?$/;
 const KEY = /^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=/;
 
 function normalizeKey(raw: string): string {
