@@ -3,6 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { locateKeys } from '../../src/config/locate.js';
 import { formatConfigError, parseConfig } from '../../src/config/parse.js';
+import { parseAdminReply } from '../../src/protocol/admin.js';
 
 const SECRET = 'x'.repeat(40);
 const io = { readSecretFile: (): string => { throw new Error('no file'); }, isLocalAddress: (): boolean => true };
@@ -18,5 +19,15 @@ describe('fuzz regressions', () => {
     // table headers are still found, spaces inside the brackets and all
     const at = locateKeys('a = 1\n[ egress ]\n  ports = [25]\n[[ socks5.users ]]\n');
     expect([at.get('egress'), at.get('egress.ports'), at.get('socks5.users')]).toEqual([{ line: 2, column: 1 }, { line: 3, column: 3 }, { line: 4, column: 1 }]);
+  });
+
+  it('admin: a reply whose errors or lines are not arrays of strings is refused, not handed to the CLI', () => {
+    // `mtaproxy status` did (reply.lines ?? []).join('\n'): a string here threw a TypeError
+    expect(parseAdminReply('{"ok":true,"message":"status","lines":"x"}')).toBeNull();
+    expect(parseAdminReply('{"ok":false,"message":"","lines":[false]}')).toBeNull();
+    expect(parseAdminReply('{"ok":false,"message":"bad","errors":5}')).toBeNull();
+    expect(parseAdminReply('[1]')).toBeNull();
+    expect(parseAdminReply('{"ok":true,"message":"status","lines":["a","b"]}')).toEqual({ ok: true, message: 'status', lines: ['a', 'b'] });
+    expect(parseAdminReply('{"ok":false,"message":"reload failed","errors":["f:1:1: k: m"]}')).toEqual({ ok: false, message: 'reload failed', errors: ['f:1:1: k: m'] });
   });
 });
