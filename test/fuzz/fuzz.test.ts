@@ -1,0 +1,32 @@
+// Fuzzing in the suite: property-based with fast-check (why not Jazzer.js: docs/fuzzing.md).
+// Every target first replays its corpus (test/fuzz/corpus/<target>/: the test vectors and the
+// inputs that once found a bug), then runs each property with a fixed seed and a bounded number
+// of runs, so `npm test` sees the same inputs every time. bench/fuzz.mjs runs the same properties
+// with a random seed for as long as asked.
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { FIXED_SEED, readCorpus, TARGETS } from './targets/index.js';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+describe.each(TARGETS.map((t) => [t.name, t] as const))('fuzz %s', (_name, target) => {
+  it('replays its corpus', () => {
+    const corpus = readCorpus(ROOT, target.name);
+    expect(corpus.length, `test/fuzz/corpus/${target.name}/ is empty`).toBeGreaterThan(0);
+    for (const { name, bytes } of corpus) {
+      try {
+        target.check(bytes);
+      } catch (err) {
+        throw new Error(`test/fuzz/corpus/${target.name}/${name}: ${(err as Error).message}`);
+      }
+    }
+  });
+
+  for (const p of target.properties) {
+    it(p.name, () => {
+      const r = p.run({ seed: FIXED_SEED, numRuns: p.runs });
+      if (r.failed) throw new Error(`${target.name} / ${p.name}:\n${r.report ?? ''}\nreplay: node bench/fuzz.mjs --target=${target.name} --seed=${r.seed} --path=${r.path ?? ''}`);
+      expect(r.numRuns).toBe(p.runs);
+    });
+  }
+});
