@@ -22,11 +22,11 @@ describe.each(TARGETS.map((t) => [t.name, t] as const))('fuzz %s', (_name, targe
     }
   });
 
-  for (const p of target.properties) {
+  target.properties.forEach((p, index) => {
     it(p.name, () => {
       const r = p.run({ seed: FIXED_SEED, numRuns: p.runs });
-      if (r.failed) throw new Error(`${target.name} / ${p.name}:\n${r.report ?? ''}\nreplay: node bench/fuzz.mjs --target=${target.name} --seed=${r.seed} --path=${r.path ?? ''}`);
+      if (r.failed) throw new Error(`${target.name} / ${p.name}:\n${r.report ?? ''}\nreplay: node bench/fuzz.mjs --target=${target.name} --property=${index} --seed=${r.seed} --path=${r.path ?? ''}`);
       expect(r.numRuns).toBe(p.runs);
     });
-  }
+  });
 });

@@ -54,13 +54,11 @@ export function property<T>(name: string, runs: number, arb: fc.Arbitrary<T>, pr
     name,
     runs,
     run(params: RunParams): RunResult {
-      const details = fc.check(prop, {
-        seed: params.seed,
-        numRuns: params.numRuns,
-        includeErrorInReport: true,
-        ...(params.path === undefined ? {} : { path: params.path }),
-        ...(params.timeLimitMs === undefined ? {} : { interruptAfterTimeLimit: params.timeLimitMs }),
-      });
+      const options: fc.Parameters<[T]> = { seed: params.seed, numRuns: params.numRuns, includeErrorInReport: true };
+      if (params.path !== undefined) options.path = params.path;
+      // the option, not the 4.10 plugin: the plugin is typed Plugin<unknown>, which Parameters<[T]> refuses
+      if (params.timeLimitMs !== undefined) options.interruptAfterTimeLimit = params.timeLimitMs;
+      const details = fc.check(prop, options);
       const example = details.counterexample?.[0];
       return {
         failed: details.failed,
