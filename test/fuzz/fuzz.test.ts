@@ -1,4 +1,8 @@
-// Fuzzing in the suite: property-based with fast-check (why not Jazzer.js: docs/fuzzing.md).
+// Fuzzing in the suite: property-based with fast-check, not coverage-guided with Jazzer.js.
+// @jazzer.js/core 4.0.0 installs here but its only linux-x64 addon needs glibc 2.38 (Debian 12 has
+// 2.36) and ships no sources to rebuild; fast-check is pure JS, replays a seed exactly, shrinks
+// failures, runs inside vitest, and generates the structured inputs the round trips need (headers
+// with TLVs and a CRC32C, configs with a wrong value on a known line). Details: docs/fuzzing.md.
 // Every target first replays its corpus (test/fuzz/corpus/<target>/: the test vectors and the
 // inputs that once found a bug), then runs each property with a fixed seed and a bounded number
 // of runs, so `npm test` sees the same inputs every time. bench/fuzz.mjs runs the same properties

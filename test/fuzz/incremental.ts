@@ -37,6 +37,12 @@ export function checkPrefixes<R extends Decided>(what: string, parse: (b: Uint8A
   }
 }
 
+/** Every prefix of a short input; of a long one, the first 40, the last two and those around `lengths`. */
+export function samplePositions(n: number, lengths: readonly (number | null)[]): number[] | undefined {
+  if (n <= 96) return undefined;
+  return [...Array.from({ length: 40 }, (_, i) => i), n - 1, n, ...lengths.flatMap((l) => (l === null ? [] : [l - 1, l, l + 1]))];
+}
+
 /** The shell's loop: append each chunk, parse, stop at the first answer that is not "incomplete". */
 export function feedChunks<R extends Decided>(parse: (b: Uint8Array) => R, chunks: readonly Buffer[]): R {
   let received = Buffer.alloc(0);

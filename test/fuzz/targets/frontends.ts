@@ -19,7 +19,7 @@ import {
   type ReplyCode,
 } from '../../../src/protocol/socks5.js';
 import { assert, byte, bytes, cuts, property, rawProperty, same, show, timed, type FuzzTarget } from '../harness.js';
-import { checkChunking, checkPrefixes } from '../incremental.js';
+import { checkChunking, checkPrefixes, samplePositions } from '../incremental.js';
 
 const BUDGET_MS = 500;
 const MAX_REASON = 400;
@@ -44,13 +44,15 @@ function checkSocks5Request(r: ParsedRequest, input: Buffer): void {
 
 function checkSocks5(input: Buffer): void {
   timed('SOCKS5 parsers', BUDGET_MS, () => {
-    checkPrefixes('parseGreeting', parseGreeting, input, (r) => (r.status === 'ok' ? r.length : null));
     const g = parseGreeting(input);
+    const c = parseCredentials(input);
+    const q = parseRequest(input);
+    const at = samplePositions(input.length, [g, c, q].map((r) => (r.status === 'ok' ? r.length : null)));
+    checkPrefixes('parseGreeting', parseGreeting, input, (r) => (r.status === 'ok' ? r.length : null), at);
     if (g.status === 'ok') assert(g.length <= MAX_GREETING && g.value.methods.length === g.length - 2 && g.value.methods.length >= 1, () => `greeting ${show(g)}`);
     if (g.status === 'error') assert(g.reason.length < MAX_REASON, () => `greeting error ${show(g)}`);
 
-    checkPrefixes('parseCredentials', parseCredentials, input, (r) => (r.status === 'ok' ? r.length : null));
-    const c = parseCredentials(input);
+    checkPrefixes('parseCredentials', parseCredentials, input, (r) => (r.status === 'ok' ? r.length : null), at);
     if (c.status === 'ok') {
       const { username, password } = c.value;
       assert(c.length <= MAX_AUTH && username.length >= 1 && password.length >= 1 && c.length === 3 + username.length + password.length, () => `credentials ${show(c)}`);
@@ -58,8 +60,12 @@ function checkSocks5(input: Buffer): void {
     }
     if (c.status === 'error') assert(c.reason.length < MAX_REASON, () => `credentials error ${show(c)}`);
 
-    checkPrefixes('parseRequest', parseRequest, input, (r) => (r.status === 'ok' ? r.length : null));
-    checkSocks5Request(parseRequest(input), input);
+    checkPrefixes('parseRequest', parseRequest, input, (r) => (r.status === 'ok' ? r.length : null), at);
+    checkSocks5Request(q, input);
+    // the shell buffers while "incomplete": never past the largest message
+    for (const [what, r, max] of [['greeting', g, MAX_GREETING], ['credentials', c, MAX_AUTH], ['request', q, MAX_REQUEST]] as const) {
+      assert(r.status !== 'incomplete' || input.length < max, () => `${what} still incomplete after ${input.length} bytes (largest message: ${max})`);
+    }
   });
 }
 
@@ -111,8 +117,15 @@ function decodeReply(b: Buffer): { rep: number; ip: string; port: number } {
   return { rep: b[1] as number, ip: ipaddr.fromByteArray([...b.subarray(4, 4 + size)]).toString(), port: b.readUInt16BE(4 + size) };
 }
 
+/** `head`, then filler up to around `size` bytes: what a peer that never completes a message sends. */
+const nearSize = (heads: readonly number[][], size: number): fc.Arbitrary<Buffer> =>
+  fc.tuple(fc.constantFrom(...heads), fc.integer({ min: -3, max: 3 }), byte).map(([h, d, fill]) => Buffer.concat([Buffer.from(h), Buffer.alloc(Math.max(0, size + d - h.length), fill)]));
+
 const socks5Stream = fc.oneof(
   bytes(80),
+  nearSize([[5, 255], [1, 255], [1, 255, ...new Array(255).fill(0x61), 255], [5, 1, 0, 3, 255], [5, 1, 0, 3, 254]], MAX_REQUEST),
+  nearSize([[5, 255], [1, 255], [1, 255, ...new Array(255).fill(0x61), 255]], MAX_AUTH),
+  nearSize([[5, 255]], MAX_GREETING),
   // a plausible start, then anything
   fc.tuple(fc.constantFrom([5], [5, 1], [5, 1, 0], [5, 1, 0, 3], [1], [1, 3], [5, 2, 0, 4]), bytes(300)).map(([h, t]) => Buffer.concat([Buffer.from(h), t])),
   requestModel.chain((m) => fc.tuple(fc.constant(encodeRequest(m)), fc.nat(), byte)).map(([b, at, v]) => {
@@ -217,10 +230,8 @@ function checkProxyV2(input: Buffer): void {
   timed('decodeProxyV2', BUDGET_MS, () => {
     const r = decodeProxyV2(input);
     checkDecoded(r, input);
-    const n = input.length;
-    // every prefix of short inputs; around the decisions of long ones
-    const positions = n <= 96 ? undefined : [...Array.from({ length: 40 }, (_, i) => i), n - 1, n, ...[okLength(r)].flatMap((l) => (l === null ? [] : [l - 1, l, l + 1]))];
-    checkPrefixes('decodeProxyV2', decodeProxyV2, input, okLength, positions, proxyDecision);
+    assert(r.status !== 'incomplete' || input.length < MAX_HEADER_BYTES, () => `still incomplete after ${input.length} bytes (largest header: ${MAX_HEADER_BYTES})`);
+    checkPrefixes('decodeProxyV2', decodeProxyV2, input, okLength, samplePositions(input.length, [okLength(r)]), proxyDecision);
   });
 }
 
@@ -277,6 +288,12 @@ function mutate(b: Buffer, ops: readonly { op: string; at: number; value: number
 
 const proxyV2Stream = fc.oneof(
   bytes(64),
+  // a length field at or near the largest accepted, and not all of its bytes
+  fc.tuple(fc.constantFrom(0x11, 0x21, 0x31, 0x00), fc.integer({ min: -2, max: 2 }), fc.integer({ min: -3, max: 0 })).map(([fam, d, short]) => {
+    const block = { 0x00: 0, 0x11: 12, 0x21: 36, 0x31: 216 }[fam] ?? 0;
+    const len = block + MAX_TLV_BYTES + d;
+    return Buffer.concat([SIGNATURE, Buffer.from([0x21, fam, len >> 8, len & 0xff]), Buffer.alloc(Math.max(0, len + short), 0x04)]);
+  }),
   bytes(64).map((t) => Buffer.concat([SIGNATURE, t])),
   fc.tuple(fc.constantFrom(0x20, 0x21, 0x22, 0x10, 0x2f), byte, fc.nat({ max: 0xffff }), bytes(80)).map(([vc, fam, len, t]) => Buffer.concat([SIGNATURE, Buffer.from([vc, fam, len >> 8, len & 0xff]), t])),
   fc.tuple(headerModel, mutation).map(([m, ops]) => mutate(encodeHeader(m), ops)),
