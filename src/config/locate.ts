@@ -24,6 +24,14 @@ export function locateKeys(text: string): Map<string, Position> {
   const found = new Map<string, Position>();
   let table = '';
   let inMultiline: string | null = null;
+  // "a.b.c = 1" and "[a.b]" also write "a" and "a.b": an error about "a" or "a.b" (unknown
+  // directive, not a number) points there, not at line 1. Errors name at most "table.key", so two
+  // levels of prefixes are enough (and a key of 100 000 parts stays linear).
+  const note = (path: string, at: Position): void => {
+    const parts = path.split('.', 3);
+    for (const prefix of [parts[0] ?? '', `${parts[0]}.${parts[1]}`].slice(0, parts.length - 1)) if (!found.has(prefix)) found.set(prefix, at);
+    if (!found.has(path)) found.set(path, at);
+  };
   const lines = text.split(/\r?\n/);
   lines.forEach((line, index) => {
     if (inMultiline !== null) {
@@ -33,13 +41,13 @@ export function locateKeys(text: string): Map<string, Position> {
     const header = HEADER.exec(line);
     if (header?.[1] !== undefined) {
       table = normalizeKey(header[1]);
-      if (!found.has(table)) found.set(table, { line: index + 1, column: line.indexOf('[') + 1 });
+      note(table, { line: index + 1, column: line.indexOf('[') + 1 });
       return;
     }
     const key = KEY.exec(line);
     if (key?.[1] !== undefined) {
       const path = table ? `${table}.${normalizeKey(key[1])}` : normalizeKey(key[1]);
-      if (!found.has(path)) found.set(path, { line: index + 1, column: line.search(/\S/) + 1 });
+      note(path, { line: index + 1, column: line.search(/\S/) + 1 });
       const rest = line.slice(key[0].length);
       for (const quote of ['"""', "'''"]) {
         const first = rest.indexOf(quote);

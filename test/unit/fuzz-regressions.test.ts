@@ -21,6 +21,16 @@ describe('fuzz regressions', () => {
     expect([at.get('egress'), at.get('egress.ports'), at.get('socks5.users')]).toEqual([{ line: 2, column: 1 }, { line: 3, column: 3 }, { line: 4, column: 1 }]);
   });
 
+  it('config: an error about a dotted key or a dotted table names its line, not line 1', () => {
+    const text = `auth_shared_secret = "${SECRET}"\n\n  lg_verbose.on = true\n[egress]\nmax_tunnels.x = 1\n[socks.x]\ny = 1\n`;
+    const r = parseConfig(text, '/etc/mtaproxy/mtaproxy.toml', io);
+    expect(r.ok ? [] : r.errors.map(formatConfigError)).toEqual([
+      '/etc/mtaproxy/mtaproxy.toml:3:3: lg_verbose: unknown directive; did you mean "log_verbose"?',
+      '/etc/mtaproxy/mtaproxy.toml:5:1: egress.max_tunnels: must be a whole number from 1 to 1000000',
+      '/etc/mtaproxy/mtaproxy.toml:6:1: socks: unknown directive; did you mean "socks5"?',
+    ]);
+  });
+
   it('admin: a reply whose errors or lines are not arrays of strings is refused, not handed to the CLI', () => {
     // `mtaproxy status` did (reply.lines ?? []).join('\n'): a string here threw a TypeError
     expect(parseAdminReply('{"ok":true,"message":"status","lines":"x"}')).toBeNull();
