@@ -58,15 +58,31 @@ export function locateKeys(text: string): Map<string, Position> {
   return found;
 }
 
-/** Where a string element of an array value appears, searching from the key's line on. */
-export function locateString(text: string, from: Position, value: string): Position {
+/**
+ * Locates the string entries of array values in `text`. It is called once per entry, in order, so
+ * for each array (its key's line) the search goes on from the line of the previous entry instead
+ * of from the key, over lines split once: n entries were O(n * file size), then O(n^2) lines.
+ */
+export function stringLocator(text: string): (from: Position, value: string) => Position {
   const lines = text.split(/\r?\n/);
-  for (let i = from.line - 1; i < lines.length; i++) {
-    const line = lines[i] ?? '';
-    for (const quoted of [JSON.stringify(value), `'${value}'`]) {
-      const at = line.indexOf(quoted);
-      if (at !== -1) return { line: i + 1, column: at + 1 };
-    }
-  }
-  return from;
+  const cursor = new Map<number, number>();
+  return (from, value) => {
+    const quotes = [JSON.stringify(value), `'${value}'`];
+    const search = (first: number): Position | null => {
+      for (let i = first; i < lines.length; i++) {
+        const line = lines[i] ?? '';
+        for (const quoted of quotes) {
+          const at = line.indexOf(quoted);
+          if (at !== -1) {
+            cursor.set(from.line, i);
+            return { line: i + 1, column: at + 1 };
+          }
+        }
+      }
+      return null;
+    };
+    const resume = cursor.get(from.line);
+    // not found after the previous entry (written with escapes, or out of order): from the key, as before
+    return (resume === undefined ? null : search(resume)) ?? search(from.line - 1) ?? from;
+  };
 }

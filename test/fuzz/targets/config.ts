@@ -264,6 +264,20 @@ const config: FuzzTarget = {
         assert(d === null || (Number.isFinite(d) && d >= 0 && Number.isInteger(d)), () => `duration ${show(d)}`);
       },
     ),
+    property(
+      'a long array with bad entries is located in bounded time',
+      12,
+      fc.record({ n: fc.integer({ min: 1, max: 3000 }), every: fc.integer({ min: 1, max: 4 }), key: fc.constantFrom('allow_from', 'listen') }),
+      ({ n, every, key }) => {
+        const entry = (i: number): string => (key === 'listen' ? (i % every === 0 ? `"h${i}:25"` : `"10.0.${(i >> 8) & 255}.${i & 255}:25"`) : i % every === 0 ? `"10.${(i >> 8) & 255}.${i & 255}.1/8"` : `"10.${(i >> 8) & 255}.${i & 255}.0/24"`);
+        const text = `auth_shared_secret = "${SECRET}"\n${key} = [\n${Array.from({ length: n }, (_, i) => `  ${entry(i)},`).join('\n')}\n]\n`;
+        const r = checkConfigText(text);
+        const bad = Math.floor((n - 1) / every) + 1;
+        assert(!r.ok && r.errors.length === bad && r.errors.every((e) => e.key === key && e.column === 3), () => `${r.ok ? 0 : r.errors.length} errors, expected ${bad}`);
+        const last = r.ok ? undefined : r.errors.at(-1);
+        assert(last?.line === 3 + (bad - 1) * every, () => `last error at line ${last?.line}, expected ${3 + (bad - 1) * every}`);
+      },
+    ),
     property('CIDRs round-trip', 900, cidrArb, (cidr) => {
       const r = parseAllowRule(cidr);
       assert(r.ok && r.rule.text === cidr, () => `parseAllowRule(${cidr}) = ${show(r)}`);
