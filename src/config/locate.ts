@@ -6,7 +6,10 @@ export interface Position {
   column: number;
 }
 
-const HEADER = /^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$/;
+// No \s* around the name: with the name's own [^\]] (which matches spaces too) they made a line
+// of "[" and many spaces without "]" (an inner array of a multi-line array) cubic to reject.
+// normalizeKey trims the name instead.
+const HEADER = /^\s*\[\[?([^\]]+)\]\]?\s*(#.*)?$/;
 const KEY = /^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=/;
 
 function normalizeKey(raw: string): string {
@@ -21,6 +24,14 @@ export function locateKeys(text: string): Map<string, Position> {
   const found = new Map<string, Position>();
   let table = '';
   let inMultiline: string | null = null;
+  // "a.b.c = 1" and "[a.b]" also write "a" and "a.b": an error about "a" or "a.b" (unknown
+  // directive, not a number) points there, not at line 1. Errors name at most "table.key", so two
+  // levels of prefixes are enough (and a key of 100 000 parts stays linear).
+  const note = (path: string, at: Position): void => {
+    const parts = path.split('.', 3);
+    for (const prefix of [parts[0] ?? '', `${parts[0]}.${parts[1]}`].slice(0, parts.length - 1)) if (!found.has(prefix)) found.set(prefix, at);
+    if (!found.has(path)) found.set(path, at);
+  };
   const lines = text.split(/\r?\n/);
   lines.forEach((line, index) => {
     if (inMultiline !== null) {
@@ -30,13 +41,13 @@ export function locateKeys(text: string): Map<string, Position> {
     const header = HEADER.exec(line);
     if (header?.[1] !== undefined) {
       table = normalizeKey(header[1]);
-      if (!found.has(table)) found.set(table, { line: index + 1, column: line.indexOf('[') + 1 });
+      note(table, { line: index + 1, column: line.indexOf('[') + 1 });
       return;
     }
     const key = KEY.exec(line);
     if (key?.[1] !== undefined) {
       const path = table ? `${table}.${normalizeKey(key[1])}` : normalizeKey(key[1]);
-      if (!found.has(path)) found.set(path, { line: index + 1, column: line.search(/\S/) + 1 });
+      note(path, { line: index + 1, column: line.search(/\S/) + 1 });
       const rest = line.slice(key[0].length);
       for (const quote of ['"""', "'''"]) {
         const first = rest.indexOf(quote);
@@ -47,15 +58,31 @@ export function locateKeys(text: string): Map<string, Position> {
   return found;
 }
 
-/** Where a string element of an array value appears, searching from the key's line on. */
-export function locateString(text: string, from: Position, value: string): Position {
+/**
+ * Locates the string entries of array values in `text`. It is called once per entry, in order, so
+ * for each array (its key's line) the search goes on from the line of the previous entry instead
+ * of from the key, over lines split once: n entries were O(n * file size), then O(n^2) lines.
+ */
+export function stringLocator(text: string): (from: Position, value: string) => Position {
   const lines = text.split(/\r?\n/);
-  for (let i = from.line - 1; i < lines.length; i++) {
-    const line = lines[i] ?? '';
-    for (const quoted of [JSON.stringify(value), `'${value}'`]) {
-      const at = line.indexOf(quoted);
-      if (at !== -1) return { line: i + 1, column: at + 1 };
-    }
-  }
-  return from;
+  const cursor = new Map<number, number>();
+  return (from, value) => {
+    const quotes = [JSON.stringify(value), `'${value}'`];
+    const search = (first: number): Position | null => {
+      for (let i = first; i < lines.length; i++) {
+        const line = lines[i] ?? '';
+        for (const quoted of quotes) {
+          const at = line.indexOf(quoted);
+          if (at !== -1) {
+            cursor.set(from.line, i);
+            return { line: i + 1, column: at + 1 };
+          }
+        }
+      }
+      return null;
+    };
+    const resume = cursor.get(from.line);
+    // not found after the previous entry (written with escapes, or out of order): from the key, as before
+    return (resume === undefined ? null : search(resume)) ?? search(from.line - 1) ?? from;
+  };
 }

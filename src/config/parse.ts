@@ -4,7 +4,7 @@ import { createPrivateKey, type KeyObject } from 'node:crypto';
 import ipaddr from 'ipaddr.js';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { AllowList, parseAllowRule, type AllowRule } from './allow.js';
-import { locateKeys, locateString, type Position } from './locate.js';
+import { locateKeys, stringLocator, type Position } from './locate.js';
 import { MIN_SECRET_LENGTH, SharedSecret } from './secret.js';
 import { isCanonicalIp } from '../protocol/syntax.js';
 import { parseCertificate } from './x509.js';
@@ -255,6 +255,7 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
     throw err;
   }
   const positions = locateKeys(text);
+  const locateString = stringLocator(text);
   const errors: ConfigError[] = [];
   const where = (key: string): Position => positions.get(key) ?? { line: 1, column: 1 };
   const fail = (key: string, message: string, at: Position = where(key)): void => {
@@ -300,7 +301,7 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
   const listen: ListenAddress[] = [];
   for (const entry of stringList('listen', [`0.0.0.0:${DEFAULT_PORT}`])) {
     const parsed = parseListenAddress(entry);
-    if (typeof parsed === 'string') fail('listen', parsed, locateString(text, where('listen'), entry));
+    if (typeof parsed === 'string') fail('listen', parsed, locateString(where('listen'), entry));
     else listen.push(parsed);
   }
   if (raw.listen !== undefined && listen.length === 0 && !errors.some((e) => e.key === 'listen')) {
@@ -312,7 +313,7 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
     for (const entry of stringList(key, fallback)) {
       const parsed = parseAllowRule(entry);
       if (parsed.ok) out.push(parsed.rule);
-      else fail(key, parsed.message, locateString(text, where(key), entry));
+      else fail(key, parsed.message, locateString(where(key), entry));
     }
     return out;
   };
@@ -446,7 +447,7 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
 
   const sourceIps: string[] = [];
   for (const entry of stringList('egress.source_ips', [])) {
-    const at = locateString(text, where('egress.source_ips'), entry);
+    const at = locateString(where('egress.source_ips'), entry);
     if (!isCanonicalIp(entry)) {
       fail('egress.source_ips', `"${entry}" is not an IP address`, at);
     } else if (!io.isLocalAddress(entry)) {
@@ -478,7 +479,7 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
     const out: ListenAddress[] = [];
     for (const entry of stringList(key, [])) {
       const parsed = parseListenAddress(entry);
-      if (typeof parsed === 'string') fail(key, parsed, locateString(text, where(key), entry));
+      if (typeof parsed === 'string') fail(key, parsed, locateString(where(key), entry));
       else out.push(parsed);
     }
     return out;

@@ -25,11 +25,19 @@ export function parseAdminRequest(line: string): AdminCommand | string {
   return 'unknown command (expected "reload" or "status")';
 }
 
+const isStringList = (v: unknown): boolean => v === undefined || (Array.isArray(v) && v.every((s) => typeof s === 'string'));
+
+/** An AdminReply, or null for anything else (the CLI then says "unexpected answer"). */
 export function parseAdminReply(line: string): AdminReply | null {
+  let value: unknown;
   try {
-    const value = JSON.parse(line) as AdminReply;
-    return typeof value.ok === 'boolean' && typeof value.message === 'string' ? value : null;
+    value = JSON.parse(line);
   } catch {
     return null;
   }
+  if (typeof value !== 'object' || value === null) return null;
+  const r = value as Record<string, unknown>;
+  // errors and lines are checked too: the CLI joins and iterates them
+  if (typeof r.ok !== 'boolean' || typeof r.message !== 'string' || !isStringList(r.errors) || !isStringList(r.lines)) return null;
+  return value as AdminReply;
 }
