@@ -344,13 +344,18 @@ function checkConnectLine(line: string): void {
 
 function formatConnect(r: ConnectRequest): string {
   const host = r.host.includes(':') ? `[${r.host}]` : r.host;
-  return `CONNECT ${r.sourceIp} ${host}:${r.port} ${r.throttle}${r.waitMs === null ? '' : ` wait=${r.waitMs}`}`;
+  const words = [`CONNECT ${r.sourceIp} ${host}:${r.port} ${r.throttle}${r.waitMs === null ? '' : ` wait=${r.waitMs}`}`];
+  if (r.smtp !== null) {
+    const t = r.smtp.tls;
+    words.push(`mode=smtp ehlo=${r.smtp.ehloName} tls=${t.mode}`, ...(t.verifyName === null ? [] : [`verify=${t.verifyName}`]), `sni=${t.sni ?? 'none'}`);
+  }
+  return words.join(' ');
 }
 
 const label = fc.stringMatching(/^[A-Za-z0-9](?:[A-Za-z0-9-]{0,12}[A-Za-z0-9])?$/);
 const topLabel = fc.stringMatching(/^[A-Za-z](?:[A-Za-z0-9-]{0,8}[A-Za-z])?$/).filter((s) => !/^0x/i.test(s));
 const hostNameArb = fc.tuple(fc.array(label, { maxLength: 4 }), topLabel, fc.boolean()).map(([ls, top, dot]) => `${[...ls, top].join('.')}${dot ? '.' : ''}`);
-const CONNECT_WORDS = ['CONNECT', '192.0.2.1', '127.1', '0x7f.0.0.1', '2001:db8::1', 'mx.example.com:25', '[2001:db8::25]:25', '[::ffff:10.0.0.1]:587', 'mx.example:0', 'mx.example:65536', 'a.b.123:25', 'x.0x7f:25', 'mx.example', 'wait=5', 'wait=-1'];
+const CONNECT_WORDS = ['CONNECT', '192.0.2.1', '127.1', '0x7f.0.0.1', '2001:db8::1', 'mx.example.com:25', '[2001:db8::25]:25', '[::ffff:10.0.0.1]:587', 'mx.example:0', 'mx.example:65536', 'a.b.123:25', 'x.0x7f:25', 'mx.example', 'wait=5', 'wait=-1', 'mode=smtp', 'mode=tunnel', 'ehlo=mail.example', 'ehlo=[192.0.2.1]', 'tls=none', 'tls=required', 'tls=opportunistic', 'verify=mx.example', 'sni=none', 'sni=mx.example'];
 
 const connect: FuzzTarget = {
   name: 'connect',
@@ -370,11 +375,19 @@ const connect: FuzzTarget = {
         port: fc.integer({ min: 1, max: 65535 }),
         throttle: keyArb,
         wait: fc.option(fc.integer({ min: 0, max: 999_999_999 }), { nil: null }),
+        smtp: fc.option(
+          fc.record({ ehlo: hostNameArb, mode: fc.constantFrom('none', 'opportunistic', 'required' as const), verify: fc.option(hostNameArb, { nil: null }), sni: fc.option(hostNameArb, { nil: null }) }),
+          { nil: null },
+        ),
       }),
-      ({ source, host, port, throttle: t, wait }) => {
-        const line = `CONNECT ${source} ${host}:${port} ${t}${wait === null ? '' : ` wait=${wait}`}`;
+      ({ source, host, port, throttle: t, wait, smtp }) => {
+        // verify= only with tls=required (anything else is a 501, checked by the 'any text' properties)
+        const verify = smtp !== null && smtp.mode === 'required' ? smtp.verify : null;
+        const options = smtp === null ? '' : ` mode=smtp ehlo=${smtp.ehlo} tls=${smtp.mode}${verify === null ? '' : ` verify=${verify}`} sni=${smtp.sni ?? 'none'}`;
+        const line = `CONNECT ${source} ${host}:${port} ${t}${wait === null ? '' : ` wait=${wait}`}${options}`;
         const r = parseConnect(line);
-        const expected = { sourceIp: ipaddr.process(source).toString(), host: host.replace(/^\[(.*)\]$/, '$1'), port, throttle: t, waitMs: wait };
+        const expectedSmtp = smtp === null ? null : { ehloName: smtp.ehlo, tls: { mode: smtp.mode, verifyName: verify, sni: smtp.sni } };
+        const expected = { sourceIp: ipaddr.process(source).toString(), host: host.replace(/^\[(.*)\]$/, '$1'), port, throttle: t, waitMs: wait, smtp: expectedSmtp };
         assert(same(r, expected), () => `parseConnect(${show(line)}) = ${show(r)}, expected ${show(expected)}`);
       },
     ),
