@@ -106,7 +106,8 @@ async function dest(opts: DestOpts = {}): Promise<Dest> {
         else if (verb === 'RCPT') {
           if (/reject/.test(line)) sock.write('550-5.1.1 no such\r\n550 5.1.1 user here\r\n');
           else { to.push(line); sock.write('250 2.1.5 recipient ok\r\n'); }
-        } else if (verb === 'DATA') {
+        } else if (verb === 'DATA' && to.length === 0) sock.write('554 5.5.1 no valid recipients\r\n');
+        else if (verb === 'DATA') {
           const go = (): void => { inData = true; sock.write('354 go ahead\r\n'); onData(Buffer.alloc(0)); };
           if (opts.dataDelayMs) { sock.pause(); setTimeout(() => { sock.resume(); go(); }, opts.dataDelayMs); return; }
           inData = true;
@@ -961,4 +962,126 @@ describe('smtp mode review: the pool, throttles and status', () => {
     expect((await m.cmd('x\r\n.\r\n')).code).toBe(250);
     expect(x.connections).toBe(2);
   });
+});
+
+describe('smtp mode review: more destination failures', () => {
+  finding('a transaction that needs a new connection when the destination refuses TCP: the MTA gets "451 4.4.5 mtaproxy: …" (§4.7), not 442', async () => {
+    const x = await mkDest();
+    const d = await proxy([x.port]);
+    await mtaControl(d, 'mta1', 5);
+    const a = await link(d, x.port);
+    const b = await link(d, x.port);
+    await a.cmd('EHLO a\r\n');
+    await b.cmd('EHLO b\r\n');
+    expect((await a.cmd('MAIL FROM:<a@example.com>\r\n')).code).toBe(250); // holds the only connection
+    x.server.close(); // the destination stops listening: a new connection is refused
+    const r = await b.cmd('MAIL FROM:<b@example.com>\r\n');
+    if (process.env.REVIEW_STRICT === '1') console.log('MAIL with the destination refusing TCP:', r.text);
+    // RFC 5321 §4.2.1: the second digit is 0-5; RFC 3463: the class of the enhanced code matches
+    // §4.7: "451 4.4.5 mtaproxy: … (or the throttle's 421)": no connection within the wait
+    expect(r.text).toMatch(/^(451|421) 4\.4\.5 mtaproxy: /);
+  });
+
+  it('the destination stalls at the 354 (data_init_timeout): 451 4.4.2, no 354', async () => {
+    const x = await mkDest({ reply: (line) => (line === 'DATA' ? null : undefined) });
+    const d = await proxy([x.port], 'data_init_timeout = "2s"\n');
+    await mtaControl(d);
+    const m = await link(d, x.port);
+    await m.cmd('EHLO a\r\n');
+    await m.cmd('MAIL FROM:<a@example.com>\r\n');
+    await m.cmd('RCPT TO:<b@example.net>\r\n');
+    const r = await m.cmd('DATA\r\n', 10_000);
+    expect(r.text).toMatch(/^451 4\.4\.2 mtaproxy: /);
+  });
+
+  it('a trickled body (one byte every 20 ms) arrives intact', async () => {
+    const x = await mkDest();
+    const d = await proxy([x.port]);
+    await mtaControl(d);
+    const m = await link(d, x.port);
+    await m.cmd('EHLO a\r\n');
+    await m.cmd('MAIL FROM:<a@example.com>\r\n');
+    await m.cmd('RCPT TO:<b@example.net>\r\n');
+    await m.cmd('DATA\r\n');
+    const body = 'Subject: t\r\n\r\n.\r\n..\r\nx\r\n.\r\n';
+    const n = m.replies.length + 1;
+    for (const ch of body) { m.send(ch); await sleep(20); }
+    const r = await m.waitReplies(n);
+    expect(r[n - 1]?.code).toBe(250);
+    // hmm: ".\r\n" right after the header blank line ends the body (CRLF . CRLF)
+    expect(x.messages[0]?.body).toBe('Subject: t\r\n\r\n');
+  });
+
+  it('status while a second MTA waits for the only connection: waiting=1, active=1', async () => {
+    const x = await mkDest();
+    const d = await proxy([x.port]);
+    await mtaControl(d, 'mta1', 1);
+    const a = await link(d, x.port);
+    const b = await link(d, x.port);
+    await a.cmd('EHLO a\r\n');
+    await b.cmd('EHLO b\r\n');
+    await a.cmd('MAIL FROM:<a@example.com>\r\n');
+    b.send('MAIL FROM:<b@example.com>\r\n');
+    await sleep(300);
+    const s = await status(d);
+    expect(s).toMatch(/direct_remote_smtp: connections=1\(active=1 cached=0\)/);
+    expect(s).toMatch(/smtp_pool: .* active=1 cached=0 opening=0 waiting=1/);
+  });
+});
+
+describe('smtp mode review: fuzz', () => {
+  it('2000 random commands and body fragments on one link: no internal error, replies keep coming, a clean transaction still works', async () => {
+    const x = await mkDest();
+    const d = await proxy([x.port]);
+    await mtaControl(d);
+    const m = await link(d, x.port);
+    let seed = 12345;
+    // mulberry32
+    const rnd = (n: number): number => {
+      seed = (seed + 0x6d2b79f5) | 0;
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return (((t ^ (t >>> 14)) >>> 0) % n);
+    };
+    const pieces = ['EHLO a', 'HELO b', 'MAIL FROM:<a@example.com>', 'MAIL FROM:<>', 'MAIL FROM:<a@example.com> SIZE=10 BODY=8BITMIME', 'MAIL', 'MAIL FROM:a@b',
+      'RCPT TO:<b@example.net>', 'RCPT TO:<reject@example.net>', 'RCPT', 'DATA', 'RSET', 'NOOP', 'NOOP x', 'XMTAPROXY', 'VRFY x', 'BDAT 10', '', ' ', '.', '..', 'rcpt to:<c@example.net>',
+      '\u00ff\u00fe', 'MAIL FROM:<\u00e9@x>', 'DATA DATA', 'x'.repeat(600)];
+    for (let i = 0; i < 2000; i++) {
+      const p = pieces[rnd(pieces.length)] as string;
+      const end = ['\r\n', '\n', '\r\n'][rnd(3)] as string;
+      m.send(Buffer.from(p + end, 'latin1'));
+      if (rnd(10) === 0) await sleep(1);
+    }
+    m.send('\r\n.\r\nRSET\r\n');
+    await sleep(3000);
+    expect(m.closed).toBe(false);
+    expect(d.lines.some((l) => /internal error/.test(l))).toBe(false);
+    const n = m.replies.length;
+    if (process.env.REVIEW_STRICT === '1') console.log('fuzz replies:', JSON.stringify(m.replies.slice(0, 30)), d.lines.filter((l) => /smtp/.test(l)).slice(-10));
+    expect(n).toBeGreaterThan(100);
+    // drain whatever is left, then a clean transaction
+    await m.cmd('\r\n.\r\nRSET\r\n');
+    await sleep(500);
+    expect((await m.cmd('RSET\r\n')).code).toBe(250);
+    expect((await m.cmd('MAIL FROM:<z@example.com>\r\n')).code).toBe(250);
+    expect((await m.cmd('RCPT TO:<z@example.net>\r\n')).code).toBe(250);
+    expect((await m.cmd('DATA\r\n')).code).toBe(354);
+    expect((await m.cmd('zz\r\n.\r\n')).code).toBe(250);
+  }, 60_000);
+
+  it('100 links at once to one destination (max_connections 2): all greeted, all deliver, at most 2 destination connections', async () => {
+    const x = await mkDest();
+    const d = await proxy([x.port]);
+    await mtaControl(d, 'mta1', 2);
+    const links = await Promise.all(Array.from({ length: 100 }, () => link(d, x.port)));
+    await Promise.all(links.map(async (m, i) => {
+      await m.cmd('EHLO a\r\n');
+      expect((await m.cmd(`MAIL FROM:<s${i}@example.com>\r\n`, 20_000)).code).toBe(250);
+      await m.cmd('RCPT TO:<b@example.net>\r\n');
+      await m.cmd('DATA\r\n');
+      expect((await m.cmd(`m${i}\r\n.\r\n`)).code).toBe(250);
+    }));
+    expect(x.messages).toHaveLength(100);
+    expect(x.connections).toBeLessThanOrEqual(2);
+  }, 90_000);
 });
