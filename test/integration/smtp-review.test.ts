@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ControlClient, openTunnel, type SmtpModeOptions } from '../../src/client/index.js';
 import { SECRET, startDaemon, type RunningDaemon } from '../helpers/daemon.js';
+import { postfixUnavailable, startPostfix } from '../helpers/postfix.js';
 
 /** a finding: expected to fail today; REVIEW_STRICT=1 runs it as a plain test to show why */
 const finding = process.env.REVIEW_STRICT === '1' ? it : it.fails;
@@ -1083,5 +1084,34 @@ describe('smtp mode review: fuzz', () => {
     }));
     expect(x.messages).toHaveLength(100);
     expect(x.connections).toBeLessThanOrEqual(2);
-  }, 90_000);
+  }, 180_000);
+});
+
+describe.skipIf(postfixUnavailable() !== null)('smtp mode review: real Postfix (Debian 3.7, smtpd_forbid_bare_newline = no)', () => {
+  finding('SMTP smuggling through the proxy: a body with "\\n.\\n" delivers a second, spoofed message that the proxy neither counts (message token) nor logs', async () => {
+    const pf = await startPostfix({ address: '127.0.0.13', tls: false });
+    try {
+      const d = await startDaemon({ extra: `[egress]\nsource_ips = ["127.0.0.2"]\nports = [${pf.port}]\nallow_private_destinations = true\n[smtp]\nidle_timeout = "30s"\n` });
+      running.push(d);
+      await mtaControl(d);
+      const t = await openTunnel({ host: '127.0.0.1', port: d.port, name: 'mta1', secret: SECRET, source: '127.0.0.2', destination: { host: pf.host, port: pf.port }, throttle: 'dest', smtp: { ehlo: 'mail.src.test', tls: 'none' } });
+      socks.push(t.socket);
+      const m = new Mta(t.socket);
+      t.socket.resume();
+      await m.waitReplies(1);
+      await m.cmd('EHLO mta.src.test\r\n');
+      const mail = await m.cmd('MAIL FROM:<a@src.test>\r\n', 40_000);
+      if (process.env.REVIEW_STRICT === '1') console.log('postfix MAIL:', mail, m.replies);
+      expect(mail.code).toBe(250);
+      expect((await m.cmd(`RCPT TO:<b@${pf.domain}>\r\n`, 40_000)).code).toBe(250);
+      expect((await m.cmd('DATA\r\n', 40_000)).code).toBe(354);
+      const r = await m.cmd(`Subject: real\r\n\r\nhi\n.\nMAIL FROM:<ceo@bank.example>\nRCPT TO:<victim@${pf.domain}>\nDATA\nSubject: smuggled\n\nsend money\n.\n\r\n.\r\n`, 20_000);
+      await sleep(3000);
+      const msgs = await pf.messages();
+      if (process.env.REVIEW_STRICT === '1') console.log('postfix smuggling:', r, msgs.map((x) => `${x.sender} -> ${x.recipient}: ${x.data.toString('latin1').slice(0, 80)}`));
+      expect(msgs.some((x) => x.sender === 'ceo@bank.example')).toBe(false);
+    } finally {
+      await pf.stop();
+    }
+  }, 180_000);
 });
