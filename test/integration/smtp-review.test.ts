@@ -1193,3 +1193,29 @@ describe('smtp mode review: pool limits and TLS', () => {
     }
   });
 });
+
+describe('smtp mode review: log records', () => {
+  it('smtp_transaction: rcpt=OK/TOTAL, bytes (dot-stuffed, final dot included), END and the final reply; delivery record with transactions=N', async () => {
+    const x = await mkDest();
+    const d = await proxy([x.port]);
+    await mtaControl(d);
+    const m = await link(d, x.port);
+    await m.cmd('EHLO a\r\n');
+    await m.cmd('MAIL FROM:<a@example.com>\r\n');
+    await m.cmd('RCPT TO:<ok@example.net>\r\n');
+    await m.cmd('RCPT TO:<reject@example.net>\r\n');
+    await m.cmd('DATA\r\n');
+    const body = 'Subject: x\r\n\r\n..hi\r\n.\r\n';
+    await m.cmd(body);
+    await m.cmd('MAIL FROM:<a@example.com>\r\n');
+    await m.cmd('RSET\r\n');
+    await m.cmd('QUIT\r\n');
+    const tx = await d.waitForLine(/smtp\(mta1\): .* DATA -> 250/);
+    expect(tx).toMatch(new RegExp(`rcpt=1/2 bytes=${body.length} DATA -> 250`));
+    expect(tx).toMatch(/conn#\d+ new tls=none/);
+    const rset = await d.waitForLine(/smtp\(mta1\): .* RSET -> 250/);
+    expect(rset).toMatch(/conn#\d+ reused tls=none rcpt=0\/0 bytes=0 RSET -> 250/);
+    const del = await d.waitForLine(/delivery\(mta1\): smtp .* transactions=2/);
+    expect(del).toMatch(/quit/);
+  });
+});
