@@ -30,6 +30,10 @@ interface DestOpts {
   ehlo?: string[];
   /** a reply (raw, CRLF included) to a command line, or undefined for the default */
   reply?: (line: string, st: { conn: number; mails: number; sock: Socket }) => string | null | undefined;
+  /** delay of the greeting, ms */
+  greetDelayMs?: number;
+  /** delay of the greeting of connection n, ms */
+  greetDelayFor?: (conn: number) => number;
   /** delay of the 354, ms */
   dataDelayMs?: number;
   /** how the body ends: strict "\r\n.\r\n" (default) or lenient (also "\n.\n", like old Postfix/Exim/sendmail) */
@@ -64,7 +68,12 @@ async function dest(opts: DestOpts = {}): Promise<Dest> {
     let mails = 0;
     let from = '';
     let to: string[] = [];
-    if (opts.greeting !== null) sock.write(opts.greeting ?? '220 dest.example ESMTP\r\n');
+    if (opts.greeting !== null) {
+      const g = opts.greeting ?? '220 dest.example ESMTP\r\n';
+      const delay = opts.greetDelayFor?.(conn) ?? opts.greetDelayMs ?? 0;
+      if (delay > 0) setTimeout(() => { if (!sock.destroyed) sock.write(g); }, delay);
+      else sock.write(g);
+    }
     const onData = (c: Buffer): void => {
       buf += c.toString('latin1');
       for (;;) {
@@ -1218,4 +1227,51 @@ describe('smtp mode review: log records', () => {
     const del = await d.waitForLine(/delivery\(mta1\): smtp .* transactions=2/);
     expect(del).toMatch(/quit/);
   });
+});
+
+describe('smtp mode review: shutdown while a destination connection is opening', () => {
+  finding('SIGTERM while the CONNECT\'s destination connection is still greeting: the CONNECT gets 421 at once (§4.6) and the daemon exits without waiting for shutdown_timeout', async () => {
+    const x = await mkDest({ greetDelayMs: 1500 });
+    const d = await startDaemon({
+      extra: `shutdown_timeout = "30s"\n[egress]\nsource_ips = ["127.0.0.2"]\nports = [${x.port}]\nallow_private_destinations = true\nthrottle_wait_timeout = "5s"\n[smtp]\nidle_timeout = "30s"\n`,
+    });
+    running.push(d);
+    await mtaControl(d);
+    const t0 = Date.now();
+    const reply = connectReply(d, x.port, { ehlo: 'a.example', tls: 'none' });
+    await sleep(700);
+    d.proc.kill('SIGTERM');
+    const r = await Promise.race([reply, sleep(10_000).then(() => '(no CONNECT reply within 10 s)')]);
+    const exited = await Promise.race([d.exited.then(() => Date.now() - t0), sleep(10_000).then(() => -1)]);
+    if (process.env.REVIEW_STRICT === '1') console.log('CONNECT during shutdown:', r, 'daemon exited after', exited, 'ms');
+    expect(r).toMatch(/421/);
+    expect(exited).toBeGreaterThan(0);
+  }, 60_000);
+
+  finding('SIGTERM while a link\'s MAIL waits for a new destination connection that is still greeting: the MTA gets a 4xx and the daemon exits promptly (not after shutdown_timeout)', async () => {
+    const x = await mkDest({ greetDelayFor: (n) => (n >= 2 ? 3000 : 0) });
+    const d = await startDaemon({
+      extra: `shutdown_timeout = "30s"\n[egress]\nsource_ips = ["127.0.0.2"]\nports = [${x.port}]\nallow_private_destinations = true\nthrottle_wait_timeout = "5s"\n[smtp]\nidle_timeout = "30s"\n`,
+    });
+    running.push(d);
+    await mtaControl(d, 'mta1', 5);
+    const a = await link(d, x.port);
+    const b = await link(d, x.port);
+    await a.cmd('EHLO a\r\n');
+    await b.cmd('EHLO b\r\n');
+    expect((await a.cmd('MAIL FROM:<a@example.com>\r\n')).code).toBe(250); // holds connection 1
+    b.send('MAIL FROM:<b@example.com>\r\n'); // needs connection 2 (greeting in 3 s)
+    await sleep(500);
+    const t0 = Date.now();
+    d.proc.kill('SIGTERM');
+    await a.cmd('RCPT TO:<x@example.net>\r\n');
+    await a.cmd('DATA\r\n');
+    expect((await a.cmd('a\r\n.\r\n')).code).toBe(250);
+    const rb = await b.waitReplies(3, 10_000);
+    const exited = await Promise.race([d.exited.then(() => Date.now() - t0), sleep(12_000).then(() => -1)]);
+    if (process.env.REVIEW_STRICT === '1') console.log('MAIL during shutdown:', rb[2], 'daemon exited after', exited, 'ms', d.lines.filter((l) => /shutdown|cutting|drained/.test(l)));
+    expect(rb[2]?.code).toBeGreaterThanOrEqual(400);
+    expect(rb[2]?.code).toBeLessThan(500);
+    expect(exited).toBeGreaterThan(0);
+  }, 60_000);
 });
