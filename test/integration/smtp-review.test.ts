@@ -1275,3 +1275,28 @@ describe('smtp mode review: shutdown while a destination connection is opening',
     expect(exited).toBeGreaterThan(0);
   }, 60_000);
 });
+
+describe('smtp mode review: reload and egress policy', () => {
+  finding('after a reload that removes the destination port from egress.ports, an open link does not open new destination connections to it', async () => {
+    const x = await mkDest();
+    const d = await proxy([x.port], 'reuse_count_limit = 1\n');
+    await mtaControl(d);
+    const m = await link(d, x.port);
+    await m.cmd('EHLO a\r\n');
+    await m.cmd('MAIL FROM:<a@example.com>\r\n');
+    await m.cmd('RCPT TO:<b@example.net>\r\n');
+    await m.cmd('DATA\r\n');
+    expect((await m.cmd('x\r\n.\r\n')).code).toBe(250);
+    expect(x.connections).toBe(1);
+    d.writeConfig(readFileSync(d.configFile, 'utf8').replace(`ports = [${x.port}]`, 'ports = [25]'));
+    d.proc.kill('SIGHUP');
+    await d.waitForLine(/reload/i, 5000).catch(() => '');
+    await sleep(500);
+    // a new CONNECT is refused now ...
+    expect(await connectReply(d, x.port, { ehlo: 'a.example', tls: 'none' })).toMatch(/551/);
+    // ... but the old link still opens a new connection to the forbidden destination
+    const r = await m.cmd('MAIL FROM:<a@example.com>\r\n');
+    if (process.env.REVIEW_STRICT === '1') console.log('MAIL after the reload:', r, 'destination connections:', x.connections);
+    expect(x.connections).toBe(1);
+  });
+});
