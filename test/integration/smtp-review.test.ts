@@ -1300,3 +1300,21 @@ describe('smtp mode review: reload and egress policy', () => {
     expect(x.connections).toBe(1);
   });
 });
+
+describe('smtp mode review: a destination 421 in the middle of a pipelined transaction', () => {
+  finding('421 to the first RCPT (the destination closes): the pipelined RCPT and DATA behind it get 4xx, never a permanent 5xx the destination did not give', async () => {
+    const x = await mkDest({ reply: (line) => (line === 'RCPT TO:<first@example.net>' ? '421 4.3.2 going down\r\n' : undefined) });
+    const d = await proxy([x.port]);
+    await mtaControl(d);
+    const m = await link(d, x.port);
+    await m.cmd('EHLO a\r\n');
+    m.send('MAIL FROM:<a@example.com>\r\nRCPT TO:<first@example.net>\r\nRCPT TO:<second@example.net>\r\nDATA\r\n');
+    const r = await m.waitReplies(6);
+    if (process.env.REVIEW_STRICT === '1') console.log('after a 421 to RCPT:', r.slice(2));
+    expect(r[2]?.code).toBe(250);
+    expect(r[3]?.code).toBe(421);
+    // RCPT second@ and DATA: the destination never refused them permanently
+    expect(r[4]?.code).toBeLessThan(500);
+    expect(r[5]?.code).toBeLessThan(500);
+  });
+});
