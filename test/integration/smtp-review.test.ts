@@ -1230,7 +1230,7 @@ describe('smtp mode review: log records', () => {
 });
 
 describe('smtp mode review: shutdown while a destination connection is opening', () => {
-  finding('SIGTERM while the CONNECT\'s destination connection is still greeting: the CONNECT gets 421 at once (§4.6) and the daemon exits without waiting for shutdown_timeout', async () => {
+  it('SIGTERM while the CONNECT\'s destination connection is still greeting: the CONNECT gets 421 at once (§4.6) and the daemon exits without waiting for shutdown_timeout', async () => {
     const x = await mkDest({ greetDelayMs: 1500 });
     const d = await startDaemon({
       extra: `shutdown_timeout = "30s"\n[egress]\nsource_ips = ["127.0.0.2"]\nports = [${x.port}]\nallow_private_destinations = true\nthrottle_wait_timeout = "5s"\n[smtp]\nidle_timeout = "30s"\n`,
