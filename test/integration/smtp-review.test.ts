@@ -842,6 +842,7 @@ describe('smtp mode review: the pool, throttles and status', () => {
     await mtaControl(d); // the MTA's new control session, same instance name, same declaration
     await sleep(300);
     const r = await m.cmd('MAIL FROM:<a@example.com>\r\n');
+    if (process.env.REVIEW_STRICT === '1') console.log('MAIL after a control reconnect:', r.text);
     expect(r.text).toMatch(/^250/);
   });
 
@@ -1316,5 +1317,21 @@ describe('smtp mode review: a destination 421 in the middle of a pipelined trans
     // RCPT second@ and DATA: the destination never refused them permanently
     expect(r[4]?.code).toBeLessThan(500);
     expect(r[5]?.code).toBeLessThan(500);
+  });
+});
+
+describe('smtp mode review: command line limits', () => {
+  it('a command line over the proxy\'s limit (2048) gets 500 and nothing reaches the destination; a 2000-byte RCPT is relayed', async () => {
+    const x = await mkDest();
+    const d = await proxy([x.port]);
+    await mtaControl(d);
+    const m = await link(d, x.port);
+    await m.cmd('EHLO a\r\n');
+    await m.cmd('MAIL FROM:<a@example.com>\r\n');
+    const rcpt = `RCPT TO:<${'r'.repeat(1960)}@example.net> NOTIFY=NEVER`;
+    expect((await m.cmd(`${rcpt}\r\n`)).code).toBe(250);
+    const r = await m.cmd(`RCPT TO:<${'q'.repeat(3000)}@example.net>\r\n`);
+    expect(r.code).toBe(500);
+    expect(x.lines.some((l) => l.includes('qqqq'))).toBe(false);
   });
 });
