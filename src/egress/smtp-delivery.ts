@@ -12,7 +12,7 @@ import type { BorrowRequest, PoolLimits, SlotOutcome, SmtpPool } from '../smtp/p
 import type { Delivery, DeliveryContext, DeliveryReplies } from './delivery.js';
 import { admission, resolveDestination } from './delivery.js';
 import { SmtpLink } from './smtp-link.js';
-import { checkDestination, type Refusal } from './policy.js';
+import { checkDestination, checkRequest, type Refusal } from './policy.js';
 
 export interface SmtpDeliveryContext {
   readonly pool: SmtpPool;
@@ -108,7 +108,8 @@ export function deliverSmtp(ctx: DeliveryContext, smtp: SmtpDeliveryContext, mta
       const limits = m.limits(req.throttle);
       if (limits !== null && m.inUse(req.throttle) >= limits.maxConnections) smtp.pool.retireIdle(req.throttle, 1);
       return ctx.throttle.acquire(
-        d.owner,
+        // the MTA's control session now: a reconnect (§4.5) must not strand its open links
+        ctx.sessionId(who) ?? d.owner,
         req.throttle,
         'connection',
         waitMs,
@@ -142,7 +143,12 @@ export function deliverSmtp(ctx: DeliveryContext, smtp: SmtpDeliveryContext, mta
       link = new SmtpLink(
         { pool: smtp.pool, throttle: ctx.throttle, wheel: smtp.wheel, log: ctx.log },
         mta,
-        { who, owner: d.owner, throttle: req.throttle, borrow, greeting, ehlo, extensions, waitMs, idleTimeoutMs: egress.idleTimeoutMs, destination, sourceIp: req.sourceIp },
+        {
+          who,
+          owner: () => ctx.sessionId(who) ?? null,
+          // a reload may have taken the destination out of egress policy: checked at every MAIL
+          policy: () => checkRequest(req, ctx.egress()) ?? checkDestination(target, req.sourceIp, ctx.egress()),
+          throttle: req.throttle, borrow, greeting, ehlo, extensions, waitMs, idleTimeoutMs: egress.idleTimeoutMs, destination, sourceIp: req.sourceIp },
         (result) => {
           ctx.tunnels.delete(mta);
           if (link !== null) smtp.links.delete(link);

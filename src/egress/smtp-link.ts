@@ -9,11 +9,12 @@ import { closeSoon } from '../net/close.js';
 import type { Logger } from '../log/logger.js';
 import type { TimerWheel, WheelTimer } from '../net/wheel.js';
 import type { ThrottleService } from '../throttle/service.js';
-import { CommandLineTooLong, CommandReader, DataEndScanner, isPathCommand, parseCommand, type Command } from '../smtp/command.js';
+import { BodyNormalizer, CommandLineTooLong, CommandReader, DataEndScanner, isPathCommand, parseCommand, type Command } from '../smtp/command.js';
 import { DestinationConnection } from '../smtp/connection.js';
 import { ehloForMta } from '../smtp/ehlo.js';
 import type { BorrowOutcome, BorrowRequest, SmtpPool } from '../smtp/pool.js';
 import { formatReply, replySummary, type Reply } from '../smtp/reply.js';
+import type { Refusal } from './policy.js';
 
 export interface SmtpLinkContext {
   readonly pool: SmtpPool;
@@ -25,8 +26,10 @@ export interface SmtpLinkContext {
 export interface SmtpLinkOptions {
   /** the MTA instance name (logs) */
   readonly who: string;
-  /** the throttle-manager session charged for message tokens */
-  readonly owner: string;
+  /** the MTA's control session now (charged for message tokens), null if it has none */
+  readonly owner: () => string | null;
+  /** the egress policy's answer for this link's destination now (null: allowed) */
+  readonly policy: () => Refusal | null;
   readonly throttle: string;
   /** what a new destination connection needs (the pool key and the slot) */
   readonly borrow: Omit<BorrowRequest, 'fresh'>;
@@ -49,6 +52,8 @@ export interface SmtpLinkResult {
 
 /** Bytes of pipelined commands the link buffers before it stops reading the MTA. */
 const MAX_PIPELINED = 64 * 1024;
+/** Replies the MTA has not read, past which the link stops reading its commands. */
+const OUTPUT_HIGH_WATER = 64 * 1024;
 
 const local = {
   ok: (text = '2.0.0 OK'): Buffer => formatReply(250, [text]),
@@ -57,7 +62,8 @@ const local = {
   syntax: (): Buffer => formatReply(501, ['5.5.4 mtaproxy: syntax error in parameters']),
   lost: (why: string): Buffer => formatReply(451, [`4.4.2 mtaproxy: the destination connection failed during this transaction (${why}); nothing was delivered by this transaction`]),
   broken: (): Buffer => formatReply(451, ['4.4.2 mtaproxy: this transaction already failed at the destination; send RSET']),
-  busy: (code: number, message: string): Buffer => formatReply(code >= 500 ? 451 : code, [`4.4.5 mtaproxy: ${message}`]),
+  /** the proxy could not start the transaction (no token, no connection): 451, the link stays */
+  busy: (message: string): Buffer => formatReply(451, [`4.4.5 mtaproxy: ${message}`]),
 };
 
 type Phase = 'command' | 'body' | 'closed';
@@ -75,6 +81,7 @@ export class SmtpLink {
   /** the transaction failed at the destination: 4xx to its commands until RSET, MAIL or EHLO */
   #broken = false;
   #scanner: DataEndScanner | null = null;
+  #normalizer = new BodyNormalizer();
   /** the body stream broke (the destination died mid-body): swallow it, then answer 451 */
   #bodyLost: string | null = null;
   #idle: WheelTimer | null = null;
@@ -83,6 +90,11 @@ export class SmtpLink {
   #last: { connection: number; reused: boolean; tls: string; cipher: string; local: string; transactions: number } | null = null;
   #pendingChunks: Buffer[] = [];
   #draining = false;
+  /** DATA was sent and its 354 may come: the destination may be reading a body */
+  #dataSent = false;
+  /** the MTA half-closed: its buffered commands are still answered, then the link ends */
+  #ended = false;
+  #waitingDrain = false;
 
   constructor(ctx: SmtpLinkContext, mta: Socket, o: SmtpLinkOptions, onDone: (r: SmtpLinkResult) => void) {
     this.#ctx = ctx;
@@ -94,7 +106,13 @@ export class SmtpLink {
   start(): void {
     const m = this.#mta;
     m.on('data', (chunk: Buffer) => this.#onData(chunk));
-    m.on('end', () => this.#close('mta closed'));
+    m.on('end', () => {
+      // half-close: what the MTA sent before its FIN is still handled and answered (the reply to
+      // its last body must reach it, or it sends the message again); mid-body it is an abort
+      this.#ended = true;
+      if (this.#phase === 'body') return this.#close('mta closed during DATA');
+      this.#pump();
+    });
     m.on('close', () => this.#close('mta closed'));
     m.on('error', (err: NodeJS.ErrnoException) => this.#close(`mta error ${err.code ?? err.message}`));
     // the destination's greeting, as it gave it (RFC 5321 §4.2: 220 first)
@@ -145,6 +163,20 @@ export class SmtpLink {
   #pump(): void {
     if (this.#busy || this.#phase !== 'command') return;
     for (;;) {
+      // an MTA that does not read its replies is not read either (bounded output, as sessions)
+      if (this.#mta.writableLength > OUTPUT_HIGH_WATER) {
+        this.#mta.pause();
+        if (!this.#waitingDrain) {
+          this.#waitingDrain = true;
+          this.#mta.once('drain', () => {
+            this.#waitingDrain = false;
+            if (this.#isClosed()) return;
+            this.#mta.resume();
+            this.#pump();
+          });
+        }
+        return;
+      }
       let line: string | null;
       try {
         const chunk = this.#pendingChunks.length === 0 ? undefined : Buffer.concat(this.#pendingChunks.splice(0));
@@ -159,6 +191,7 @@ export class SmtpLink {
       if (line === null) {
         this.#drainIfIdle();
         if (this.#isClosed()) return;
+        if (this.#ended) return this.#close('mta closed');
         if (this.#reader.buffered > MAX_PIPELINED) this.#mta.pause();
         else this.#mta.resume();
         return;
@@ -181,6 +214,8 @@ export class SmtpLink {
             // the body may have begun in the DATA command's read, or arrived while it waited
             const rest = Buffer.concat([this.#reader.takePending(), ...this.#pendingChunks.splice(0)]);
             if (rest.length > 0) this.#body(rest);
+            // the MTA half-closed before (or with) its body: unless that was the whole body, an abort
+            if (this.#ended && this.#phase === 'body') this.#close('mta closed during DATA');
             return;
           }
           this.#pump();
@@ -252,8 +287,10 @@ export class SmtpLink {
   }
 
   #messageToken(): Promise<{ ok: true } | { ok: false; code: number; message: string }> {
+    const owner = this.#o.owner();
+    if (owner === null) return Promise.resolve({ ok: false, code: 451, message: `${this.#o.who} has no control session now: reconnect it and DECLARE ${this.#o.throttle}` });
     return new Promise((resolve) => {
-      this.#ctx.throttle.acquire(this.#o.owner, this.#o.throttle, 'message', this.#o.waitMs, (outcome) => {
+      this.#ctx.throttle.acquire(owner, this.#o.throttle, 'message', this.#o.waitMs, (outcome) => {
         resolve(outcome.ok ? { ok: true } : { ok: false, code: outcome.code, message: outcome.message });
       });
     });
@@ -262,12 +299,19 @@ export class SmtpLink {
   /** MAIL outside a transaction: a message token, a connection, then the destination's answer. */
   async #mail(cmd: Command): Promise<void> {
     this.#broken = false;
+    const refusal = this.#o.policy();
+    if (refusal !== null) {
+      // the link would not be opened now (a reload changed egress): it ends, and the MTA's next
+      // CONNECT gets the policy's own code
+      this.#write(formatReply(421, [`4.3.0 mtaproxy: this link's destination is no longer allowed (${refusal.code} ${refusal.message}), closing`]));
+      return this.#close('destination no longer allowed by egress policy');
+    }
     const token = await this.#messageToken();
     if (this.#isClosed()) {
       if (token.ok) this.#ctx.throttle.refundMessage(this.#o.throttle);
       return;
     }
-    if (!token.ok) return this.#write(local.busy(token.code, token.message));
+    if (!token.ok) return this.#write(local.busy(token.message));
     const started = performance.now();
     // a cached connection may have died since it was given back: then once more on a new one
     for (let attempt = 0; attempt < 2; attempt++) {
@@ -279,7 +323,12 @@ export class SmtpLink {
       }
       if (!b.ok) {
         this.#ctx.throttle.refundMessage(this.#o.throttle);
-        return this.#write(local.busy(b.code, b.message));
+        if (this.#draining || /shutting down/.test(b.message)) {
+          this.#write(formatReply(421, ['4.3.2 mtaproxy: shutting down, try again later']));
+          return this.#close('proxy shutting down');
+        }
+        // the CONNECT codes (442 refused, 443, 444, 454…) are not SMTP replies: a 451 that names them
+        return this.#write(local.busy(`${b.code} ${b.message}`));
       }
       let reply: Reply;
       try {
@@ -327,8 +376,10 @@ export class SmtpLink {
     if (this.#isClosed()) return;
     this.#write(reply.raw);
     if (reply.code === 421) {
-      // the destination ends the connection: the transaction is over
+      // the destination ends the connection: the transaction is over, and the rest of it (pipelined
+      // RCPTs, DATA) gets the proxy's 451 until RSET, never an invented 5xx
       this.#finish(reply, false, cmd.verb);
+      this.#broken = true;
       return;
     }
     after?.(reply);
@@ -337,28 +388,41 @@ export class SmtpLink {
   async #data(cmd: Command): Promise<void> {
     const conn = this.#conn;
     if (conn === null) return;
+    this.#dataSent = true;
     let reply: Reply;
     try {
       reply = await conn.command(cmd.line, this.#ctx.pool.timeouts.dataInitMs);
     } catch (err) {
       return this.#lost(err as Error);
     }
-    if (this.#isClosed()) return;
+    this.#dataSent = false;
+    if (this.#isClosed()) {
+      // the MTA left while DATA waited: after a 354 the destination reads a body that will never
+      // come, so this connection cannot take an RSET: it is dropped (#afterClose)
+      if (reply.code === 354) this.#dataSent = true;
+      return;
+    }
     this.#write(reply.raw);
     if (reply.code === 354) {
       this.#phase = 'body';
       this.#scanner = new DataEndScanner();
+      this.#normalizer = new BodyNormalizer();
       this.#bodyLost = null;
       return;
     }
-    if (reply.code === 421) this.#finish(reply, false, 'DATA');
+    if (reply.code === 421) {
+      this.#finish(reply, false, 'DATA');
+      this.#broken = true;
+    }
   }
 
   /** Body bytes from the MTA, passed on as they are (dot-stuffed both ways) until "<CRLF>.<CRLF>". */
-  #body(chunk: Buffer): void {
+  #body(raw: Buffer): void {
     const scanner = this.#scanner;
     const conn = this.#conn;
     if (scanner === null) return;
+    // every line ends in CRLF before anything looks for the end or sends it on (smuggling)
+    const chunk = this.#normalizer.push(raw);
     const end = scanner.push(chunk);
     const part = end === -1 ? chunk : chunk.subarray(0, end);
     if (this.#bodyLost === null && conn !== null && !conn.dead) {
@@ -375,7 +439,7 @@ export class SmtpLink {
     // the body is complete: the destination's final reply decides
     this.#phase = 'command';
     this.#scanner = null;
-    const rest = chunk.subarray(end);
+    const rest = Buffer.concat([chunk.subarray(end), this.#normalizer.takeHeld()]);
     if (rest.length > 0) this.#pendingChunks.push(rest);
     this.#busy = true;
     this.#mta.pause();
@@ -485,6 +549,11 @@ export class SmtpLink {
     this.#conn = null;
     if (conn === null) return;
     this.#record(conn, null, 'mta gone mid-transaction', 0);
+    if (this.#dataSent) {
+      conn.destroy('the MTA left during DATA');
+      this.#ctx.pool.giveBack(conn, false);
+      return;
+    }
     this.#abandon(conn, true);
   }
 

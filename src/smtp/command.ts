@@ -98,3 +98,48 @@ export class DataEndScanner {
     return -1;
   }
 }
+
+const CRLF = Buffer.from('\r\n');
+
+/**
+ * Makes every line of a DATA body end in CRLF: a bare LF or a bare CR becomes CRLF (RFC 5321
+ * §2.3.8: they are not line ends in SMTP, and destinations differ in how they read them). With
+ * every line ending in CRLF, the proxy and the destination agree on where the body ends, so
+ * "<LF>.<LF>" and its kin cannot end it early at the destination and smuggle commands onto a
+ * shared connection. A CR at the end of a chunk is held until the next byte says what it is.
+ */
+export class BodyNormalizer {
+  #heldCr = false;
+
+  push(chunk: Buffer): Buffer {
+    let data = this.#heldCr ? Buffer.concat([Buffer.from('\r'), chunk]) : chunk;
+    this.#heldCr = false;
+    if (data.length > 0 && data[data.length - 1] === 13) {
+      this.#heldCr = true;
+      data = data.subarray(0, data.length - 1);
+    }
+    return replaceBare(replaceBare(data, 13), 10);
+  }
+
+  /** The held CR, if any (the body ended; what follows is commands). */
+  takeHeld(): Buffer {
+    const held = this.#heldCr ? Buffer.from('\r') : Buffer.alloc(0);
+    this.#heldCr = false;
+    return held;
+  }
+}
+
+/** CR not followed by LF (byte 13), or LF not preceded by CR (byte 10), replaced by CRLF. */
+function replaceBare(data: Buffer, byte: 10 | 13): Buffer {
+  let parts: Buffer[] | null = null;
+  let last = 0;
+  for (let p = data.indexOf(byte); p !== -1; p = data.indexOf(byte, p + 1)) {
+    const bare = byte === 13 ? data[p + 1] !== 10 : p === 0 || data[p - 1] !== 13;
+    if (!bare) continue;
+    (parts ??= []).push(data.subarray(last, p), CRLF);
+    last = p + 1;
+  }
+  if (parts === null) return data;
+  parts.push(data.subarray(last));
+  return Buffer.concat(parts);
+}

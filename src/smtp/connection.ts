@@ -48,10 +48,13 @@ export class SmtpConnectionError extends Error {
   readonly code: number;
   /** the destination's own reply, when it gave one */
   readonly reply: Reply | null;
-  constructor(code: number, message: string, reply: Reply | null = null) {
+  /** the TLS handshake after STARTTLS failed (not a refusal of STARTTLS) */
+  readonly tlsHandshake: boolean;
+  constructor(code: number, message: string, reply: Reply | null = null, tlsHandshake = false) {
     super(message);
     this.code = code;
     this.reply = reply;
+    this.tlsHandshake = tlsHandshake;
   }
 }
 
@@ -112,9 +115,12 @@ export class DestinationConnection {
   #parser = new ReplyParser();
   #waiters: { resolve: (r: Reply) => void; reject: (e: SmtpConnectionError) => void; timer: WheelTimer }[] = [];
   #blockTimer: WheelTimer | null = null;
+  /** the TLS policy this connection was opened with (opportunistic may fall back to none) */
+  #policy: TlsPolicy;
 
   private constructor(spec: ConnectionSpec, socket: Socket, wheel: TimerWheel) {
     this.spec = spec;
+    this.#policy = spec.tls;
     this.#socket = socket;
     this.#wheel = wheel;
     this.#attach(socket);
@@ -129,10 +135,25 @@ export class DestinationConnection {
     return this.#socket.bytesWritten;
   }
 
-  /** Opens and greets; rejects with SmtpConnectionError (or EgressError for the TCP connect). */
+  /**
+   * Opens and greets; rejects with SmtpConnectionError (or EgressError for the TCP connect). With
+   * opportunistic TLS, a TLS handshake that fails after the destination said 220 to STARTTLS is
+   * followed by one more connection without STARTTLS, as Postfix's `may` level does: a
+   * destination with broken TLS still gets its mail, in plaintext as it would without STARTTLS.
+   */
   static async open(spec: ConnectionSpec, timeouts: SmtpTimeouts, wheel: TimerWheel): Promise<DestinationConnection> {
+    try {
+      return await DestinationConnection.#open(spec, spec.tls, timeouts, wheel);
+    } catch (err) {
+      if (!(err instanceof SmtpConnectionError) || !err.tlsHandshake || spec.tls.mode !== 'opportunistic') throw err;
+      return DestinationConnection.#open(spec, { ...spec.tls, mode: 'none' }, timeouts, wheel);
+    }
+  }
+
+  static async #open(spec: ConnectionSpec, policy: TlsPolicy, timeouts: SmtpTimeouts, wheel: TimerWheel): Promise<DestinationConnection> {
     const socket = await connectFrom(spec.sourceIp, spec.address, spec.port, timeouts.connectMs);
     const c = new DestinationConnection(spec, socket, wheel);
+    c.#policy = policy;
     c.local = `${socket.localAddress}:${socket.localPort}`;
     try {
       await c.#handshake(timeouts);
@@ -144,7 +165,7 @@ export class DestinationConnection {
   }
 
   async #handshake(timeouts: SmtpTimeouts): Promise<void> {
-    let state: OpenState = { phase: 'greeting', ehloName: this.spec.ehloName, policy: this.spec.tls, plainEhlo: null };
+    let state: OpenState = { phase: 'greeting', ehloName: this.spec.ehloName, policy: this.#policy, plainEhlo: null };
     let reply = await this.#expect(timeouts.greetingMs);
     this.greeting = reply;
     for (;;) {
@@ -191,7 +212,7 @@ export class DestinationConnection {
       });
       const timer = this.#wheel.add(timeoutMs, () => {
         s.destroy();
-        reject(new SmtpConnectionError(421, `TLS handshake with the destination timed out after ${timeoutMs}ms`));
+        reject(new SmtpConnectionError(421, `TLS handshake with the destination timed out after ${timeoutMs}ms`, null, true));
       });
       s.on('session', (ticket: Buffer) => rememberTlsSession(sessionKey, ticket));
       s.once('secureConnect', () => {
@@ -206,7 +227,7 @@ export class DestinationConnection {
       s.once('error', (err) => {
         timer.cancel();
         s.destroy();
-        reject(new SmtpConnectionError(421, `TLS with the destination failed: ${err.message}`));
+        reject(new SmtpConnectionError(421, `TLS with the destination failed: ${err.message}`, null, true));
       });
     });
   }

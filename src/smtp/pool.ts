@@ -40,6 +40,7 @@ export type BorrowOutcome = { ok: true; conn: DestinationConnection; reused: boo
 interface Pooled {
   readonly conn: DestinationConnection;
   readonly key: string;
+  readonly group: string;
   releaseSlot: (() => void) | null;
   idleTimer: WheelTimer | null;
 }
@@ -48,6 +49,8 @@ interface Waiter {
   readonly done: (o: BorrowOutcome) => void;
   settled: boolean;
   cancelSlot: (() => void) | null;
+  /** answers the borrower now (shutdown), wherever it is in its wait */
+  fail: (code: number, message: string) => void;
 }
 
 interface KeyState {
@@ -70,6 +73,8 @@ export interface PoolSnapshot {
 export class SmtpPool {
   readonly #keys = new Map<string, KeyState>();
   readonly #byConn = new Map<DestinationConnection, Pooled>();
+  /** borrowers whose new connection is being opened (no longer in their key's waiters) */
+  readonly #openingWaiters = new Set<Waiter>();
   readonly #wheel: TimerWheel;
   #limits: PoolLimits;
   #timeouts: SmtpTimeouts;
@@ -102,25 +107,28 @@ export class SmtpPool {
       done({ ok: false, code: 421, message: 'proxy shutting down' });
       return () => {};
     }
-    const ks = this.#key(req.key, req.spec, req.group);
     if (req.fresh !== true) {
-      const p = this.#takeIdle(ks);
+      const p = this.#takeIdle(this.#key(req.key, req.spec, req.group));
       if (p !== null) {
         this.reusedCount++;
         done({ ok: true, conn: p.conn, reused: true });
         return () => {};
       }
     }
-    const w: Waiter = { done, settled: false, cancelSlot: null };
+    // taken only now: retiring unfit idle connections may have dropped the key's state
+    const ks = this.#key(req.key, req.spec, req.group);
+    const w: Waiter = { done, settled: false, cancelSlot: null, fail: () => {} };
     ks.waiters.push(w);
     const settle = (o: BorrowOutcome): boolean => {
       if (w.settled) return false;
       w.settled = true;
+      this.#openingWaiters.delete(w);
       const i = ks.waiters.indexOf(w);
       if (i !== -1) ks.waiters.splice(i, 1);
       w.done(o);
       return true;
     };
+    w.fail = (code, message) => settle({ ok: false, code, message });
     w.cancelSlot = req.acquireSlot((slot) => {
       w.cancelSlot = null;
       if (!slot.ok) {
@@ -136,12 +144,13 @@ export class SmtpPool {
       // this waiter now opens its own connection: it no longer takes one given back
       const i = ks.waiters.indexOf(w);
       if (i !== -1) ks.waiters.splice(i, 1);
+      this.#openingWaiters.add(w);
       ks.opening++;
       DestinationConnection.open(req.spec, this.#timeouts, this.#wheel).then(
         (conn) => {
           ks.opening--;
           this.opened++;
-          const p: Pooled = { conn, key: req.key, releaseSlot: slot.release, idleTimer: null };
+          const p: Pooled = { conn, key: req.key, group: req.group, releaseSlot: slot.release, idleTimer: null };
           this.#byConn.set(conn, p);
           conn.onDead = () => this.#dead(p);
           if (w.settled || this.#stopping) {
@@ -164,6 +173,7 @@ export class SmtpPool {
     return () => {
       if (w.settled) return;
       w.settled = true;
+      this.#openingWaiters.delete(w);
       const i = ks.waiters.indexOf(w);
       if (i !== -1) ks.waiters.splice(i, 1);
       w.cancelSlot?.();
@@ -178,13 +188,13 @@ export class SmtpPool {
   giveBack(conn: DestinationConnection, reusable: boolean): void {
     const p = this.#byConn.get(conn);
     if (p === undefined) return;
-    this.#known(p.key).active.delete(p);
+    this.#known(p).active.delete(p);
     this.#giveBack(p, reusable);
   }
 
   #giveBack(p: Pooled, reusable: boolean): void {
     if (!reusable || this.#stopping || !this.#reusable(p)) return this.#retire(p, reusable);
-    const ks = this.#known(p.key);
+    const ks = this.#known(p);
     const w = ks.waiters.shift();
     if (w !== undefined) {
       w.settled = true;
@@ -258,10 +268,9 @@ export class SmtpPool {
     return ks;
   }
 
-  #known(key: string): KeyState {
-    const ks = this.#keys.get(key);
-    if (ks === undefined) throw new Error(`pool key ${key} vanished while in use`);
-    return ks;
+  /** The state of a connection's key (made again if it was dropped meanwhile: never an error). */
+  #known(p: Pooled): KeyState {
+    return this.#key(p.key, p.conn.spec, p.group);
   }
 
   #gc(key: string): void {
@@ -292,11 +301,11 @@ export class SmtpPool {
   /** Idle connections QUIT now; active ones when given back; no new borrows. */
   shutdown(): void {
     this.#stopping = true;
-    for (const ks of this.#keys.values()) {
+    for (const w of [...this.#openingWaiters]) w.fail(421, 'proxy shutting down');
+    for (const ks of [...this.#keys.values()]) {
       for (const w of ks.waiters.splice(0)) {
-        w.settled = true;
         w.cancelSlot?.();
-        w.done({ ok: false, code: 421, message: 'proxy shutting down' });
+        w.fail(421, 'proxy shutting down');
       }
       for (const p of [...ks.idle]) this.#retire(p, true);
     }

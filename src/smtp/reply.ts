@@ -13,8 +13,10 @@ export interface Reply {
 
 /** RFC 5321 §4.5.3.1.5 says 512 octets; real servers send longer lines, so be lenient but bounded. */
 export const MAX_REPLY_LINE = 4096;
-/** Lines in one reply (an EHLO reply has one per extension). */
-export const MAX_REPLY_LINES = 256;
+/** Lines in one reply (an EHLO reply has one per extension; RFC 5321 sets no limit, bytes bound it too). */
+export const MAX_REPLY_LINES = 4096;
+/** Bytes of one reply, all its lines together. */
+export const MAX_REPLY_BYTES = 256 * 1024;
 
 export type ReplyErrorCode = 'MTAPROXY_SMTP_REPLY_SYNTAX' | 'MTAPROXY_SMTP_REPLY_TOO_LONG';
 
@@ -35,6 +37,7 @@ export class ReplyParser {
   #lines: string[] = [];
   #code = 0;
   #parts: Buffer[] = [];
+  #partBytes = 0;
 
   /** Bytes held: an incomplete line and the lines of an incomplete multi-line reply. */
   get buffered(): number {
@@ -65,11 +68,14 @@ export class ReplyParser {
       if (this.#lines.length > MAX_REPLY_LINES) throw new ReplyError('MTAPROXY_SMTP_REPLY_TOO_LONG', `reply of more than ${MAX_REPLY_LINES} lines`);
       if (m[2] === '-') {
         this.#parts.push(data.subarray(start, nl + 1));
+        this.#partBytes += nl + 1 - start;
+        if (this.#partBytes > MAX_REPLY_BYTES) throw new ReplyError('MTAPROXY_SMTP_REPLY_TOO_LONG', `reply of more than ${MAX_REPLY_BYTES} bytes`);
       } else {
         const raw = this.#parts.length === 0 ? Buffer.from(data.subarray(start, nl + 1)) : Buffer.concat([...this.#parts, data.subarray(start, nl + 1)]);
         replies.push({ code, lines: this.#lines, raw });
         this.#lines = [];
         this.#parts = [];
+        this.#partBytes = 0;
       }
       start = nl + 1;
     }

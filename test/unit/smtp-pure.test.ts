@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { parseConnect } from '../../src/egress/policy.js';
 import { TimerWheel } from '../../src/net/wheel.js';
 import { openStep, type OpenState, type TlsPolicy } from '../../src/smtp/client.js';
-import { CommandLineTooLong, CommandReader, DataEndScanner, isPathCommand, parseCommand } from '../../src/smtp/command.js';
+import { BodyNormalizer, CommandLineTooLong, CommandReader, DataEndScanner, isPathCommand, parseCommand } from '../../src/smtp/command.js';
 import { ehloForMta, parseEhlo, sizeLimit } from '../../src/smtp/ehlo.js';
 import { enhancedCode, formatReply, ReplyError, ReplyParser, type Reply } from '../../src/smtp/reply.js';
 
@@ -42,7 +42,10 @@ describe('ReplyParser', () => {
     expect(() => new ReplyParser().push(Buffer.from('250-a\r\n251 b\r\n'))).toThrow('reply code changed');
     expect(() => new ReplyParser().push(Buffer.from('199 x\r\n'))).toThrow(ReplyError);
     expect(() => new ReplyParser().push(Buffer.alloc(5000, 0x41))).toThrow('longer than 4096');
-    expect(() => new ReplyParser().push(Buffer.from('250-x\r\n'.repeat(300)))).toThrow('more than 256 lines');
+    // RFC 5321 sets no line limit: a 300-line EHLO is fine, bytes bound a reply
+    expect(new ReplyParser().push(Buffer.from('250-x\r\n'.repeat(300) + '250 y\r\n'))[0]?.lines).toHaveLength(301);
+    expect(() => new ReplyParser().push(Buffer.from('250-x\r\n'.repeat(5000)))).toThrow('more than 4096 lines');
+    expect(() => new ReplyParser().push(Buffer.from(`250-${'x'.repeat(4000)}\r\n`.repeat(70)))).toThrow('more than 262144 bytes');
   });
 
   it('formats the proxy’s own replies', () => {
@@ -87,6 +90,21 @@ describe('commands and DATA', () => {
     expect(new DataEndScanner().push(Buffer.from('.\r\n'))).toBe(3);
     expect(new DataEndScanner().push(Buffer.from('a\n.\nb\r\n.\n'))).toBe(-1);
     expect(new DataEndScanner().push(Buffer.from('a\r\n.\nb\n.\r\n'))).toBe(-1);
+  });
+});
+
+describe('BodyNormalizer', () => {
+  it('makes every line end in CRLF whatever the chunking, so only one end of DATA exists', () => {
+    const input = 'a\n.\nMAIL FROM:<x>\r\nb\rc\r\n\r.\r\r\n.\r\n';
+    const want = 'a\r\n.\r\nMAIL FROM:<x>\r\nb\r\nc\r\n\r\n.\r\n\r\n.\r\n';
+    for (let cut = 0; cut <= input.length; cut++) {
+      const n = new BodyNormalizer();
+      const out = Buffer.concat([n.push(Buffer.from(input.slice(0, cut))), n.push(Buffer.from(input.slice(cut))), n.takeHeld()]).toString();
+      expect(out, `cut at ${cut}`).toBe(want);
+    }
+    // a clean body is passed through as it is (the same buffer)
+    const clean = Buffer.from('x\r\ny\r\n');
+    expect(new BodyNormalizer().push(clean)).toBe(clean);
   });
 });
 
