@@ -1,7 +1,7 @@
 // Independent review of smtp mode (docs/protocol.md §4.7), written from the spec: a raw SMTP
 // client on the MTA side of the link (bytes in, replies counted) and a scriptable destination of
-
-
+// our own, against the built daemon (dist/). Each `finding` was a bug the review found (fixed
+// since): it asserts what the spec (or RFC 5321/2920/3207) requires.
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { SMTPServer } from 'smtp-server';
