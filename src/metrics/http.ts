@@ -34,9 +34,10 @@ export class MetricsHttp {
     this.#server = createServer({ maxHeaderSize: opts.maxHeaderSize ?? 8192, requestTimeout: 10_000, headersTimeout: 5000, keepAliveTimeout: 5000 }, (req, res) => {
       void this.#handle(req, res, opts.scrape);
     });
-    this.#server.on('clientError', (_err, socket: Socket) => {
+    this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       // an oversized or malformed request: a short answer if the socket still takes one
-      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
+      if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
       else socket.destroy();
     });
   }

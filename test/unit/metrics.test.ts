@@ -1,4 +1,5 @@
 // The metrics' functional core (src/metrics): label bounds, the busiest-throttles choice, outcome folding.
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { deliveryFrontEnd, deliveryOutcome, linkOutcome, type MetricsSnapshot } from '../../src/metrics/hooks.js';
 import { busiestThrottles, MAX_SESSION_SERIES, Metrics, replyClass } from '../../src/metrics/metrics.js';
@@ -97,5 +98,17 @@ describe('metrics', () => {
     expect(deliveryFrontEnd('proxy-v2', null)).toBe('proxy-v2');
     expect(deliveryFrontEnd('socks5:alice', null)).toBe('socks5');
     expect([replyClass(250), replyClass(354), replyClass(451), replyClass(550), replyClass(null)]).toEqual(['2xx', '3xx', '4xx', '5xx', '4xx']);
+  });
+
+  it('docs/operations.md lists every metric with its type and labels', async () => {
+    const docs = readFileSync(new URL('../../docs/operations.md', import.meta.url), 'utf8');
+    const m = new Metrics({ snapshot: () => snapshot(), throttleSeries: () => 20, defaultMetrics: false });
+    const metrics = await m.registry.getMetricsAsJSON();
+    expect(metrics.length).toBeGreaterThan(25);
+    for (const metric of metrics) {
+      const row = docs.split('\n').find((l) => l.startsWith(`| \`${metric.name}\` |`));
+      expect(row, metric.name).toBeDefined();
+      expect(row?.split('|')[2]?.trim(), metric.name).toBe(String(metric.type));
+    }
   });
 });
