@@ -196,8 +196,14 @@ describe('metrics', () => {
     await d.waitForLine(/delivery\(server-a\): .*refused/);
     expect(received).toBeGreaterThanOrEqual(2);
 
-    // the proxy's PING is answered within an interval or two
-    const s = await eventually('a ping round trip', () => scrape(metricsPort), (r) => sample(r.text, 'mtaproxy_session_ping_rtt_seconds{session="server-a"}') !== undefined, 20_000);
+    // the proxy's PING is answered within an interval or two; the delivery connections' closes
+    // reach the daemon a moment after their records
+    const s = await eventually(
+      'a ping round trip, deliveries closed',
+      () => scrape(metricsPort),
+      (r) => sample(r.text, 'mtaproxy_session_ping_rtt_seconds{session="server-a"}') !== undefined && sample(r.text, 'mtaproxy_open_connections{front_end="native"}') === 1,
+      20_000,
+    );
     expect(s.status).toBe(200);
     expect(s.type).toBe('text/plain; version=0.0.4; charset=utf-8');
     expect(sample(s.text, 'mtaproxy_deliveries_total{front_end="native",mode="tunnel",outcome="completed"}')).toBe(1);
@@ -217,6 +223,8 @@ describe('metrics', () => {
     expect(sample(s.text, 'mtaproxy_throttle_connections_in_use{throttle="dest"}')).toBe(1); // the cached pool connection keeps its slot
     expect(sample(s.text, 'mtaproxy_throttle_wait_seconds_count{kind="connection",result="granted"}')).toBe(2); // the tunnel's and the pool connection's slots
     expect(sample(s.text, 'mtaproxy_throttle_wait_seconds_count{kind="message",result="granted"}')).toBe(1); // the transaction's token
+    expect(sample(s.text, 'mtaproxy_tunnels_open{mode="tunnel"}')).toBe(0);
+    expect(sample(s.text, 'mtaproxy_tunnels_open{mode="smtp"}')).toBe(0);
     expect(sample(s.text, 'mtaproxy_reloads_total{result="applied"}')).toBe(0);
     expect(s.text).toMatch(/^process_resident_memory_bytes \d+/m);
 
