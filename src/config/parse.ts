@@ -111,6 +111,10 @@ export interface Config {
   /** connections still in their handshake, in total and per peer address, before new ones are refused */
   readonly maxPendingHandshakes: number;
   readonly maxPendingHandshakesPerPeer: number;
+  /** the Prometheus metrics listener(s), HTTP GET /metrics; empty: none (ignored under socket activation) */
+  readonly metricsListen: readonly ListenAddress[];
+  /** per-throttle metric series for at most this many throttles, the busiest */
+  readonly metricsThrottleSeries: number;
 }
 
 export interface ConfigError {
@@ -159,6 +163,8 @@ export const DIRECTIVES: Readonly<Record<string, Directive>> = {
   shutdown_timeout: { help: 'on SIGTERM, how long open tunnels get to finish before they are cut (default "2m")' },
   max_pending_handshakes: { help: 'connections still in their handshake (all front-ends) before new ones are refused (default 1000)' },
   max_pending_handshakes_per_peer: { help: 'the same, per client address (default 100)' },
+  metrics_listen: { help: 'Prometheus metrics over HTTP (GET /metrics), "IP:PORT" or a list; allow_from applies; default none (socket activation: FileDescriptorName=metrics)' },
+  metrics_throttle_series: { help: 'per-throttle metric series only for this many throttles, the busiest (default 20, 0 for none)' },
   egress: { help: 'table [egress]: where deliveries may go and from which addresses' },
   socks5: { help: 'table [socks5]: a SOCKS5 front-end (RFC 1928/1929) for KumoMTA, curl…' },
   proxy_v2: { help: 'table [proxy_v2]: a PROXY protocol v2 front-end (KumoMTA ha_proxy_*, Momentum)' },
@@ -567,6 +573,8 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
     shutdownTimeoutMs: duration('shutdown_timeout', DEFAULT_SHUTDOWN_TIMEOUT_MS, 0, 3_600_000),
     maxPendingHandshakes: integer('max_pending_handshakes', 1000, 1, 1_000_000),
     maxPendingHandshakesPerPeer: integer('max_pending_handshakes_per_peer', 100, 1, 1_000_000),
+    metricsListen: listenList('metrics_listen'),
+    metricsThrottleSeries: integer('metrics_throttle_series', 20, 0, 10_000),
   };
   errors.sort((a, b) => a.line - b.line || a.column - b.column);
   return errors.length > 0 ? { ok: false, errors } : { ok: true, config };
@@ -615,6 +623,7 @@ export function changedDirectives(before: Config, after: Config): string[] {
   const changed: string[] = [];
   const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
   if (!same(before.listen, after.listen)) changed.push('listen');
+  if (!same(before.metricsListen, after.metricsListen)) changed.push('metrics_listen');
   if (before.tls.enabled !== after.tls.enabled) changed.push('tls');
   // a renewed certificate in the same file counts as a change (it applies to new connections)
   const certId = (c: Config): string | null => (c.tls.files === null ? null : `${c.tls.files.certificateFile} ${c.tls.files.keyFile} ${c.tls.files.fingerprint256}`);
@@ -632,6 +641,7 @@ export function changedDirectives(before: Config, after: Config): string[] {
     ['shutdown_timeout', 'shutdownTimeoutMs'],
     ['max_pending_handshakes', 'maxPendingHandshakes'],
     ['max_pending_handshakes_per_peer', 'maxPendingHandshakesPerPeer'],
+    ['metrics_throttle_series', 'metricsThrottleSeries'],
   ];
   for (const [name, field] of scalars) if (before[field] !== after[field]) changed.push(name);
   const egressFields: Record<keyof EgressConfig, string> = {

@@ -12,6 +12,7 @@ import type { ThrottleService } from '../throttle/service.js';
 import { checkDestination, checkRequest, CONNECT_CODES, parseConnect, type ConnectRequest, type Refusal } from './policy.js';
 import { connectFrom, EgressError, splice } from './tunnel.js';
 import { deliverSmtp, type SmtpDeliveryContext } from './smtp-delivery.js';
+import { deliveryFrontEnd, deliveryOutcome, type MetricsHooks } from '../metrics/hooks.js';
 
 export interface DeliveryContext {
   egress(): EgressConfig;
@@ -33,6 +34,8 @@ export interface DeliveryContext {
   log: Logger;
   /** smtp-mode deliveries: the shared pool (native front-end only) */
   smtp: SmtpDeliveryContext;
+  /** told how each delivery ended */
+  metrics?: MetricsHooks;
 }
 
 /** How a front-end answers its client: a success line, a SOCKS reply, or just closing. */
@@ -126,6 +129,7 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
     }
     done = true;
     releaseSlot();
+    ctx.metrics?.delivery({ frontEnd: deliveryFrontEnd(who, d.owner), mode: 'tunnel', outcome: 'refused' });
     ctx.log.warn({ ...fields, code: r.code, outcome: 'refused' }, `delivery(${who}): ${req.sourceIp} -> ${req.host}:${req.port} throttle=${req.throttle} refused: ${r.code} ${r.message}`);
     replies.refused(r);
   };
@@ -138,6 +142,7 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
     if (done) return;
     done = true;
     if (!opening) releaseSlot(); // else open() releases it once the connect settles
+    ctx.metrics?.delivery({ frontEnd: deliveryFrontEnd(who, d.owner), mode: 'tunnel', outcome: 'abandoned' });
     ctx.log.info({ ...fields, outcome: 'abandoned' }, `delivery(${who}): ${why}`);
     mta.destroy();
   };
@@ -194,6 +199,7 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
     splice(mta, remote, e.idleTimeoutMs, (result) => {
       ctx.tunnels.delete(mta);
       releaseSlot();
+      ctx.metrics?.delivery({ frontEnd: deliveryFrontEnd(who, d.owner), mode: 'tunnel', outcome: deliveryOutcome(result.outcome), sourceIp: req.sourceIp, bytesUp: result.bytesUp, bytesDown: result.bytesDown });
       ctx.log.info(
         { ...open, bytes_up: result.bytesUp, bytes_down: result.bytesDown, duration_ms: Math.round(result.durationMs), outcome: result.outcome },
         `delivery(${who}): ${local} -> ${destination} throttle=${req.throttle} up=${result.bytesUp} down=${result.bytesDown} ${Math.round(result.durationMs)}ms ${result.outcome}`,
@@ -239,12 +245,14 @@ export function handleNativeConnect(ctx: DeliveryContext, name: string, line: st
   };
   const req = parseConnect(line);
   if ('code' in req) {
+    ctx.metrics?.delivery({ frontEnd: 'native', mode: 'tunnel', outcome: 'refused' });
     ctx.log.warn({ mtaproxy_event: 'delivery', session: name, code: req.code, outcome: 'refused' }, `delivery(${name}): refused: ${req.code} ${req.message}`);
     return replies.refused(req);
   }
   const owner = ctx.sessionId(name);
   if (owner === undefined) {
     const r = { code: CONNECT_CODES.throttleUnknown, message: `${name} has no control session: open one and DECLARE ${req.throttle} first` };
+    ctx.metrics?.delivery({ frontEnd: 'native', mode: req.smtp === null ? 'tunnel' : 'smtp', outcome: 'refused' });
     ctx.log.warn({ mtaproxy_event: 'delivery', session: name, code: r.code, outcome: 'refused' }, `delivery(${name}): refused: ${r.code} ${r.message}`);
     return replies.refused(r);
   }

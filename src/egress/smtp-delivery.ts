@@ -13,6 +13,7 @@ import type { Delivery, DeliveryContext, DeliveryReplies } from './delivery.js';
 import { admission, resolveDestination } from './delivery.js';
 import { SmtpLink } from './smtp-link.js';
 import { checkDestination, checkRequest, type Refusal } from './policy.js';
+import { linkOutcome } from '../metrics/hooks.js';
 
 export interface SmtpDeliveryContext {
   readonly pool: SmtpPool;
@@ -71,6 +72,7 @@ export function deliverSmtp(ctx: DeliveryContext, smtp: SmtpDeliveryContext, mta
     if (done) return;
     done = true;
     cancel?.();
+    ctx.metrics?.delivery({ frontEnd: 'native', mode: 'smtp', outcome: 'refused' });
     ctx.log.warn({ ...fields, code: r.code, outcome: 'refused' }, `delivery(${who}): smtp ${req.sourceIp} -> ${req.host}:${req.port} throttle=${req.throttle} refused: ${r.code} ${r.message}`);
     replies.refused(r);
   };
@@ -79,6 +81,7 @@ export function deliverSmtp(ctx: DeliveryContext, smtp: SmtpDeliveryContext, mta
     if (done) return;
     done = true;
     cancel?.();
+    ctx.metrics?.delivery({ frontEnd: 'native', mode: 'smtp', outcome: 'abandoned' });
     ctx.log.info({ ...fields, outcome: 'abandoned' }, `delivery(${who}): client closed before the smtp link was open`);
     mta.destroy();
   };
@@ -141,7 +144,7 @@ export function deliverSmtp(ctx: DeliveryContext, smtp: SmtpDeliveryContext, mta
       let link: SmtpLink | null = null;
       const started = performance.now();
       link = new SmtpLink(
-        { pool: smtp.pool, throttle: ctx.throttle, wheel: smtp.wheel, log: ctx.log },
+        { pool: smtp.pool, throttle: ctx.throttle, wheel: smtp.wheel, log: ctx.log, metrics: ctx.metrics },
         mta,
         {
           who,
@@ -152,6 +155,7 @@ export function deliverSmtp(ctx: DeliveryContext, smtp: SmtpDeliveryContext, mta
         (result) => {
           ctx.tunnels.delete(mta);
           if (link !== null) smtp.links.delete(link);
+          ctx.metrics?.delivery({ frontEnd: 'native', mode: 'smtp', outcome: linkOutcome(result.outcome), sourceIp: req.sourceIp });
           ctx.log.info(
             { ...fields, destination, local: conn.local, transactions: result.transactions, duration_ms: Math.round(performance.now() - started), outcome: result.outcome },
             `delivery(${who}): smtp ${req.sourceIp} -> ${destination} throttle=${req.throttle} transactions=${result.transactions} ${Math.round(performance.now() - started)}ms ${result.outcome}`,

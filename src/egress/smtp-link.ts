@@ -9,6 +9,7 @@ import { closeSoon } from '../net/close.js';
 import type { Logger } from '../log/logger.js';
 import type { TimerWheel, WheelTimer } from '../net/wheel.js';
 import type { ThrottleService } from '../throttle/service.js';
+import type { MetricsHooks } from '../metrics/hooks.js';
 import { BodyNormalizer, CommandLineTooLong, CommandReader, DataEndScanner, isPathCommand, parseCommand, type Command } from '../smtp/command.js';
 import { DestinationConnection } from '../smtp/connection.js';
 import { ehloForMta } from '../smtp/ehlo.js';
@@ -21,6 +22,8 @@ export interface SmtpLinkContext {
   readonly throttle: ThrottleService;
   readonly wheel: TimerWheel;
   readonly log: Logger;
+  /** told each transaction's end */
+  readonly metrics?: MetricsHooks | undefined;
 }
 
 export interface SmtpLinkOptions {
@@ -513,6 +516,7 @@ export class SmtpLink {
       duration_ms: tx === null ? 0 : Math.round(performance.now() - tx.started),
     };
     const text = `smtp(${this.#o.who}): ${conn.local} -> ${this.#o.destination} conn#${conn.id} ${this.#reused ? 'reused' : 'new'} tls=${tls}${conn.tls?.resumed === true ? '(resumed)' : ''} rcpt=${fields.recipients}/${tx?.rcptTotal ?? 0} bytes=${bytes} ${how} -> ${reply === null ? `451 (${how})` : replySummary(reply)}`;
+    this.#ctx.metrics?.transaction({ code: reply?.code ?? null, reused: this.#reused, tls: conn.tls === null ? null : { resumed: conn.tls.resumed }, sourceIp: this.#o.sourceIp, bytes });
     if (reply !== null && reply.code < 400) this.#ctx.log.info(fields, text);
     else this.#ctx.log.warn(fields, text);
   }

@@ -29,6 +29,10 @@ import { TimerWheel } from '../net/wheel.js';
 import { SmtpPool } from '../smtp/pool.js';
 import { serveSocks5 } from './socks5.js';
 import { serveProxyV2 } from './proxy-v2.js';
+import { Metrics } from '../metrics/metrics.js';
+import { MetricsHttp } from '../metrics/http.js';
+import type { MetricsSnapshot } from '../metrics/hooks.js';
+import type { FrontEnd } from '../systemd/activation.js';
 
 export interface ReloadResult {
   ok: boolean;
@@ -99,6 +103,14 @@ export class Daemon {
   #watchdog: NodeJS.Timeout | null = null;
   #reloading: Promise<ReloadResult> | null = null;
   #stopping = false;
+  readonly #metrics: Metrics;
+  readonly #metricsHttp: MetricsHttp;
+  /** for the metrics: the front-end of each connection in #connections (by its accepted socket) */
+  readonly #frontEndOf = new Map<Socket, FrontEnd>();
+  /** since start, for the metrics: refusals by "front-end reason", failed handshakes, reloads */
+  readonly #refused = new Map<string, number>();
+  #handshakeFailureCount = 0;
+  readonly #reloads = { applied: 0, rejected: 0 };
 
   constructor(opts: DaemonOptions) {
     this.#config = opts.config;
@@ -113,7 +125,9 @@ export class Daemon {
     this.#notifier = opts.notifier;
     this.#passed = opts.passed;
     this.#now = opts.now ?? (() => performance.now());
-    this.#throttle = new ThrottleService(this.#now);
+    this.#metrics = new Metrics({ snapshot: () => this.#metricsSnapshot(), throttleSeries: () => this.#config.metricsThrottleSeries });
+    this.#metricsHttp = new MetricsHttp({ scrape: () => this.#metrics.scrape() });
+    this.#throttle = new ThrottleService(this.#now, (kind, waitedMs, granted) => this.#metrics.throttleWait(kind, waitedMs / 1000, granted));
     this.#leaves = new LeaveQueue(this.#throttle, this.#now);
     this.#services = { throttle: this.#throttle, egress: () => this.#config.egress, leave: (id) => this.#leaves.leave(id) };
     this.#delivery = {
@@ -127,6 +141,7 @@ export class Daemon {
       admitted: (socket) => this.#admitted(socket),
       log: this.#log,
       smtp: this.#smtp,
+      metrics: this.#metrics,
     };
   }
 
@@ -202,6 +217,7 @@ export class Daemon {
     this.#log.level = loaded.config.logVerbose ? 'debug' : 'info';
     if (timersChanged) this.#startTimers();
     this.#rejectedReload = null;
+    this.#reloads.applied++;
     const message = changed.length === 0 ? 'reload: no changes' : `reload: applied (changed: ${changed.join(', ')})`;
     this.#log.info({ mtaproxy_event: 'reload_applied', changed: changed.join(',') }, message);
     this.#notifier.ready(`${this.#summary()}; ${message}`);
@@ -236,6 +252,7 @@ export class Daemon {
     for (const error of errors) this.#log.error({ mtaproxy_event: 'reload_rejected' }, `reload rejected: ${error}`);
     // systemd ends a reload only on READY=1, even a failed one (as HAProxy and Caddy do)
     this.#rejectedReload = message;
+    this.#reloads.rejected++;
     this.#notifier.ready(this.#summary());
     return { ok: false, message, errors };
   }
@@ -247,6 +264,7 @@ export class Daemon {
       for (const address of config.listen) endpoints.push({ kind: 'tcp', frontEnd: 'native', address });
       for (const address of config.socks5?.listen ?? []) endpoints.push({ kind: 'tcp', frontEnd: 'socks5', address });
       for (const address of config.proxyV2?.listen ?? []) endpoints.push({ kind: 'tcp', frontEnd: 'proxy-v2', address });
+      for (const address of config.metricsListen) endpoints.push({ kind: 'tcp', frontEnd: 'metrics', address });
     }
     if (!passed.some((p) => p.frontEnd === 'admin')) endpoints.push(adminEndpoint(config.adminSocket));
     return endpoints;
@@ -307,6 +325,7 @@ export class Daemon {
     const refusal = this.#refusal(endpoint.frontEnd, address);
     if (refusal !== null) {
       socket.destroy(); // paused since accept: nothing was read, nothing is written
+      this.#countRefusal(endpoint.frontEnd, refusal.startsWith('not in allow_from') ? 'allow_from' : refusal.startsWith('not in proxy_v2') ? 'proxy_v2_allow_from' : 'not_configured');
       const count = this.#refusals.record(`${endpoint.frontEnd} ${address ?? '?'}`, this.#now());
       if (count > 0) {
         this.#log.warn(
@@ -320,6 +339,7 @@ export class Daemon {
     if (this.#fdLimit !== null && this.#fdsInUse() + 1 > this.#fdLimit - fdReserve(this.#fdLimit)) {
       socket.destroy();
       this.#refusedFds++;
+      this.#countRefusal(endpoint.frontEnd, 'fds');
       const count = this.#refusals.record('fds', this.#now());
       if (count > 0) {
         this.#log.error(
@@ -329,10 +349,12 @@ export class Daemon {
       }
       return;
     }
+    if (endpoint.frontEnd === 'metrics') return this.#metricsHttp.serve(socket);
     const cap = this.#handshakeCap(peerKey);
     if (cap !== null) {
       socket.destroy();
       this.#refusedHandshakeCap++;
+      this.#countRefusal(endpoint.frontEnd, 'handshake_cap');
       const count = this.#refusals.record(`cap ${peerKey}`, this.#now());
       if (count > 0) {
         this.#log.warn(
@@ -343,10 +365,12 @@ export class Daemon {
       return;
     }
     this.#connections.add(socket);
+    this.#frontEndOf.set(socket, endpoint.frontEnd);
     this.#handshaking.set(socket, peerKey);
     this.#handshakingPerPeer.set(peerKey, (this.#handshakingPerPeer.get(peerKey) ?? 0) + 1);
     socket.on('close', () => {
       this.#connections.delete(socket);
+      this.#frontEndOf.delete(socket);
       this.#admitted(socket);
     });
     this.#log.debug({ mtaproxy_event: 'connection', peer: address, front_end: endpoint.frontEnd }, `listener: ${endpoint.frontEnd} connection from ${address}:${socket.remotePort}`);
@@ -371,7 +395,10 @@ export class Daemon {
       services: this.#services,
       deliver: (name, line, s) => handleNativeConnect(this.#delivery, name, line, s),
       authenticated: () => this.#admitted(socket),
-      handshakeFailed: (peerAddress) => this.#handshakeFailures.record(peerAddress, this.#now()),
+      handshakeFailed: (peerAddress) => {
+        this.#handshakeFailureCount++;
+        return this.#handshakeFailures.record(peerAddress, this.#now());
+      },
     };
     const tls = this.#tls;
     if (tls === null) {
@@ -392,6 +419,38 @@ export class Daemon {
       });
     }
     socket.resume();
+  }
+
+  #countRefusal(frontEnd: FrontEnd, reason: string): void {
+    const key = `${frontEnd} ${reason}`;
+    this.#refused.set(key, (this.#refused.get(key) ?? 0) + 1);
+  }
+
+  /** What the metrics read at each scrape (metrics/hooks.ts). */
+  #metricsSnapshot(): MetricsSnapshot {
+    const openConnections: Record<string, number> = { native: 0, socks5: 0, 'proxy-v2': 0 };
+    for (const frontEnd of this.#frontEndOf.values()) openConnections[frontEnd] = (openConnections[frontEnd] ?? 0) + 1;
+    const m = this.#throttle.manager;
+    const pool = this.#smtp.pool.snapshot();
+    return {
+      openConnections,
+      handshakesPending: this.#handshaking.size,
+      refused: [...this.#refused].map(([key, count]) => {
+        const [frontEnd = '', reason = ''] = key.split(' ');
+        return { frontEnd, reason, count };
+      }),
+      handshakeFailures: this.#handshakeFailureCount,
+      acceptErrors: this.#acceptErrors,
+      reloads: this.#reloads,
+      tunnels: this.#tunnels.size,
+      smtpLinks: this.#smtp.links.size,
+      deliveriesPending: this.#delivery.pending.size,
+      remote: this.#remote(),
+      throttleWaiters: m.waiterCount,
+      throttles: [...m.keys()].map((key) => ({ key, inUse: m.inUse(key), maxConnections: m.limits(key)?.maxConnections ?? 0, waiting: m.waiting(key) })),
+      sessions: [...this.#sessions.values()].map((s) => s.snapshot()),
+      pool: { active: pool.active, cached: pool.cached, opening: pool.opening, waiting: pool.keys.reduce((n, k) => n + k.waiting, 0), opened: this.#smtp.pool.opened, reused: this.#smtp.pool.reusedCount },
+    };
   }
 
   /** Why a new connection would exceed the pre-authentication caps, or null. */
@@ -588,6 +647,7 @@ export class Daemon {
     // stop accepting first: by the time the log says "stopping", new connections are refused
     for (const l of this.#listening.values()) closeListening(l);
     this.#listening.clear();
+    this.#metricsHttp.close();
     this.#notifier.stopping(`stopping: ${reason}; draining ${this.#tunnels.size} tunnels (at most ${deadline / 1000}s)`, deadline + 5000);
     this.#log.info(
       { mtaproxy_event: 'stopping', reason, sessions: this.#sessions.size, tunnels: this.#tunnels.size, connections: this.#connections.size },

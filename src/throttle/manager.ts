@@ -395,6 +395,11 @@ export class ThrottleManager {
     return this.#throttles.size;
   }
 
+  /** The keys of the throttles currently known. */
+  keys(): IterableIterator<string> {
+    return this.#throttles.keys();
+  }
+
   get leaseCount(): number {
     return this.#leases.size;
   }

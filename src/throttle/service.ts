@@ -11,8 +11,12 @@ export class ThrottleService {
   #timer: NodeJS.Timeout | null = null;
   #timerAt = Infinity;
 
-  constructor(now: () => number) {
+  /** told each answered request's wait (0 for an immediate grant), e.g. for the metrics */
+  readonly #onAnswer: ((kind: LeaseKind, waitedMs: number, granted: boolean) => void) | undefined;
+
+  constructor(now: () => number, onAnswer?: (kind: LeaseKind, waitedMs: number, granted: boolean) => void) {
     this.#now = now;
+    this.#onAnswer = onAnswer;
   }
 
   declare(session: string, d: Declaration): string | null {
@@ -29,15 +33,20 @@ export class ThrottleService {
    * Calls `done` once: at once, when granted later, or at the deadline. Returns a canceller.
    * `opts.heldByDelivery`: the slot is a tunnel's, kept until release() even if `session` leaves.
    */
-  acquire(session: string, key: string, kind: LeaseKind, waitMs: number, done: (outcome: AcquireOutcome) => void, opts?: AcquireOptions): () => void {
+  acquire(session: string, key: string, kind: LeaseKind, waitMs: number, answer: (outcome: AcquireOutcome) => void, opts?: AcquireOptions): () => void {
     const now = this.#now();
+    const onAnswer = this.#onAnswer;
+    const done = onAnswer === undefined ? answer : (outcome: AcquireOutcome): void => {
+      onAnswer(kind, this.#now() - now, outcome.ok);
+      answer(outcome);
+    };
     const result = this.manager.acquire(session, key, kind, now, now + waitMs, opts);
     if (result.status === 'granted') {
       done({ ok: true, lease: result.lease });
       return () => {};
     }
     if (result.status === 'error') {
-      done({ ok: false, code: result.code, message: result.message });
+      answer({ ok: false, code: result.code, message: result.message }); // refused at once: no wait to tell
       return () => {};
     }
     this.#waiting.set(result.waitId, done);
