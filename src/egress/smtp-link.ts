@@ -442,7 +442,11 @@ export class SmtpLink {
     // the body is complete: the destination's final reply decides
     this.#phase = 'command';
     this.#scanner = null;
-    const rest = Buffer.concat([chunk.subarray(end), this.#normalizer.takeHeld()]);
+    // what follows the body is commands: the MTA's own bytes, not normalized (a bare CR in a
+    // command must still be refused), and a CR held back belongs to them too
+    // (a CR held back at the chunk's end is in `raw` already)
+    this.#normalizer.takeHeld();
+    const rest = raw.subarray(this.#normalizer.rawOffset(end));
     if (rest.length > 0) this.#pendingChunks.push(rest);
     this.#busy = true;
     this.#mta.pause();

@@ -99,7 +99,6 @@ export class DataEndScanner {
   }
 }
 
-const CRLF = Buffer.from('\r\n');
 
 /**
  * Makes every line of a DATA body end in CRLF: a bare LF or a bare CR becomes CRLF (RFC 5321
@@ -110,15 +109,59 @@ const CRLF = Buffer.from('\r\n');
  */
 export class BodyNormalizer {
   #heldCr = false;
+  /** of the last push: output offsets of the bytes it added, and whether a held CR led it */
+  #inserted: number[] = [];
+  #prefix = 0;
 
   push(chunk: Buffer): Buffer {
     let data = this.#heldCr ? Buffer.concat([Buffer.from('\r'), chunk]) : chunk;
+    this.#prefix = this.#heldCr ? 1 : 0;
     this.#heldCr = false;
     if (data.length > 0 && data[data.length - 1] === 13) {
       this.#heldCr = true;
       data = data.subarray(0, data.length - 1);
     }
-    return replaceBare(replaceBare(data, 13), 10);
+    this.#inserted = [];
+    let parts: Buffer[] | null = null;
+    let last = 0;
+    let out = 0;
+    let cr = data.indexOf(13);
+    let lf = data.indexOf(10);
+    while (cr !== -1 || lf !== -1) {
+      if (cr !== -1 && (lf === -1 || cr < lf)) {
+        if (data[cr + 1] === 10) {
+          // CRLF: a line end as it should be
+          lf = data.indexOf(10, cr + 2);
+          cr = data.indexOf(13, cr + 2);
+          continue;
+        }
+        // bare CR: CR, then an added LF
+        (parts ??= []).push(data.subarray(last, cr + 1), LF);
+        out += cr + 1 - last;
+        this.#inserted.push(out);
+        out += 1;
+        last = cr + 1;
+        cr = data.indexOf(13, cr + 1);
+      } else {
+        // bare LF (a CRLF's LF was skipped above): an added CR, then the LF
+        (parts ??= []).push(data.subarray(last, lf), CR);
+        out += lf - last;
+        this.#inserted.push(out);
+        out += 1;
+        last = lf;
+        lf = data.indexOf(10, lf + 1);
+      }
+    }
+    if (parts === null) return data;
+    parts.push(data.subarray(last));
+    return Buffer.concat(parts);
+  }
+
+  /** Where `offset` of the last push's output is in the chunk that push was given. */
+  rawOffset(offset: number): number {
+    let added = 0;
+    for (const at of this.#inserted) if (at < offset) added++;
+    return Math.max(0, offset - added - this.#prefix);
   }
 
   /** The held CR, if any (the body ended; what follows is commands). */
@@ -129,17 +172,5 @@ export class BodyNormalizer {
   }
 }
 
-/** CR not followed by LF (byte 13), or LF not preceded by CR (byte 10), replaced by CRLF. */
-function replaceBare(data: Buffer, byte: 10 | 13): Buffer {
-  let parts: Buffer[] | null = null;
-  let last = 0;
-  for (let p = data.indexOf(byte); p !== -1; p = data.indexOf(byte, p + 1)) {
-    const bare = byte === 13 ? data[p + 1] !== 10 : p === 0 || data[p - 1] !== 13;
-    if (!bare) continue;
-    (parts ??= []).push(data.subarray(last, p), CRLF);
-    last = p + 1;
-  }
-  if (parts === null) return data;
-  parts.push(data.subarray(last));
-  return Buffer.concat(parts);
-}
+const CR = Buffer.from('\r');
+const LF = Buffer.from('\n');

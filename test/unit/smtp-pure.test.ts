@@ -102,6 +102,15 @@ describe('BodyNormalizer', () => {
       const out = Buffer.concat([n.push(Buffer.from(input.slice(0, cut))), n.push(Buffer.from(input.slice(cut))), n.takeHeld()]).toString();
       expect(out, `cut at ${cut}`).toBe(want);
     }
+    // what follows the end of the body is found in the raw bytes, unchanged (commands)
+    for (const [body, rest] of [['x\n.\nNOOP\rMAIL\r\n', 'NOOP\rMAIL\r\n'], ['x\r.\rQ\n', 'Q\n'], ['a\r\n.\r\nQUIT\r', 'QUIT\r'], ['\n\n\n.\r\nZ', 'Z']] as const) {
+      const n = new BodyNormalizer();
+      const raw = Buffer.from(body);
+      const norm = n.push(raw);
+      const end = new DataEndScanner().push(norm);
+      expect(end, body).toBeGreaterThan(0);
+      expect(raw.subarray(n.rawOffset(end)).toString(), body).toBe(rest);
+    }
     // a clean body is passed through as it is (the same buffer)
     const clean = Buffer.from('x\r\ny\r\n');
     expect(new BodyNormalizer().push(clean)).toBe(clean);
