@@ -171,6 +171,7 @@ function checkAdmin(input: Buffer): void {
     for (const list of [reply.errors, reply.lines]) {
       assert(list === undefined || (Array.isArray(list) && list.every((s) => typeof s === 'string')), () => `reply ${show(reply)}: errors and lines must be arrays of strings`);
     }
+    assert(reply.data === undefined || (typeof reply.data === 'object' && reply.data !== null && !Array.isArray(reply.data)), () => `reply ${show(reply)}: data must be an object`);
   }
   // the daemon reads a request with LineSplitter(MAX_ADMIN_LINE)
   const splitter = new LineSplitter(MAX_ADMIN_LINE);
