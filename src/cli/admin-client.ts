@@ -1,8 +1,9 @@
 import { createConnection } from 'node:net';
-import { parseAdminReply, type AdminCommand, type AdminReply } from '../protocol/admin.js';
+import { parseAdminReply, type AdminCommand, type AdminReply, type AdminRequest } from '../protocol/admin.js';
 
 /** Asks the running daemon over its admin socket; rejects with an operator-readable Error. */
-export function askDaemon(socketPath: string, command: AdminCommand, timeoutMs = 60_000): Promise<AdminReply> {
+export function askDaemon(socketPath: string, request: AdminCommand | AdminRequest, timeoutMs = 60_000): Promise<AdminReply> {
+  const body: AdminRequest = typeof request === 'string' ? ({ command: request } as AdminRequest) : request;
   return new Promise((resolve, reject) => {
     const socket = createConnection(socketPath);
     let data = '';
@@ -11,7 +12,7 @@ export function askDaemon(socketPath: string, command: AdminCommand, timeoutMs =
       reject(new Error(`no answer from the daemon on ${socketPath} within ${timeoutMs / 1000}s`));
     }, timeoutMs);
     socket.setEncoding('utf8');
-    socket.on('connect', () => socket.write(`${JSON.stringify({ command })}\n`));
+    socket.on('connect', () => socket.write(`${JSON.stringify(body)}\n`));
     socket.on('data', (chunk: string) => {
       data += chunk;
     });

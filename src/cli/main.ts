@@ -12,7 +12,7 @@ import type { SharedSecret } from '../config/secret.js';
 import { Daemon } from '../server/daemon.js';
 import { forgetActivation, parseActivation } from '../systemd/activation.js';
 import { createNotifier } from '../systemd/notify.js';
-import type { AdminCommand, AdminReply } from '../protocol/admin.js';
+import type { AdminCommand, AdminReply, AdminRequest } from '../protocol/admin.js';
 import { adminSocketsToTry, defaultAdminSockets, isDefaultAdminSocket } from '../server/admin-path.js';
 import { askDaemon } from './admin-client.js';
 import { simulate } from './simulate.js';
@@ -27,7 +27,14 @@ Usage:
   mtaproxy check-config [PATH]              validate a config file; prints OK or every error (exit 0/1)
   mtaproxy reload [--config-filename=PATH]  ask the running daemon to reload its config; exit 1 with
                                             the reason if it was rejected (the old config stays)
-  mtaproxy status [--config-filename=PATH]  print the daemon's live status lines
+  mtaproxy status [--config-filename=PATH] [--json]
+                                            print the daemon's live status lines (--json: their
+                                            fields and the smtp pool, as one JSON object)
+  mtaproxy status --throttles [--limit=N] [--key=TEXT] [--json]
+                                            every throttle: effective limits and mode, slots in
+                                            use, messages left in the bucket, waiting requests,
+                                            each session's declaration and backlog; the busiest
+                                            N (default 100, at most 1000) whose key contains TEXT
   mtaproxy gen-secret                       print a fresh random auth_shared_secret
   mtaproxy gen-cert CERT_FILE KEY_FILE      write a new self-signed TLS pair for tls_certificate_file
                                             and tls_key_file (key mode 0600); refuses to overwrite;
@@ -89,7 +96,7 @@ function adminSocketPath(configFile: string, explicit: string | undefined): stri
  * Asks the daemon on the first admin socket that answers, in the order the daemon itself tries
  * them (admin-path.ts); when none does, says where it looked.
  */
-async function askFirst(configured: string, command: AdminCommand): Promise<AdminReply> {
+async function askFirst(configured: string, command: AdminCommand | AdminRequest): Promise<AdminReply> {
   const paths = adminSocketsToTry(configured);
   const looked: string[] = [];
   let firstError: string | null = null;
@@ -177,6 +184,10 @@ async function main(argv: string[]): Promise<void> {
         mode: { type: 'string' },
         throttle: { type: 'string' },
         source: { type: 'string' },
+        throttles: { type: 'boolean' },
+        json: { type: 'boolean' },
+        limit: { type: 'string' },
+        key: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'V' },
       },
@@ -212,9 +223,22 @@ async function main(argv: string[]): Promise<void> {
     case 'reload':
     case 'status': {
       tooMany(0);
+      const statusOnly = (['throttles', 'json', 'limit', 'key'] as const).find((o) => values[o] !== undefined);
+      if (command === 'reload' && statusOnly !== undefined) fail(`--${statusOnly} is an option of "mtaproxy status"\nTry "mtaproxy --help".`, 2);
+      const throttlesOnly = (['limit', 'key'] as const).find((o) => values[o] !== undefined);
+      if (throttlesOnly !== undefined && values.throttles !== true) fail(`--${throttlesOnly} needs --throttles\nTry "mtaproxy --help".`, 2);
+      if (values.limit !== undefined && !/^\d+$/.test(values.limit)) fail('--limit must be a whole number', 2);
+      const request: AdminRequest =
+        command === 'reload' ? { command } :
+        values.throttles === true ? { command: 'throttles', ...(values.limit === undefined ? {} : { limit: Number(values.limit) }), ...(values.key === undefined ? {} : { key: values.key }) } :
+        { command };
       const explicit = values['admin-socket'];
       const socketPath = adminSocketPath(configFile, explicit);
-      const reply = explicit !== undefined ? await askDaemon(explicit, command).catch((err: Error) => fail(err.message)) : await askFirst(socketPath, command);
+      const reply = explicit !== undefined ? await askDaemon(explicit, request).catch((err: Error) => fail(err.message)) : await askFirst(socketPath, request);
+      if (command === 'status' && reply.ok && values.json === true) {
+        if (reply.data === undefined) fail('the daemon sent no structured status (a daemon older than this command? restart it)');
+        return void process.stdout.write(`${JSON.stringify(reply.data, null, 2)}\n`);
+      }
       if (command === 'status' && reply.ok) return void process.stdout.write(`${(reply.lines ?? []).join('\n')}\n`);
       if (reply.ok) return void process.stdout.write(`${reply.message}\n`);
       process.stderr.write(`mtaproxy: ${reply.message}\n`);

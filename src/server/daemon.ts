@@ -9,10 +9,11 @@ import { changedDirectives, configWarnings, formatConfigError, type Config } fro
 import { generateSelfSigned, type CertificatePair } from '../config/x509.js';
 import { loadConfigFile } from '../config/load.js';
 import type { Logger } from '../log/logger.js';
-import { parseAdminRequest, MAX_ADMIN_LINE, type AdminReply } from '../protocol/admin.js';
+import { parseAdminQuery, MAX_ADMIN_LINE, type AdminReply } from '../protocol/admin.js';
 import { WINDOW } from '../protocol/control.js';
 import { LineSplitter, LineTooLongError } from '../protocol/lines.js';
-import { poolLines, statusRecords, type StatusRecord } from '../status/format.js';
+import { poolJson, poolLines, statusRecords, type PoolKeyStatus, type StatusRecord } from '../status/format.js';
+import { MAX_THROTTLE_MEMBERS, throttleLimit, throttleLines, throttlesJson, type ThrottlesJson } from '../status/throttles.js';
 import type { Notifier } from '../systemd/notify.js';
 import type { PassedSocket } from '../systemd/activation.js';
 import { closeListening, endpointKey, listen, NoUnixSocketError, plaintextListenerWarnings, type Endpoint, type Listening } from './listeners.js';
@@ -554,13 +555,18 @@ export class Daemon {
       const line = lines[0];
       if (line === undefined) return;
       socket.removeAllListeners('data');
-      const command = parseAdminRequest(line);
-      if (command === 'status') return answer({ ok: true, message: 'status', lines: [...this.status().map((r) => r.msg), ...this.#poolLines()] });
-      if (command === 'reload') {
-        void this.reload().then((r) => answer({ ok: r.ok, message: r.message, errors: r.errors }));
-        return;
+      const request = parseAdminQuery(line);
+      if (typeof request === 'string') return answer({ ok: false, message: request });
+      if (request.command === 'status') {
+        const records = this.status();
+        const pool = this.#poolKeys();
+        return answer({ ok: true, message: 'status', lines: [...records.map((r) => r.msg), ...poolLines(pool)], data: { records: records.map((r) => r.fields), smtp_pool: poolJson(pool) } });
       }
-      answer({ ok: false, message: command });
+      if (request.command === 'throttles') {
+        const throttles = this.throttles({ limit: request.limit, key: request.key });
+        return answer({ ok: true, message: 'throttles', lines: throttleLines(throttles), data: { ...throttles } });
+      }
+      void this.reload().then((r) => answer({ ok: r.ok, message: r.message, errors: r.errors }));
     });
     socket.resume();
   }
@@ -580,9 +586,20 @@ export class Daemon {
     });
   }
 
-  #poolLines(): string[] {
-    return poolLines(
-      this.#smtp.pool.snapshot().keys.map((k) => ({
+  /** `mtaproxy status --throttles`: the busiest `limit` throttles (bounded: throttles.ts) whose key contains `key`. */
+  throttles(query: { limit?: number | undefined; key?: string | undefined }): ThrottlesJson {
+    const limit = throttleLimit(query.limit);
+    const key = query.key ?? '';
+    const byId = new Map([...this.#sessions.values()].map((s) => [s.id, s]));
+    const snapshot = this.#throttle.manager.throttleSnapshot(this.#now(), { limit, key, maxMembers: MAX_THROTTLE_MEMBERS });
+    return throttlesJson(snapshot, { limit, key }, (id) => {
+      const s = byId.get(id);
+      return s === undefined ? null : { name: s.name, backlog: s.backlog };
+    });
+  }
+
+  #poolKeys(): PoolKeyStatus[] {
+    return this.#smtp.pool.snapshot().keys.map((k) => ({
         sourceIp: k.spec.sourceIp,
         destination: k.spec.address.includes(':') ? `[${k.spec.address}]:${k.spec.port}` : `${k.spec.address}:${k.spec.port}`,
         ehlo: k.spec.ehloName,
@@ -592,8 +609,7 @@ export class Daemon {
         opening: k.opening,
         waiting: k.waiting,
         cached: k.cached,
-      })),
-    );
+      }));
   }
 
   /** Destination connections: tunnels (each has one) and the pool's, busy or cached. */

@@ -178,3 +178,30 @@ export function poolLines(keys: readonly PoolKeyStatus[]): string[] {
   }
   return lines;
 }
+
+/** The `smtp_pool` part of `mtaproxy status --json` (docs/operations.md): one object per key. */
+export interface PoolKeyJson {
+  readonly source_ip: string;
+  readonly destination: string;
+  readonly ehlo: string;
+  readonly tls: string;
+  readonly throttle: string;
+  readonly active: number;
+  readonly opening: number;
+  readonly waiting: number;
+  readonly cached: readonly { readonly id: number; readonly age_ms: number; readonly idle_ms: number; readonly transactions: number; readonly tls: string }[];
+}
+
+export function poolJson(keys: readonly PoolKeyStatus[]): PoolKeyJson[] {
+  return keys.map((k) => ({
+    source_ip: k.sourceIp,
+    destination: k.destination,
+    ehlo: k.ehlo,
+    tls: k.tls,
+    throttle: k.throttle,
+    active: k.active,
+    opening: k.opening,
+    waiting: k.waiting,
+    cached: k.cached.map((c) => ({ id: c.id, age_ms: Math.round(c.ageMs), idle_ms: Math.round(c.idleMs), transactions: c.transactions, tls: c.tls })),
+  }));
+}

@@ -3,6 +3,7 @@
 import { createRequire } from 'node:module';
 import type { LogSink } from '../log/logger.js';
 import { decodeRecord } from '../log/logger.js';
+import { messageIdFor } from '../log/message-ids.js';
 
 type JournalMethod = (message: string, fields: Record<string, string>) => void;
 interface JournaldBinding {
@@ -17,7 +18,8 @@ type JournaldClass = new (defaults: Record<string, string>) => JournaldBinding;
  */
 export function journalFieldName(key: string): string | null {
   const name = key.toUpperCase().replace(/[^A-Z0-9_]/g, '_').replace(/^[_0-9]+/, '').slice(0, 64);
-  if (name === '' || name === 'MESSAGE' || name === 'PRIORITY' || name === 'SYSLOG_IDENTIFIER') return null;
+  // MESSAGE_ID is the event kind's (message-ids.ts), never a record field's
+  if (name === '' || name === 'MESSAGE' || name === 'MESSAGE_ID' || name === 'PRIORITY' || name === 'SYSLOG_IDENTIFIER') return null;
   return name;
 }
 
@@ -37,6 +39,9 @@ export function journalFields(fields: Record<string, unknown>): Record<string, s
     if (name === null || value === undefined || value === null) continue;
     out[name] = typeof value === 'string' ? value : typeof value === 'object' ? JSON.stringify(value) : String(value);
   }
+  // the catalog entry `journalctl -x` shows (packaging/mtaproxy.catalog)
+  const id = messageIdFor(fields.mtaproxy_event);
+  if (id !== undefined) out.MESSAGE_ID = id;
   return out;
 }
 

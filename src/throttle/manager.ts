@@ -60,6 +60,54 @@ export interface EffectiveLimits {
   readonly sourceIp: string;
 }
 
+/** One session's part in a throttle, as throttleSnapshot() shows it. */
+export interface ThrottleMemberView {
+  /** the manager's session id (the daemon's ControlSession.id, or "derived") */
+  readonly session: string;
+  /** its current declaration; null once it undeclared (its fair-queuing state still counts) */
+  readonly declaration: Declaration | null;
+  /** its backlog weight (the reported backlog, at least 1) */
+  readonly weight: number;
+}
+
+/** A read-only view of one throttle (throttleSnapshot()). */
+export interface ThrottleView {
+  readonly key: string;
+  readonly mode: Mode;
+  readonly sourceIp: string;
+  readonly maxConnections: number;
+  readonly maxMessagesPerHour: number;
+  /** sessions with a declaration now */
+  readonly declared: number;
+  readonly connectionsInUse: number;
+  /** whole message tokens in the bucket now (refilled up to `now`), at most messageBurst */
+  readonly messagesLeft: number;
+  readonly messageBurst: number;
+  readonly waitingConnections: number;
+  readonly waitingMessages: number;
+  /** every member, or the first `maxMembers` by session id */
+  readonly members: readonly ThrottleMemberView[];
+  readonly memberCount: number;
+}
+
+export interface ThrottleQuery {
+  /** at most this many throttles (the busiest first) */
+  readonly limit: number;
+  /** only throttles whose key contains this text */
+  readonly key?: string;
+  /** at most this many members per throttle (default: all) */
+  readonly maxMembers?: number;
+}
+
+export interface ThrottleSnapshot {
+  /** throttles known */
+  readonly total: number;
+  /** throttles matching the query's key filter */
+  readonly matched: number;
+  /** the first `limit` of those, busiest first: connections in use + waiting requests, then key */
+  readonly throttles: readonly ThrottleView[];
+}
+
 const HOUR_MS = 3_600_000;
 /** Waits one tick expires at most (the rest on the next tick, at once): bounds one tick's work. */
 const TICK_MAX_TIMEOUTS = 1_000;
@@ -422,6 +470,66 @@ export class ThrottleManager {
   waiting(key: string): number {
     const t = this.#throttles.get(key);
     return t === undefined ? 0 : (t.connectionQueue?.length ?? 0) + (t.messageQueue?.length ?? 0);
+  }
+
+  /**
+   * A read-only view of the throttles (`mtaproxy status --throttles`): does not refill, re-tag or
+   * forget anything. Cost O(n + k log k) for n throttles matched and k = limit when the input is
+   * ordered, O(n·k) moves at worst; never more than `limit` views are built.
+   */
+  throttleSnapshot(now: number, query: ThrottleQuery): ThrottleSnapshot {
+    const limit = Math.max(0, Math.floor(query.limit));
+    const filter = query.key ?? '';
+    const busy = (t: Throttle): number => t.connectionsInUse + (t.connectionQueue?.length ?? 0) + (t.messageQueue?.length ?? 0);
+    const before = (a: Throttle, b: Throttle): boolean => {
+      const x = busy(a);
+      const y = busy(b);
+      return x > y || (x === y && a.key < b.key);
+    };
+    // the `limit` first in that order, kept sorted; a throttle not before the last one is skipped
+    const top: Throttle[] = [];
+    let matched = 0;
+    for (const t of this.#throttles.values()) {
+      if (filter !== '' && !t.key.includes(filter)) continue;
+      matched++;
+      if (limit === 0) continue;
+      const last = top[top.length - 1];
+      if (top.length >= limit && last !== undefined && !before(t, last)) continue;
+      let lo = 0;
+      let hi = top.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (before(top[mid] as Throttle, t)) lo = mid + 1;
+        else hi = mid;
+      }
+      top.splice(lo, 0, t);
+      if (top.length > limit) top.pop();
+    }
+    return { total: this.#throttles.size, matched, throttles: top.map((t) => this.#view(t, now, query.maxMembers ?? Infinity)) };
+  }
+
+  #view(t: Throttle, now: number, maxMembers: number): ThrottleView {
+    const burst = messageBurst(t.maxMessagesPerHour);
+    const elapsed = Math.max(0, now - t.tokensAt);
+    const tokens = Math.min(burst, t.tokens + (elapsed * t.maxMessagesPerHour) / HOUR_MS);
+    const all = t.members === null ? [] : t.members instanceof Map ? [...t.members.values()] : [t.members];
+    all.sort((a, b) => (a.session.id < b.session.id ? -1 : a.session.id > b.session.id ? 1 : 0));
+    return {
+      key: t.key,
+      mode: t.mode,
+      sourceIp: t.sourceIp,
+      maxConnections: t.maxConnections,
+      maxMessagesPerHour: t.maxMessagesPerHour,
+      declared: t.declared,
+      connectionsInUse: t.connectionsInUse,
+      // the same epsilon as #available: a bucket that holds one token to a rounding error shows 1
+      messagesLeft: Math.max(0, Math.floor(tokens + 1e-9)),
+      messageBurst: burst,
+      waitingConnections: t.connectionQueue?.length ?? 0,
+      waitingMessages: t.messageQueue?.length ?? 0,
+      members: all.slice(0, maxMembers).map((m) => ({ session: m.session.id, declaration: m.declaration, weight: m.session.weight })),
+      memberCount: all.length,
+    };
   }
 
   lease(id: number): Lease | undefined {

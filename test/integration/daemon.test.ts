@@ -258,7 +258,7 @@ describe('bad input', () => {
         s.write(payload);
       });
     expect(await ask('hello\n')).toBe('{"ok":false,"message":"request is not JSON"}\n');
-    expect(await ask('{"command":"shutdown"}\n')).toBe('{"ok":false,"message":"unknown command (expected \\"reload\\" or \\"status\\")"}\n');
+    expect(await ask('{"command":"shutdown"}\n')).toBe('{"ok":false,"message":"unknown command (expected \\"reload\\", \\"status\\" or \\"throttles\\")"}\n');
     expect(await ask('x'.repeat(5000))).toBe('{"ok":false,"message":"line longer than 1024 bytes"}\n');
     expect((await d.cli(['status'])).code).toBe(0);
   });

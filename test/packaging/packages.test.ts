@@ -17,6 +17,9 @@ const OUT = join(ROOT, 'dist/packages');
 const DEB = join(OUT, `mtaproxy_${VERSION}_amd64.deb`);
 const RPM = join(OUT, `mtaproxy-${VERSION}-1.x86_64.rpm`);
 const CONFIG = '/etc/mtaproxy/mtaproxy.toml';
+const CATALOG = '/usr/lib/systemd/catalog/mtaproxy.catalog';
+/** journalctl --update-catalog (the scriptlets) writes its database here, on the shared root filesystem */
+const CATALOG_DB_DIR = '/var/lib/systemd/catalog';
 const SECRET = '/etc/mtaproxy/secret';
 /** Where debootstrap fetches stock Debian 12 from: this machine's own Debian mirror. */
 const MIRROR = /^URIs:\s*(\S+)/m.exec(existsSync('/etc/apt/sources.list.d/debian.sources') ? readFileSync('/etc/apt/sources.list.d/debian.sources', 'utf8') : '')?.[1] ?? 'http://deb.debian.org/debian';
@@ -57,6 +60,7 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
   let workdir = '';
   let sd: SystemdNs | undefined;
   let userExisted = false;
+  const catalogDbExisted = existsSync(CATALOG_DB_DIR);
   const started = Date.now();
   const inside = (cmd: string[], timeoutMs = 60_000) => {
     if (!sd) throw new Error('systemd did not boot');
@@ -96,6 +100,8 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     }
     await sd?.shutdown();
     if (!userExisted && sh('getent', ['passwd', 'mtaproxy']).code === 0) sh('userdel', ['mtaproxy']);
+    // the catalog database the scriptlets' journalctl --update-catalog made, if there was none before
+    if (!catalogDbExisted) await rm(CATALOG_DB_DIR, { recursive: true, force: true });
     if (!userExisted && sh('getent', ['group', 'mtaproxy']).code === 0) sh('groupdel', ['mtaproxy']);
     if (workdir) await rm(workdir, { recursive: true, force: true });
     console.log(`packaging test: ${((Date.now() - started) / 1000).toFixed(1)} s in all`);
@@ -119,10 +125,10 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     const debFiles = normalize(listing.stdout.split('\n'));
     const rpmFiles = normalize(sh('rpm', ['-qlp', RPM]).stdout.split('\n'));
     // Packaging metadata differs by design: Debian's changelog/copyright/lintian overrides vs RPM's %license.
-    const own = (files: string[]) => files.filter((f) => !/^\/usr\/share\/(doc\/mtaproxy\/(changelog|copyright)|licenses\/|lintian(\/|$))/.test(f) && !/^\/(usr|usr\/lib|usr\/share|usr\/share\/doc|usr\/share\/man|usr\/share\/man\/man8|usr\/bin|etc|lib|lib\/systemd|usr\/lib\/systemd|lib\/systemd\/system|usr\/lib\/systemd\/system|usr\/lib\/sysusers\.d)$/.test(f));
+    const own = (files: string[]) => files.filter((f) => !/^\/usr\/share\/(doc\/mtaproxy\/(changelog|copyright)|licenses\/|lintian(\/|$))/.test(f) && !/^\/(usr|usr\/lib|usr\/share|usr\/share\/doc|usr\/share\/man|usr\/share\/man\/man8|usr\/bin|etc|lib|lib\/systemd|usr\/lib\/systemd|lib\/systemd\/system|usr\/lib\/systemd\/system|usr\/lib\/systemd\/catalog|usr\/lib\/sysusers\.d)$/.test(f));
     expect(own(rpmFiles)).toEqual(own(debFiles));
     for (const f of ['/usr/bin/mtaproxy', '/usr/lib/mtaproxy/node', '/usr/share/doc/mtaproxy/nodejs-LICENSE', '/usr/lib/mtaproxy/dist/cli/main.js', '/usr/lib/mtaproxy/package.json', CONFIG, '/usr/lib/systemd/system/mtaproxy.service',
-      '/usr/lib/systemd/system/mtaproxy.socket', '/usr/lib/sysusers.d/mtaproxy.conf', '/usr/share/man/man8/mtaproxy.8', '/usr/share/doc/mtaproxy/README.md',
+      '/usr/lib/systemd/system/mtaproxy.socket', '/usr/lib/sysusers.d/mtaproxy.conf', CATALOG, '/usr/share/doc/mtaproxy/log-codes.md', '/usr/share/man/man8/mtaproxy.8', '/usr/share/doc/mtaproxy/README.md',
       '/usr/lib/mtaproxy/node_modules/sd-notify/build/Release/notify.node', '/usr/lib/mtaproxy/node_modules/systemd-journald/build/Release/journal_send.node']) {
       expect(debFiles).toContain(f);
     }
@@ -135,6 +141,11 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
       expect(sh('sh', ['-c', `dpkg-deb --fsys-tarfile '${DEB}' | tar -xO ./lib/systemd/system/${unit}`]).stdout).toBe(source);
       expect(sh('sh', ['-c', `rpm2cpio '${RPM}' | cpio -i --quiet --to-stdout ./usr/lib/systemd/system/${unit}`]).stdout).toBe(source);
     }
+    // The journal catalog too (journalctl -x), in both.
+    expect(rpmFiles).toContain(CATALOG);
+    const catalog = readFileSync(join(ROOT, 'packaging/mtaproxy.catalog'), 'utf8');
+    expect(sh('sh', ['-c', `dpkg-deb --fsys-tarfile '${DEB}' | tar -xO .${CATALOG}`]).stdout).toBe(catalog);
+    expect(sh('sh', ['-c', `rpm2cpio '${RPM}' | cpio -i --quiet --to-stdout .${CATALOG}`]).stdout).toBe(catalog);
   });
 
   it('the scriptlets of both do the same things', () => {
@@ -153,6 +164,8 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
       if (what === 'deb') expect(text, 'deb: purge removes the secret and the directory').toMatch(/rm -f \/etc\/mtaproxy\/secret[\s\S]*rmdir \/etc\/mtaproxy/);
       else expect(text, 'rpm: erase keeps the secret').not.toMatch(/rm -f \/etc\/mtaproxy\/secret/);
       // (Debian's `deb-systemd-helper enable mtaproxy.service` only follows its Also=mtaproxy.socket)
+      expect(text, `${what}: indexes the journal catalog after installation`).toMatch(/(postinst|postinstall scriptlet)[\s\S]*journalctl --update-catalog[\s\S]*(prerm|preuninstall scriptlet)/);
+      expect(text, `${what}: and after removal`).toMatch(/(## postrm|postuninstall scriptlet)[\s\S]*journalctl --update-catalog/);
       expect(text, `${what}: never starts the service itself`).not.toMatch(/(^|\s)(start|restart|enable --now) '?mtaproxy\.service/m);
     }
   });
@@ -222,6 +235,11 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     const reason = (await nextRecord(rejectedBefore, '-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_rejected'))?.MESSAGE;
     expect(reason).toMatch(new RegExp(`^reload rejected: ${CONFIG}:\\d+:1: auth_shared_secret_previous: is 5 characters`));
     expect((await inside(['systemctl', 'show', 'mtaproxy.service', '-p', 'StatusText'])).stdout).toContain('reload rejected, old config still in effect');
+    // the installed catalog explains the entry (the postinst ran journalctl --update-catalog)
+    const explained = await inside(['journalctl', '--no-pager', '-x', '-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_rejected', '-n', '1']);
+    console.log(`journalctl -x -u mtaproxy.service MTAPROXY_EVENT=reload_rejected -n 1 (installed package):\n${explained.stdout}`);
+    expect(explained.stdout).toContain('░░ Subject: mtaproxy rejected a new configuration; the old one stays in effect');
+    expect(explained.stdout).toMatch(/░░ Fix the file, check it with "mtaproxy check-config/);
     expect(await state('mtaproxy.service')).toBe('active');
     expect(await session.ping()).toBeGreaterThan(0);
     await expect(connect('server-refused')).rejects.toThrow();
@@ -292,6 +310,9 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     }
     expect(await state('mtaproxy.socket')).not.toBe('active');
     expect(sh('getent', ['passwd', 'mtaproxy']).code).toBe(0);
+    // the postrm dropped the catalog's entries
+    expect(existsSync(CATALOG)).toBe(false);
+    expect((await inside(['journalctl', '--list-catalog'])).stdout).not.toMatch(/^bca364eff55c459283f30556dbf4e56c /m);
   }, 180_000);
 
   // Stock Debian 12 ships Node.js 18, which cannot run the addons built for Node 20: the package

@@ -1,10 +1,11 @@
 // mtaproxy under a real systemd (booted in a PID namespace): the shipped units, socket activation,
 // native journald records found by field, and `systemctl reload` reporting a rejected config.
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControlClient } from '../../src/client/index.js';
+import { EVENTS } from '../../src/log/message-ids.js';
 import { configText, freePort, ROOT, SECRET } from '../helpers/daemon.js';
 import { bootSystemd, systemdNsAvailable, waitFor, type SystemdNs } from '../helpers/systemd-ns.js';
 
@@ -106,6 +107,46 @@ describe.skipIf(!available.ok)(`mtaproxy under systemd${available.ok ? '' : ` (s
     await again.quit();
     await client.quit();
   }, 30_000);
+
+  it('every entry has its MESSAGE_ID, and with the catalog installed journalctl -x explains it', async () => {
+    // The catalog as the packages install it, in the namespace only: /usr/lib/systemd/catalog
+    // (systemd's own catalogs plus mtaproxy.catalog) and the database journalctl --update-catalog
+    // writes, both mounted over the host's inside the namespace's private mount namespace.
+    const catalogDir = join(workdir, 'catalog');
+    await mkdir(catalogDir);
+    for (const f of await readdir('/usr/lib/systemd/catalog')) await cp(join('/usr/lib/systemd/catalog', f), join(catalogDir, f));
+    await cp(join(ROOT, 'packaging/mtaproxy.catalog'), join(catalogDir, 'mtaproxy.catalog'));
+    for (const cmd of [['mount', '--bind', catalogDir, '/usr/lib/systemd/catalog'], ['mount', '-t', 'tmpfs', 'tmpfs', '/var/lib/systemd/catalog'], ['journalctl', '--update-catalog']]) {
+      const r = await sd().exec(cmd);
+      expect(r.code, `${cmd.join(' ')}: ${r.stderr}`).toBe(0);
+    }
+    const listed = (await sd().exec(['journalctl', '--list-catalog'])).stdout;
+    for (const e of Object.values(EVENTS)) expect(listed).toContain(`${e.id} mtaproxy: ${e.subject}`);
+
+    // the entries of the earlier tests (started, status, reload_rejected) carry their ids
+    for (const event of ['started', 'status', 'reload_rejected'] as const) {
+      const records = await journal('-u', 'mtaproxy.service', `MTAPROXY_EVENT=${event}`, '-n', '1');
+      expect(records.at(-1)?.MESSAGE_ID, event).toBe(EVENTS[event].id);
+    }
+    // a failed handshake, now
+    const before = (await journal('-u', 'mtaproxy.service', 'MTAPROXY_EVENT=handshake_failed')).length;
+    await expect(ControlClient.connect({ host: '127.0.0.1', port, name: 'intruder', secret: 'a-wrong-secret-that-is-long-enough-000000' })).rejects.toThrow();
+    expect((await nextRecord(before, '-u', 'mtaproxy.service', 'MTAPROXY_EVENT=handshake_failed'))?.MESSAGE_ID).toBe(EVENTS.handshake_failed.id);
+
+    const rejected = await sd().exec(['journalctl', '--no-pager', '-x', '-u', 'mtaproxy.service', 'MTAPROXY_EVENT=reload_rejected', '-n', '1']);
+    console.log(`journalctl -x -u mtaproxy.service MTAPROXY_EVENT=reload_rejected -n 1:\n${rejected.stdout}`);
+    expect(rejected.stdout).toMatch(/mtaproxy\[\d+\]: reload rejected: .*auth_shared_secret: is 9 characters/);
+    expect(rejected.stdout).toContain('░░ Subject: mtaproxy rejected a new configuration; the old one stays in effect');
+    expect(rejected.stdout).toContain('░░ Defined-By: mtaproxy');
+    expect(rejected.stdout).toContain('░░ Documentation: file:///usr/share/doc/mtaproxy/log-codes.md');
+    expect(rejected.stdout).toContain('░░ Fix the file, check it with "mtaproxy check-config');
+
+    const handshake = await sd().exec(['journalctl', '--no-pager', '-x', `MESSAGE_ID=${EVENTS.handshake_failed.id}`, '-n', '1']);
+    console.log(`journalctl -x MESSAGE_ID=${EVENTS.handshake_failed.id} -n 1:\n${handshake.stdout}`);
+    expect(handshake.stdout).toMatch(/native: handshake from 127\.0\.0\.1:\d+ failed: wrong proof/);
+    expect(handshake.stdout).toContain('░░ Subject: An MTA failed the authentication handshake');
+    expect(handshake.stdout).toContain('░░ A wrong proof: the MTA\'s secret is not auth_shared_secret');
+  }, 60_000);
 
   it('systemctl stop is graceful: sessions are told, STOPPING is logged, the exit is clean', async () => {
     const client = await ControlClient.connect({ host: '127.0.0.1', port, name: 'server-d', secret: SECRET });

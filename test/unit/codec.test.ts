@@ -57,6 +57,7 @@ describe('admin codec', () => {
   it('accepts only known commands', () => {
     expect(parseAdminRequest('{"command":"reload"}')).toBe('reload');
     expect(parseAdminRequest('{"command":"status"}')).toBe('status');
+    expect(parseAdminRequest('{"command":"throttles"}')).toBe('throttles');
     expect(parseAdminRequest('{"command":"rm -rf"}')).toMatch(/unknown command/);
     expect(parseAdminRequest('reload')).toBe('request is not JSON');
     expect(parseAdminRequest('null')).toMatch(/unknown command/);

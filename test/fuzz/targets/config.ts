@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import ipaddr from 'ipaddr.js';
 import { parseAllowRule } from '../../../src/config/allow.js';
 import { DIRECTIVES, formatConfigError, parseConfig, parseDuration, parseListenAddress, TABLES, type ConfigIo, type ConfigResult } from '../../../src/config/parse.js';
-import { MAX_ADMIN_LINE, parseAdminReply, parseAdminRequest, type AdminReply } from '../../../src/protocol/admin.js';
+import { MAX_ADMIN_KEY, MAX_ADMIN_LINE, parseAdminReply, parseAdminRequest, type AdminReply } from '../../../src/protocol/admin.js';
 import { LineSplitter, LineTooLongError } from '../../../src/protocol/lines.js';
 import { anyText, assert, property, rawProperty, same, show, timed, tokens, type FuzzTarget } from '../harness.js';
 
@@ -160,13 +160,18 @@ const BAD_VALUES: readonly { line: number; key: string; value: string; quoted?: 
 function checkAdmin(input: Buffer): void {
   const line = input.toString('utf8');
   const req = timed('parseAdminRequest', 250, () => parseAdminRequest(line));
-  assert(req === 'reload' || req === 'status' || req === 'request is not JSON' || req === 'unknown command (expected "reload" or "status")', () => `parseAdminRequest = ${show(req)}`);
+  assert(
+    req === 'reload' || req === 'status' || req === 'throttles' || req === 'request is not JSON' || req === 'unknown command (expected "reload", "status" or "throttles")' ||
+      req === 'limit must be a whole number >= 0' || req === `key must be a string of at most ${MAX_ADMIN_KEY} characters`,
+    () => `parseAdminRequest = ${show(req)}`,
+  );
   const reply = timed('parseAdminReply', 250, () => parseAdminReply(line));
   if (reply !== null) {
     assert(typeof reply.ok === 'boolean' && typeof reply.message === 'string', () => `reply ${show(reply)}`);
     for (const list of [reply.errors, reply.lines]) {
       assert(list === undefined || (Array.isArray(list) && list.every((s) => typeof s === 'string')), () => `reply ${show(reply)}: errors and lines must be arrays of strings`);
     }
+    assert(reply.data === undefined || (typeof reply.data === 'object' && reply.data !== null && !Array.isArray(reply.data)), () => `reply ${show(reply)}: data must be an object`);
   }
   // the daemon reads a request with LineSplitter(MAX_ADMIN_LINE)
   const splitter = new LineSplitter(MAX_ADMIN_LINE);
@@ -182,7 +187,7 @@ const JSON_WORDS = ['{', '}', '[', ']', ',', ':', '"command"', '"reload"', '"sta
 
 const admin: FuzzTarget = {
   name: 'admin',
-  description: 'the admin socket: requests are "reload", "status" or one of two errors; a reply is an AdminReply (errors/lines arrays of strings) or null; replies round-trip',
+  description: 'the admin socket: requests are "reload", "status", "throttles" or an error; a reply is an AdminReply (errors/lines arrays of strings) or null; replies round-trip',
   check: checkAdmin,
   properties: [
     rawProperty('any text', 900, anyText(60).map((s) => Buffer.from(s)), checkAdmin),
@@ -197,7 +202,7 @@ const admin: FuzzTarget = {
     property(
       'requests and replies round-trip, a reply as one line whatever its text',
       1200,
-      fc.tuple(fc.constantFrom('reload' as const, 'status' as const), fc.record(
+      fc.tuple(fc.constantFrom('reload' as const, 'status' as const, 'throttles' as const), fc.record(
         { ok: fc.boolean(), message: fc.string({ unit: 'binary', maxLength: 40 }), errors: fc.array(fc.string({ unit: 'binary', maxLength: 30 }), { maxLength: 4 }), lines: fc.array(fc.string({ unit: 'binary', maxLength: 30 }), { maxLength: 4 }) },
         { requiredKeys: ['ok', 'message'] },
       )),
