@@ -11,6 +11,7 @@ import type { TimerWheel, WheelTimer } from '../net/wheel.js';
 import type { ThrottleService } from '../throttle/service.js';
 import type { MetricsHooks } from '../metrics/hooks.js';
 import { BodyNormalizer, CommandLineTooLong, CommandReader, DataEndScanner, isPathCommand, parseCommand, type Command } from '../smtp/command.js';
+import { closesConnection } from '../smtp/client.js';
 import { DestinationConnection } from '../smtp/connection.js';
 import { ehloForMta } from '../smtp/ehlo.js';
 import type { BorrowOutcome, BorrowRequest, SmtpPool } from '../smtp/pool.js';
@@ -89,7 +90,7 @@ export class SmtpLink {
   #bodyLost: string | null = null;
   #idle: WheelTimer | null = null;
   #transactions = 0;
-  #tx: { started: number; from: string; rcptOk: number; rcptTotal: number; tokenTaken: boolean } | null = null;
+  #tx: { started: number; rcptOk: number; rcptTotal: number } | null = null;
   #last: { connection: number; reused: boolean; tls: string; cipher: string; local: string; transactions: number } | null = null;
   #pendingChunks: Buffer[] = [];
   #draining = false;
@@ -342,7 +343,7 @@ export class SmtpLink {
         this.#ctx.throttle.refundMessage(this.#o.throttle);
         return this.#write(local.lost((err as Error).message));
       }
-      if (reply.code === 421 && b.reused && attempt === 0) {
+      if (closesConnection(reply) && b.reused && attempt === 0) {
         // "421 idle timeout" from a cached connection is its end, not an answer to this MAIL
         this.#ctx.pool.giveBack(b.conn, false);
         continue;
@@ -357,10 +358,10 @@ export class SmtpLink {
         // reused: the connection carried an earlier transaction (the CONNECT's borrow was none)
         this.#reused = b.conn.uses > 0;
         b.conn.uses++;
-        this.#tx = { started, from: cmd.args, rcptOk: 0, rcptTotal: 0, tokenTaken: true };
+        this.#tx = { started, rcptOk: 0, rcptTotal: 0 };
       } else {
         this.#ctx.throttle.refundMessage(this.#o.throttle);
-        this.#ctx.pool.giveBack(b.conn, reply.code !== 421);
+        this.#ctx.pool.giveBack(b.conn, !closesConnection(reply));
       }
       return this.#write(reply.raw);
     }
@@ -378,7 +379,7 @@ export class SmtpLink {
     }
     if (this.#isClosed()) return;
     this.#write(reply.raw);
-    if (reply.code === 421) {
+    if (closesConnection(reply)) {
       // the destination ends the connection: the transaction is over, and the rest of it (pipelined
       // RCPTs, DATA) gets the proxy's 451 until RSET, never an invented 5xx
       this.#finish(reply, false, cmd.verb);
@@ -413,7 +414,7 @@ export class SmtpLink {
       this.#bodyLost = null;
       return;
     }
-    if (reply.code === 421) {
+    if (closesConnection(reply)) {
       this.#finish(reply, false, 'DATA');
       this.#broken = true;
     }
@@ -470,7 +471,7 @@ export class SmtpLink {
     }
     this.#write(reply.raw);
     conn.transactions++;
-    this.#finish(reply, reply.code !== 421, 'DATA', bytes);
+    this.#finish(reply, !closesConnection(reply), 'DATA', bytes);
   }
 
   /** The transaction ended (final reply of DATA, RSET, or a 421): the connection goes back. */

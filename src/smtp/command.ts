@@ -70,6 +70,8 @@ export function isPathCommand(c: Command): boolean {
   return false;
 }
 
+const TERMINATOR = Buffer.from('\r\n.\r\n');
+
 /** Finds the end of a DATA body, "<CRLF>.<CRLF>" (the body's start counts as following a CRLF). */
 export class DataEndScanner {
   /** the last bytes seen (up to 4), for a terminator split across chunks */
@@ -86,15 +88,22 @@ export class DataEndScanner {
    * CRLF.CRLF ends it: a bare LF before or after the dot does not (RFC 5321 §4.1.1.4).
    */
   push(chunk: Buffer): number {
-    const joined = Buffer.concat([this.#tail, chunk]);
-    const at = joined.indexOf('\r\n.\r\n', 0, 'latin1');
-    if (at !== -1) {
-      const end = at + 5 - this.#tail.length;
+    // a terminator that starts in the last bytes seen: only those and the chunk's first 4 bytes
+    // are joined, so a body's bytes are searched in place and never copied (per byte, hot)
+    const head = Buffer.concat([this.#tail, chunk.subarray(0, 4)]);
+    const across = head.indexOf(TERMINATOR);
+    if (across !== -1 && across < this.#tail.length) {
+      const end = across + 5 - this.#tail.length;
       this.#bytes += end;
       return end;
     }
+    const at = chunk.indexOf(TERMINATOR);
+    if (at !== -1) {
+      this.#bytes += at + 5;
+      return at + 5;
+    }
     this.#bytes += chunk.length;
-    this.#tail = Buffer.from(joined.subarray(Math.max(0, joined.length - 4)));
+    this.#tail = chunk.length >= 4 ? Buffer.from(chunk.subarray(chunk.length - 4)) : Buffer.from(head.subarray(Math.max(0, head.length - 4)));
     return -1;
   }
 }

@@ -4,13 +4,13 @@
 // timer wheel. A connection that fails in any way is dead and never used again.
 import type { Socket } from 'node:net';
 import { checkServerIdentity, connect as tlsConnect, type TLSSocket } from 'node:tls';
-import { connectFrom, EgressError } from '../egress/tunnel.js';
+import { connectFrom } from '../egress/tunnel.js';
 import type { TimerWheel, WheelTimer } from '../net/wheel.js';
 import { openStep, type OpenState, type TlsPolicy } from './client.js';
 import type { Extensions } from './ehlo.js';
 import { ReplyError, ReplyParser, replySummary, type Reply } from './reply.js';
 
-/** RFC 5321 §4.5.3.2 client timeouts, the defaults of the [smtp] table. */
+/** The client timeouts (RFC 5321 §4.5.3.2 are the defaults of the [smtp] table, config/parse.ts). */
 export interface SmtpTimeouts {
   readonly connectMs: number;
   /** initial 220: 5 min */
@@ -24,15 +24,6 @@ export interface SmtpTimeouts {
   /** final reply after "<CRLF>.<CRLF>": 10 min */
   readonly dataDoneMs: number;
 }
-
-export const RFC5321_TIMEOUTS: SmtpTimeouts = {
-  connectMs: 30_000,
-  greetingMs: 300_000,
-  commandMs: 300_000,
-  dataInitMs: 120_000,
-  dataBlockMs: 180_000,
-  dataDoneMs: 600_000,
-};
 
 export interface ConnectionSpec {
   readonly sourceIp: string;
@@ -128,11 +119,6 @@ export class DestinationConnection {
 
   get dead(): boolean {
     return this.deadReason !== null;
-  }
-
-  /** Bytes written to the destination (headers, commands and bodies). */
-  get bytesWritten(): number {
-    return this.#socket.bytesWritten;
   }
 
   /**
@@ -329,4 +315,3 @@ export class DestinationConnection {
   }
 }
 
-export { EgressError };

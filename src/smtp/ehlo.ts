@@ -33,11 +33,3 @@ export function ehloForMta(reply: Reply, ext: Extensions): string[] {
   }
   return lines;
 }
-
-/** The destination's SIZE limit in bytes, null if it states none (RFC 1870: "SIZE" or "SIZE 0"). */
-export function sizeLimit(ext: Extensions): number | null {
-  const v = ext.get('SIZE');
-  if (v === undefined || !/^\d{1,15}$/.test(v)) return null;
-  const n = Number(v);
-  return n === 0 ? null : n;
-}

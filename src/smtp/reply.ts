@@ -88,12 +88,6 @@ export class ReplyParser {
   }
 }
 
-/** An enhanced status code (RFC 3463) at the start of a reply's first line, or null. */
-export function enhancedCode(reply: Reply): string | null {
-  const m = /^([245])\.(\d{1,3})\.(\d{1,3})(?: |$)/.exec(reply.lines[0] ?? '');
-  return m !== null && m[1] === String(reply.code)[0] ? `${m[1]}.${m[2]}.${m[3]}` : null;
-}
-
 /** The reply as one line of text for logs (first line, bounded, printable). */
 export function replySummary(reply: Reply): string {
   const first = reply.lines[0] ?? '';
