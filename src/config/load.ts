@@ -10,7 +10,17 @@ import { parseConfig, type ConfigResult } from './parse.js';
 export function isLocalAddress(ip: string): boolean {
   if (!ipaddr.isValid(ip)) return false;
   const wanted = ipaddr.process(ip);
-  for (const addresses of Object.values(networkInterfaces())) {
+  let interfaces: ReturnType<typeof networkInterfaces>;
+  try {
+    interfaces = networkInterfaces();
+  } catch (err) {
+    // getifaddrs(3) needs a netlink socket: a systemd unit whose RestrictAddressFamilies= lacks
+    // AF_NETLINK gets EAFNOSUPPORT (libuv: "Unknown system error 97")
+    const code = (err as NodeJS.ErrnoException).code ?? '';
+    const hint = /97|EAFNOSUPPORT/.test(`${code} ${(err as Error).message}`) ? ' (no netlink socket: a systemd unit needs AF_NETLINK in RestrictAddressFamilies=)' : '';
+    throw new Error(`the host's addresses cannot be listed: ${(err as Error).message}${hint}`);
+  }
+  for (const addresses of Object.values(interfaces)) {
     for (const a of addresses ?? []) {
       const local = ipaddr.process(a.address);
       if (local.kind() !== wanted.kind()) continue;
@@ -21,7 +31,7 @@ export function isLocalAddress(ip: string): boolean {
   return false;
 }
 
-/** Reads and validates a config file. Never throws: an unreadable file is a ConfigError too. */
+/** Reads and validates a config file. Never throws: an unreadable file, or addresses that cannot be listed, are ConfigErrors too. */
 export function loadConfigFile(file: string): ConfigResult {
   let text: string;
   try {

@@ -132,7 +132,10 @@ export interface ConfigIo {
   readSecretFile(path: string): string;
   /** Reads tls_certificate_file and tls_key_file (default: readSecretFile). */
   readTlsFile?(path: string): string;
-  /** Whether an address belongs to this host (egress.source_ips must). */
+  /**
+   * Whether an address belongs to this host (egress.source_ips must). May throw when the host's
+   * addresses cannot be listed: the error's message becomes the entry's config error.
+   */
   isLocalAddress(ip: string): boolean;
 }
 
@@ -452,12 +455,23 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
   };
 
   const sourceIps: string[] = [];
+  /** why the last isLocal() could not tell (the host's addresses could not be listed) */
+  let localError: string | null = null;
+  const isLocal = (ip: string): boolean => {
+    try {
+      return io.isLocalAddress(ip);
+    } catch (err) {
+      localError = `cannot tell whether "${ip}" is an address of this host: ${(err as Error).message}`;
+      return false;
+    }
+  };
   for (const entry of stringList('egress.source_ips', [])) {
     const at = locateString(where('egress.source_ips'), entry);
     if (!isCanonicalIp(entry)) {
       fail('egress.source_ips', `"${entry}" is not an IP address`, at);
-    } else if (!io.isLocalAddress(entry)) {
-      fail('egress.source_ips', `"${entry}" is not an address of this host (ip -br addr shows them)`, at);
+    } else if (!isLocal(entry)) {
+      fail('egress.source_ips', localError ?? `"${entry}" is not an address of this host (ip -br addr shows them)`, at);
+      localError = null;
     } else {
       sourceIps.push(ipaddr.process(entry).toString());
     }

@@ -44,7 +44,7 @@ describe('packaged files', () => {
 
   it('the service is sandboxed without breaking Node, and systemd-analyze rates it <= 2.5', () => {
     for (const line of ['CapabilityBoundingSet=', 'AmbientCapabilities=', 'ProtectSystem=strict', 'ProtectHome=yes', 'PrivateTmp=yes', 'PrivateDevices=yes',
-      'NoNewPrivileges=yes', 'RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX', 'SystemCallFilter=@system-service', 'SystemCallArchitectures=native',
+      'NoNewPrivileges=yes', 'RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK', 'SystemCallFilter=@system-service', 'SystemCallArchitectures=native',
       'ProtectKernelTunables=yes', 'ProtectKernelModules=yes', 'ProtectKernelLogs=yes', 'ProtectControlGroups=yes', 'RestrictNamespaces=yes', 'LockPersonality=yes',
       'RestrictRealtime=yes', 'RestrictSUIDSGID=yes', 'ProtectClock=yes', 'ProtectHostname=yes', 'ProtectProc=invisible', 'UMask=0077',
       'Type=notify', 'Requires=mtaproxy.socket', 'ExecReload=/usr/bin/mtaproxy reload --config-filename=/etc/mtaproxy/mtaproxy.toml', 'User=mtaproxy']) {

@@ -169,4 +169,13 @@ describe('config', () => {
     ]);
     expect(errorsOf(`auth_shared_secret = "${SECRET}"\negress = 5\n`)).toEqual(['/etc/mtaproxy/mtaproxy.toml:2:1: egress: must be a table: [egress]']);
   });
+
+  it('a host whose addresses cannot be listed makes source_ips a config error with the cause, never an exception', () => {
+    // what load.ts's isLocalAddress throws under a unit without AF_NETLINK (a reload used to crash the daemon)
+    const io = { ...noFiles, isLocalAddress: (): boolean => { throw new Error("the host's addresses cannot be listed: uv_interface_addresses returned Unknown system error 97"); } };
+    expect(errorsOf(`auth_shared_secret = "${SECRET}"\n[egress]\nsource_ips = ["192.0.2.10", "not-an-ip"]\n`, io)).toEqual([
+      '/etc/mtaproxy/mtaproxy.toml:3:15: egress.source_ips: cannot tell whether "192.0.2.10" is an address of this host: the host\'s addresses cannot be listed: uv_interface_addresses returned Unknown system error 97',
+      '/etc/mtaproxy/mtaproxy.toml:3:29: egress.source_ips: "not-an-ip" is not an IP address',
+    ]);
+  });
 });
