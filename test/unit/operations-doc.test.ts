@@ -9,7 +9,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { EVENTS } from '../../src/log/message-ids.js';
-import { statusRecords } from '../../src/status/format.js';
+import { poolJson, statusRecords } from '../../src/status/format.js';
+import { throttlesJson } from '../../src/status/throttles.js';
+import { ThrottleManager } from '../../src/throttle/manager.js';
 import { ROOT } from '../helpers/daemon.js';
 import { loggedRecords } from '../helpers/log-fields.js';
 
@@ -95,4 +97,39 @@ describe('docs/operations.md and what the daemon logs', () => {
     const statusLines = (rows.get('STATUS_LINE')?.[2] ?? '').match(/`[a-z_]+`/g)?.map((v) => v.slice(1, -1)) ?? [];
     expect(statusLines.sort()).toEqual([...new Set(lines.map((l) => String(l.fields.status_line)))].sort());
   });
+
+  it('the JSON examples of status --json and status --throttles --json have the keys the code produces, and only those', () => {
+    /** every key path of a JSON value, arrays folded: "throttles[].sessions[].weight" */
+    const paths = (v: unknown, at = ''): string[] =>
+      Array.isArray(v) ? v.flatMap((x) => paths(x, `${at}[]`))
+      : v !== null && typeof v === 'object' ? Object.entries(v).flatMap(([k, x]) => [`${at}${at ? '.' : ''}${k}`, ...paths(x, `${at}${at ? '.' : ''}${k}`)])
+      : [];
+    const example = (after: string): unknown => {
+      const i = DOC.indexOf(after);
+      const block = /```json\n([\s\S]*?)```/.exec(DOC.slice(i));
+      return JSON.parse(block?.[1] ?? 'null') as unknown;
+    };
+
+    const m = new ThrottleManager();
+    m.declare('server-a#1', { key: 'gmail@127.0.0.2', sourceIp: '127.0.0.2', maxConnections: 2, maxMessagesPerHour: 600, mode: 'sum' }, 0);
+    const throttles = throttlesJson(m.throttleSnapshot(0, { limit: 100 }), { key: '', limit: 100 }, () => ({ name: 'server-a', backlog: { ram: 5, bounce: 1, disk: 7 } }));
+    expect([...new Set(paths(example('`--throttles --json` prints the same as one object')))].sort()).toEqual([...new Set(paths(throttles))].sort());
+
+    const flow = { in: 0, out: 0, buf: 0 };
+    const records = statusRecords({
+      managerId: '5cc4ae36', openConnections: 1, handshaking: 0, refusedHandshakeCap: 0, acceptErrors: 0, refusedFds: 0, throttles: 4, window: 16,
+      sessions: [{ name: 'server-a', connectedMs: 3_919_000, pingRttMs: 0.25, pingAgeMs: 0, backlog: { ram: 5, bounce: 1, disk: 7 }, forward: flow, back: flow }],
+      remote: { active: 1, cached: 2 },
+    }).map((r) => r.fields);
+    const pool = poolJson([{ sourceIp: '127.0.0.2', destination: '192.0.2.25:25', ehlo: 'mail-2.example.com', tls: 'opportunistic', throttle: 'example.com@127.0.0.2', active: 1, opening: 0, waiting: 0,
+      cached: [{ id: 17, ageMs: 123_000, idleMs: 1000, transactions: 41, tls: 'TLSv1.3' }] }]);
+    // the example abbreviates the session record with "…": its keys must be real ones, the other records complete
+    const documented = [...new Set(paths(example('`mtaproxy status --json` prints one JSON object')))].filter((k) => !k.endsWith('…'));
+    const real = [...new Set(paths({ records, smtp_pool: pool }))];
+    expect(documented.filter((k) => !real.includes(k))).toEqual([]);
+    const recordsOf = (line: string, list: unknown): string[] => Object.keys((list as Record<string, unknown>[]).find((r) => r.status_line === line) ?? {});
+    const docRecords = (example('`mtaproxy status --json` prints one JSON object') as { records: Record<string, unknown>[] }).records;
+    for (const line of ['listener', 'handshakes', 'manager', 'direct_remote_smtp']) expect(recordsOf(line, docRecords).sort(), line).toEqual(recordsOf(line, records).sort());
+  });
 });
+
