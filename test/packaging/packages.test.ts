@@ -94,7 +94,7 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     console.log(`packages built in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${readdirSync(OUT).join(', ')}`);
     workdir = await mkdtemp(join(tmpdir(), 'mtaproxy-pkg-'));
     sd = await bootSystemd(workdir, [ROOT.replace(/\/$/, '')]); // apt installs dist/packages/*.deb from inside: keep a checkout under /tmp visible
-  }, 240_000);
+  }, 600_000); // both packages are built here: over 240 s on a 2-core machine busy with other test files (load 7–12)
 
   afterAll(async () => {
     // Whatever happened: no package, no namespace, no user this test created, left behind.
