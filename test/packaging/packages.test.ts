@@ -63,6 +63,8 @@ function normalize(paths: string[]): string[] {
 describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, () => {
   let workdir = '';
   let sd: SystemdNs | undefined;
+  let booting: Promise<SystemdNs> | undefined;
+  let abandoned = false;
   let userExisted = false;
   const catalogDbExisted = existsSync(CATALOG_DB_DIR);
   const started = Date.now();
@@ -92,12 +94,17 @@ describe.skipIf(skip !== null)(`packages${skip ? ` (skipped: ${skip})` : ''}`, (
     const build = sh('bash', ['packaging/build-packages.sh']);
     if (build.code !== 0) throw new Error(`npm run package failed:\n${build.stdout.slice(-4000)}\n${build.stderr.slice(-4000)}`);
     console.log(`packages built in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${readdirSync(OUT).join(', ')}`);
+    if (abandoned) return; // the hook timed out during the build and afterAll has run: boot nothing it would not stop
     workdir = await mkdtemp(join(tmpdir(), 'mtaproxy-pkg-'));
-    sd = await bootSystemd(workdir, [ROOT.replace(/\/$/, '')]); // apt installs dist/packages/*.deb from inside: keep a checkout under /tmp visible
+    booting = bootSystemd(workdir, [ROOT.replace(/\/$/, '')]); // apt installs dist/packages/*.deb from inside: keep a checkout under /tmp visible
+    sd = await booting;
   }, 600_000); // both packages are built here: over 240 s on a 2-core machine busy with other test files (load 7–12)
 
   afterAll(async () => {
     // Whatever happened: no package, no namespace, no user this test created, left behind.
+    // (A beforeAll that timed out keeps running: it must not boot after this, and a boot under way is waited for.)
+    abandoned = true;
+    sd ??= await booting?.catch(() => undefined);
     if (installed()) {
       if (sd) await inside(['apt-get', 'purge', '-y', 'mtaproxy'], 120_000).catch(() => undefined);
       if (installed()) sh('dpkg', ['--purge', 'mtaproxy']);

@@ -63,6 +63,8 @@ describe.skipIf(skip !== undefined)(`the .rpm, installed with rpm -i under a rea
   let workdir = '';
   let dbpath = '';
   let sd: SystemdNs | undefined;
+  let booting: Promise<SystemdNs> | undefined;
+  let abandoned = false;
   let userExisted = false;
   let smtp: SMTPServer | undefined;
   let smtpPort = 0;
@@ -131,15 +133,20 @@ describe.skipIf(skip !== undefined)(`the .rpm, installed with rpm -i under a rea
     });
     await new Promise<void>((resolve) => smtp?.listen(0, '127.0.0.1', resolve));
     smtpPort = (smtp.server.address() as AddressInfo).port;
+    if (abandoned) return; // the hook timed out and afterAll has run: boot nothing it would not stop
     workdir = await mkdtemp(join(tmpdir(), 'mtaproxy-rpm-'));
     dbpath = join(workdir, 'rpmdb');
-    sd = await bootSystemd(workdir, [ROOT.replace(/\/$/, '')]); // rpm reads dist/packages/*.rpm from inside
+    booting = bootSystemd(workdir, [ROOT.replace(/\/$/, '')]); // rpm reads dist/packages/*.rpm from inside
+    sd = await booting;
     const init = await inside(['rpmdb', '--dbpath', dbpath, '--initdb']);
     expect(init.code, init.stderr).toBe(0);
   }, 240_000);
 
   afterAll(async () => {
     // Whatever happened: no package, no files, no user this test created, no namespace left.
+    // (A beforeAll that timed out keeps running: it must not boot after this, and a boot under way is waited for.)
+    abandoned = true;
+    sd ??= await booting?.catch(() => undefined);
     try {
       if (sd && (await installed())) await rpm('-e', '--nodeps', 'mtaproxy');
     } finally {
