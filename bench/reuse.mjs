@@ -8,6 +8,9 @@
 //       (the throttle, max_connections = 2 cluster-wide, keeps them under Postfix's limit).
 // Prints messages/s, the TLS handshakes and connections Postfix logged, and the ratio.
 //
+// --destination=smtp-server puts a cheap destination in Postfix's place (bench/smtp-dest.mjs:
+// smtp-server in a child process, STARTTLS, the same 2-connection limit, no queue, no fsync), to
+// tell the destination's share of the result from the proxy's.
 // Each path runs with two MTA clients: `pipelining` (bench/smtp-client.mjs, what Postfix's smtp(8),
 // Exim and KumoMTA do: MAIL, RCPT and DATA in one write when PIPELINING is offered, RFC 2920) and
 // `nodemailer` (its SMTPConnection: one command at a time, waiting for each reply). Besides
@@ -15,7 +18,7 @@
 // every child, reaped ones included) and of the bench process (the MTAs), from /proc.
 //
 //   npm run build && node bench/reuse.mjs [--messages=2000] [--per-connection=1,10] [--client=pipelining,nodemailer]
-//     [--only=a|b] [--cpu-prof=DIR] (the proxy writes a V8 profile there: node bench/cpuprofile.mjs FILE)
+//     [--destination=postfix|smtp-server] [--only=a|b] [--cpu-prof=DIR] (the proxy writes a V8 profile there: node bench/cpuprofile.mjs FILE)
 //
 // Needs root and Debian's postfix (apt-get install postfix, preseeded "No configuration" as in
 // README's test command); the Postfix instance is the tests' harness (test/helpers/postfix.ts),
@@ -30,6 +33,7 @@ import { ControlClient, openTunnel } from '../dist/client/index.js';
 import { readFileSync } from 'node:fs';
 import { cpuSeconds, fmt, machine, printTable, ROOT, SECRET, startProxy, verdict } from './lib.mjs';
 import { PipeliningClient } from './smtp-client.mjs';
+import { startSmtpDest } from './smtp-dest.mjs';
 
 const arg = (name, dflt) => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3) ?? dflt;
 const MESSAGES = Number(arg('messages', 2000));
@@ -41,16 +45,27 @@ const MTAS = 3;
 const LIMIT = 2;
 const SOURCE = '127.0.0.2';
 
-const tmp = mkdtempSync(join(tmpdir(), 'mtaproxy-reuse-'));
-await build({ entryPoints: [join(ROOT, 'test/helpers/postfix.ts')], bundle: true, platform: 'node', format: 'esm', outfile: join(tmp, 'postfix.mjs'), logLevel: 'error' });
-const { postfixUnavailable, startPostfix } = await import(join(tmp, 'postfix.mjs'));
-const why = postfixUnavailable();
-if (why !== null) {
-  console.error(`bench/reuse.mjs: ${why}`);
-  process.exit(2);
-}
+const DESTINATION = arg('destination', 'postfix');
 
-const pf = await startPostfix({ address: '127.0.0.13', connectionLimit: LIMIT, delivery: 'discard', mainCf: { service_throttle_time: '1s' } });
+const tmp = mkdtempSync(join(tmpdir(), 'mtaproxy-reuse-'));
+let pf;
+let destinationPid;
+if (DESTINATION === 'smtp-server') {
+  // the cheap destination: no queue file, no fsync, one process
+  pf = await startSmtpDest({ host: '127.0.0.13', limit: LIMIT });
+  destinationPid = pf.pid;
+} else {
+  await build({ entryPoints: [join(ROOT, 'test/helpers/postfix.ts')], bundle: true, platform: 'node', format: 'esm', outfile: join(tmp, 'postfix.mjs'), logLevel: 'error' });
+  const { postfixUnavailable, startPostfix } = await import(join(tmp, 'postfix.mjs'));
+  const why = postfixUnavailable();
+  if (why !== null) {
+    console.error(`bench/reuse.mjs: ${why}`);
+    process.exit(2);
+  }
+  pf = await startPostfix({ address: '127.0.0.13', connectionLimit: LIMIT, delivery: 'discard', mainCf: { service_throttle_time: '1s' } });
+  destinationPid = Number(readFileSync(join(pf.dir, 'queue/pid/master.pid'), 'utf8').trim());
+}
+const DEST_NAME = DESTINATION === 'smtp-server' ? 'smtp-server' : 'Postfix';
 const proxy = await startProxy({ ports: [pf.port], sourceIps: [SOURCE], throttleWaitTimeout: '60s', extra: '[smtp]\nidle_timeout = "60s"', nodeArgs: CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`] });
 const proxyOpts = { host: '127.0.0.1', port: proxy.port, secret: SECRET };
 const controls = [];
@@ -81,8 +96,7 @@ async function mtaClient(kind, socket, starttls) {
   };
 }
 
-const postfixPid = Number(readFileSync(join(pf.dir, 'queue/pid/master.pid'), 'utf8').trim());
-const cpu = () => ({ proxy: cpuSeconds(proxy.pid), postfix: cpuSeconds(postfixPid), bench: process.cpuUsage() });
+const cpu = () => ({ proxy: cpuSeconds(proxy.pid), postfix: cpuSeconds(destinationPid), bench: process.cpuUsage() });
 
 /** MTA-measured time of each transaction (MAIL to the final reply), ms, of the current run. */
 let sendMs = [];
@@ -154,12 +168,12 @@ for (const kind of CLIENTS) {
 }
 
 const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
-console.log(`\n# bench/reuse.mjs: ${MESSAGES} messages from ${MTAS} MTAs to one Postfix (${LIMIT} connections per client IP, STARTTLS), ${machine()}, load average at the end ${load}`);
+console.log(`\n# bench/reuse.mjs: ${MESSAGES} messages from ${MTAS} MTAs to one ${DESTINATION === 'smtp-server' ? 'smtp-server (bench/smtp-dest.mjs)' : 'Postfix'} (${LIMIT} connections per client IP, STARTTLS), ${machine()}, load average at the end ${load}`);
 let allOk = true;
 for (const { kind, results } of tables) {
   console.log(`\n## MTA client: ${kind === 'pipelining' ? 'pipelining (bench/smtp-client.mjs: MAIL+RCPT+DATA in one write, RFC 2920)' : "nodemailer SMTPConnection (one command at a time)"}\n`);
   printTable(
-    ['path', 'msgs/s', 'delivered', 'connections', 'TLS handshakes (resumed)', 'msgs per TLS handshake', 'refused by Postfix', 'failed MTAs', 'proxy CPU ms/msg', 'Postfix CPU ms/msg', 'MTAs CPU ms/msg', 'connection ms/msg', 'MTA ms/transaction'],
+    ['path', 'msgs/s', 'delivered', 'connections', 'TLS handshakes (resumed)', 'msgs per TLS handshake', `refused by ${DEST_NAME}`, 'failed MTAs', 'proxy CPU ms/msg', `${DEST_NAME} CPU ms/msg`, 'MTAs CPU ms/msg', 'connection ms/msg', 'MTA ms/transaction'],
     results.map((r) => [r.name, fmt(r.rate), String(r.transactions), String(r.connections), `${r.tls} (${r.resumed})`, fmt(r.transactions / Math.max(1, r.tls), 1), String(r.refused), String(r.failed), fmt(r.cpu.proxy, 2), fmt(r.cpu.postfix, 2), fmt(r.cpu.bench, 2), fmt(r.slotMs, 2), fmt(r.sendMs, 2)]),
   );
   // in (b) a transaction on an open connection is all (a) can save on, besides the connection's

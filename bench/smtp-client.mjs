@@ -6,6 +6,8 @@
 // they are due is an error (the bench counts failures, it never assumes success).
 import { connect as tlsConnect } from 'node:tls';
 
+const REPLY_TIMEOUT_MS = 30_000;
+
 export class SmtpClientError extends Error {
   constructor(message, reply) {
     super(message);
@@ -60,7 +62,16 @@ export class PipeliningClient {
     const r = this.#replies.shift();
     if (r !== undefined) return Promise.resolve(r);
     if (this.#failed !== null) return Promise.reject(this.#failed);
-    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+    // a stall is a failure the bench reports, never a hang
+    return new Promise((resolve, reject) => {
+      const w = { resolve: (x) => { clearTimeout(t); resolve(x); }, reject: (e) => { clearTimeout(t); reject(e); } };
+      const t = setTimeout(() => {
+        this.#waiters.splice(this.#waiters.indexOf(w), 1);
+        this.#socket.destroy();
+        reject(new SmtpClientError(`no reply within ${REPLY_TIMEOUT_MS}ms`));
+      }, REPLY_TIMEOUT_MS);
+      this.#waiters.push(w);
+    });
   }
 
   async #expect(code, what) {
@@ -89,8 +100,13 @@ export class PipeliningClient {
     this.#buf = '';
     const tls = tlsConnect({ socket: raw, rejectUnauthorized: false });
     await new Promise((resolve, reject) => {
-      tls.once('secureConnect', resolve);
-      tls.once('error', reject);
+      const t = setTimeout(() => {
+        tls.destroy();
+        reject(new SmtpClientError(`TLS handshake not done within ${REPLY_TIMEOUT_MS}ms`));
+      }, REPLY_TIMEOUT_MS);
+      tls.once('secureConnect', () => { clearTimeout(t); resolve(); });
+      tls.once('error', (e) => { clearTimeout(t); reject(e); });
+      tls.once('close', () => { clearTimeout(t); reject(new SmtpClientError('closed during the TLS handshake')); });
     });
     tls.removeAllListeners('error');
     this.#attach(tls);
