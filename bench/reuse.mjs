@@ -18,7 +18,7 @@
 // every child, reaped ones included) and of the bench process (the MTAs), from /proc.
 //
 //   npm run build && node bench/reuse.mjs [--messages=2000] [--per-connection=1,10] [--client=pipelining,nodemailer]
-//     [--destination=postfix|smtp-server] [--only=a|b] [--cpu-prof=DIR] (the proxy writes a V8 profile there: node bench/cpuprofile.mjs FILE)
+//     [--rounds=1] [--destination=postfix|smtp-server] [--only=a|b] [--cpu-prof=DIR] (the proxy writes a V8 profile there: node bench/cpuprofile.mjs FILE)
 //
 // Needs root and Debian's postfix (apt-get install postfix, preseeded "No configuration" as in
 // README's test command); the Postfix instance is the tests' harness (test/helpers/postfix.ts),
@@ -37,6 +37,9 @@ import { startSmtpDest } from './smtp-dest.mjs';
 
 const arg = (name, dflt) => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3) ?? dflt;
 const MESSAGES = Number(arg('messages', 2000));
+// the paths alternate in ROUNDS rounds of MESSAGES/ROUNDS each, so a load that drifts during the
+// run (a shared machine) weighs on every path alike; rows sum the rounds
+const ROUNDS = Number(arg('rounds', 1));
 const PER_CONNECTION = arg('per-connection', '1,10').split(',').map(Number);
 const CLIENTS = arg('client', 'pipelining,nodemailer').split(',');
 const CPU_PROF = arg('cpu-prof', null);
@@ -106,8 +109,8 @@ const timed = async (c, n) => {
   sendMs.push(performance.now() - t0);
 };
 
-/** Splits MESSAGES among the MTAs, runs `perMta(i, count)` for each at once; returns stats. */
-async function run(name, perMta) {
+/** Splits `messages` among the MTAs, runs `perMta(i, count)` for each at once; returns stats. */
+async function run(name, perMta, messages) {
   sendMs = [];
   const since = await pf.mark();
   const cpu0 = cpu();
@@ -115,7 +118,7 @@ async function run(name, perMta) {
   let failed = 0;
   await Promise.all(
     Array.from({ length: MTAS }, (_, i) => {
-      const count = Math.floor(MESSAGES / MTAS) + (i < MESSAGES % MTAS ? 1 : 0);
+      const count = Math.floor(messages / MTAS) + (i < messages % MTAS ? 1 : 0);
       return perMta(i, count).catch((err) => {
         failed++;
         console.error(`${name} mta-${i}: ${err.message}`);
@@ -123,7 +126,7 @@ async function run(name, perMta) {
     }),
   );
   const seconds = (performance.now() - started) / 1000;
-  const stats = await pf.waitForStats((s) => s.transactions >= MESSAGES || failed > 0, { since, timeoutMs: 60_000 }).catch(() => pf.stats(since));
+  const stats = await pf.waitForStats((s) => s.transactions >= messages || failed > 0, { since, timeoutMs: 60_000 }).catch(() => pf.stats(since));
   const cpu1 = cpu();
   const n = Math.max(1, stats.transactions);
   const ms = (sec) => (sec * 1000) / n;
@@ -135,36 +138,60 @@ async function run(name, perMta) {
     // connection time one message costs, and what one transaction on an open connection took
     slotMs: (LIMIT * seconds * 1000) / n,
     sendMs: sendMs.reduce((x, y) => x + y, 0) / Math.max(1, sendMs.length),
+    sends: sendMs.length,
+  };
+}
+
+/** Rounds of one path summed into one row. */
+function sum(rounds) {
+  const r0 = rounds[0];
+  const add = (f) => rounds.reduce((x, r) => x + f(r), 0);
+  const n = Math.max(1, add((r) => r.transactions));
+  const w = (f) => add((r) => f(r) * r.transactions) / n;
+  const seconds = add((r) => r.seconds);
+  return {
+    name: r0.name, seconds, rate: add((r) => r.transactions) / seconds, transactions: add((r) => r.transactions), connections: add((r) => r.connections), tls: add((r) => r.tls), resumed: add((r) => r.resumed), refused: add((r) => r.refused), failed: add((r) => r.failed),
+    cpu: { proxy: w((r) => r.cpu.proxy), postfix: w((r) => r.cpu.postfix), bench: w((r) => r.cpu.bench) },
+    slotMs: (LIMIT * seconds * 1000) / n,
+    sendMs: add((r) => r.sendMs * r.sends) / Math.max(1, add((r) => r.sends)),
+    rounds,
   };
 }
 
 const tables = [];
 for (const kind of CLIENTS) {
-  const results = [];
-  if (ONLY !== 'b')
+  const paths = [];
   // (a) smtp mode: one link per MTA, transactions share the proxy's connections
-  results.push(
-    await run('(a) smtp mode, shared connections', async (i, count) => {
-      const l = await openTunnel({ ...proxyOpts, name: `mta-${i}`, source: SOURCE, destination: { host: pf.host, port: pf.port }, throttle: 'dest', waitMs: 60_000, smtp: { ehlo: 'mail.src.test' } });
-      const c = await mtaClient(kind, l.socket, false);
-      for (let n = 0; n < count; n++) await timed(c, n);
-      await c.quit();
-    }),
-  );
+  if (ONLY !== 'b')
+    paths.push({
+      name: '(a) smtp mode, shared connections',
+      perMta: async (i, count) => {
+        const l = await openTunnel({ ...proxyOpts, name: `mta-${i}`, source: SOURCE, destination: { host: pf.host, port: pf.port }, throttle: 'dest', waitMs: 60_000, smtp: { ehlo: 'mail.src.test' } });
+        const c = await mtaClient(kind, l.socket, false);
+        for (let n = 0; n < count; n++) await timed(c, n);
+        await c.quit();
+      },
+    });
   // (b) tunnel mode: per-MTA connections with the MTA's own STARTTLS
-  if (ONLY !== 'a') for (const per of PER_CONNECTION) {
-    results.push(
-      await run(`(b) tunnels, ${per} msg/connection`, async (i, count) => {
-        for (let sent = 0; sent < count; ) {
-          const t = await openTunnel({ ...proxyOpts, name: `mta-${i}`, source: SOURCE, destination: { host: pf.host, port: pf.port }, throttle: 'dest', waitMs: 60_000 });
-          const c = await mtaClient(kind, t.socket, true);
-          for (let k = 0; k < per && sent < count; k++, sent++) await timed(c, sent);
-          await c.quit();
-        }
-      }),
-    );
+  if (ONLY !== 'a')
+    for (const per of PER_CONNECTION)
+      paths.push({
+        name: `(b) tunnels, ${per} msg/connection`,
+        perMta: async (i, count) => {
+          for (let sent = 0; sent < count; ) {
+            const t = await openTunnel({ ...proxyOpts, name: `mta-${i}`, source: SOURCE, destination: { host: pf.host, port: pf.port }, throttle: 'dest', waitMs: 60_000 });
+            const c = await mtaClient(kind, t.socket, true);
+            for (let k = 0; k < per && sent < count; k++, sent++) await timed(c, sent);
+            await c.quit();
+          }
+        },
+      });
+  const rounds = paths.map(() => []);
+  for (let round = 0; round < ROUNDS; round++) {
+    const messages = Math.floor(MESSAGES / ROUNDS) + (round < MESSAGES % ROUNDS ? 1 : 0);
+    for (const [i, p] of paths.entries()) rounds[i].push(await run(p.name, p.perMta, messages));
   }
-  tables.push({ kind, results });
+  tables.push({ kind, results: rounds.map(sum) });
 }
 
 const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
@@ -187,7 +214,8 @@ for (const { kind, results } of tables) {
     const ratio = a.rate / b.rate;
     const ok = Number.isFinite(ratio) && ratio >= 2 && a.failed === 0 && b.failed === 0;
     allOk &&= ok;
-    console.log(`${kind}: ${a.name} vs ${b.name}: ${fmt(ratio, 2)}x messages/s (target >= 2x) ${verdict(ok)}`);
+    const perRound = a.rounds.length > 1 ? ` (rounds: ${a.rounds.map((ar, k) => fmt(ar.rate / b.rounds[k].rate, 2)).join(', ')})` : '';
+    console.log(`${kind}: ${a.name} vs ${b.name}: ${fmt(ratio, 2)}x messages/s${perRound} (target >= 2x) ${verdict(ok)}`);
   }
   const perHandshake = a.transactions / Math.max(1, a.tls);
   console.log(`${kind}: ${a.name}: ${fmt(perHandshake, 1)} messages per TLS handshake to the destination (target >= 50) ${verdict(perHandshake >= 50 && a.transactions === MESSAGES)}`);
