@@ -8,7 +8,17 @@
 //       (the throttle, max_connections = 2 cluster-wide, keeps them under Postfix's limit).
 // Prints messages/s, the TLS handshakes and connections Postfix logged, and the ratio.
 //
-//   npm run build && node bench/reuse.mjs [--messages=2000] [--per-connection=1,10]
+// --destination=smtp-server puts a cheap destination in Postfix's place (bench/smtp-dest.mjs:
+// smtp-server in a child process, STARTTLS, the same 2-connection limit, no queue, no fsync), to
+// tell the destination's share of the result from the proxy's.
+// Each path runs with two MTA clients: `pipelining` (bench/smtp-client.mjs, what Postfix's smtp(8),
+// Exim and KumoMTA do: MAIL, RCPT and DATA in one write when PIPELINING is offered, RFC 2920) and
+// `nodemailer` (its SMTPConnection: one command at a time, waiting for each reply). Besides
+// messages/s it prints CPU per message of the proxy (the daemon's process), of Postfix (master and
+// every child, reaped ones included) and of the bench process (the MTAs), from /proc.
+//
+//   npm run build && node bench/reuse.mjs [--messages=2000] [--per-connection=1,10] [--client=pipelining,nodemailer]
+//     [--rounds=1] [--destination=postfix|smtp-server] [--only=a|b] [--cpu-prof=DIR] (the proxy writes a V8 profile there: node bench/cpuprofile.mjs FILE)
 //
 // Needs root and Debian's postfix (apt-get install postfix, preseeded "No configuration" as in
 // README's test command); the Postfix instance is the tests' harness (test/helpers/postfix.ts),
@@ -20,26 +30,46 @@ import { join } from 'node:path';
 import { build } from 'esbuild';
 import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
 import { ControlClient, openTunnel } from '../dist/client/index.js';
-import { fmt, machine, printTable, ROOT, SECRET, startProxy, verdict } from './lib.mjs';
+import { readFileSync } from 'node:fs';
+import { cpuSeconds, fmt, machine, printTable, ROOT, SECRET, startProxy, verdict } from './lib.mjs';
+import { PipeliningClient } from './smtp-client.mjs';
+import { startSmtpDest } from './smtp-dest.mjs';
 
 const arg = (name, dflt) => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3) ?? dflt;
 const MESSAGES = Number(arg('messages', 2000));
+// the paths alternate in ROUNDS rounds of MESSAGES/ROUNDS each, so a load that drifts during the
+// run (a shared machine) weighs on every path alike; rows sum the rounds
+const ROUNDS = Number(arg('rounds', 1));
 const PER_CONNECTION = arg('per-connection', '1,10').split(',').map(Number);
+const CLIENTS = arg('client', 'pipelining,nodemailer').split(',');
+const CPU_PROF = arg('cpu-prof', null);
+const ONLY = arg('only', null); // 'a' or 'b': one path (with --cpu-prof, to profile it alone)
 const MTAS = 3;
 const LIMIT = 2;
 const SOURCE = '127.0.0.2';
 
-const tmp = mkdtempSync(join(tmpdir(), 'mtaproxy-reuse-'));
-await build({ entryPoints: [join(ROOT, 'test/helpers/postfix.ts')], bundle: true, platform: 'node', format: 'esm', outfile: join(tmp, 'postfix.mjs'), logLevel: 'error' });
-const { postfixUnavailable, startPostfix } = await import(join(tmp, 'postfix.mjs'));
-const why = postfixUnavailable();
-if (why !== null) {
-  console.error(`bench/reuse.mjs: ${why}`);
-  process.exit(2);
-}
+const DESTINATION = arg('destination', 'postfix');
 
-const pf = await startPostfix({ address: '127.0.0.13', connectionLimit: LIMIT, delivery: 'discard', mainCf: { service_throttle_time: '1s' } });
-const proxy = await startProxy({ ports: [pf.port], sourceIps: [SOURCE], throttleWaitTimeout: '60s', extra: '[smtp]\nidle_timeout = "60s"' });
+const tmp = mkdtempSync(join(tmpdir(), 'mtaproxy-reuse-'));
+let pf;
+let destinationPid;
+if (DESTINATION === 'smtp-server') {
+  // the cheap destination: no queue file, no fsync, one process
+  pf = await startSmtpDest({ host: '127.0.0.13', limit: LIMIT });
+  destinationPid = pf.pid;
+} else {
+  await build({ entryPoints: [join(ROOT, 'test/helpers/postfix.ts')], bundle: true, platform: 'node', format: 'esm', outfile: join(tmp, 'postfix.mjs'), logLevel: 'error' });
+  const { postfixUnavailable, startPostfix } = await import(join(tmp, 'postfix.mjs'));
+  const why = postfixUnavailable();
+  if (why !== null) {
+    console.error(`bench/reuse.mjs: ${why}`);
+    process.exit(2);
+  }
+  pf = await startPostfix({ address: '127.0.0.13', connectionLimit: LIMIT, delivery: 'discard', mainCf: { service_throttle_time: '1s' } });
+  destinationPid = Number(readFileSync(join(pf.dir, 'queue/pid/master.pid'), 'utf8').trim());
+}
+const DEST_NAME = DESTINATION === 'smtp-server' ? 'smtp-server' : 'Postfix';
+const proxy = await startProxy({ ports: [pf.port], sourceIps: [SOURCE], throttleWaitTimeout: '60s', extra: '[smtp]\nidle_timeout = "60s"', nodeArgs: CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`] });
 const proxyOpts = { host: '127.0.0.1', port: proxy.port, secret: SECRET };
 const controls = [];
 for (let i = 0; i < MTAS; i++) {
@@ -50,31 +80,45 @@ for (let i = 0; i < MTAS; i++) {
 }
 
 const body = 'Subject: reuse bench\r\nFrom: <a@src.test>\r\n\r\nA small message.\r\n';
-const send = (conn, n) =>
-  new Promise((resolve, reject) => conn.send({ from: 'a@src.test', to: [`r${n}@${pf.domain}`] }, body, (err, info) => (err ? reject(err) : resolve(info))));
-const connectSmtp = async (socket, extra) => {
-  const conn = new SMTPConnection({ connection: socket, name: 'mail.src.test', ...extra });
+/** An MTA's SMTP client on an open socket: { send(n), quit() }. */
+async function mtaClient(kind, socket, starttls) {
+  if (kind === 'pipelining') {
+    const c = new PipeliningClient(socket);
+    await c.open('mail.src.test', { starttls });
+    return { send: (n) => c.send('a@src.test', [`r${n}@${pf.domain}`], body), quit: () => c.quit() };
+  }
+  const conn = new SMTPConnection({ connection: socket, name: 'mail.src.test', ...(starttls ? { requireTLS: true, tls: { rejectUnauthorized: false } } : { ignoreTLS: true }) });
   await new Promise((resolve, reject) => {
     conn.once('error', reject);
     conn.connect(resolve);
   });
   conn.on('error', () => {});
-  return conn;
-};
-const quit = (conn) =>
-  new Promise((resolve) => {
-    conn.once('end', resolve);
-    conn.quit();
-  });
+  return {
+    send: (n) => new Promise((resolve, reject) => conn.send({ from: 'a@src.test', to: [`r${n}@${pf.domain}`] }, body, (err, info) => (err ? reject(err) : resolve(info)))),
+    quit: () => new Promise((resolve) => { conn.once('end', resolve); conn.quit(); }),
+  };
+}
 
-/** Splits MESSAGES among the MTAs, runs `perMta(i, count)` for each at once; returns stats. */
-async function run(name, perMta) {
+const cpu = () => ({ proxy: cpuSeconds(proxy.pid), postfix: cpuSeconds(destinationPid), bench: process.cpuUsage() });
+
+/** MTA-measured time of each transaction (MAIL to the final reply), ms, of the current run. */
+let sendMs = [];
+const timed = async (c, n) => {
+  const t0 = performance.now();
+  await c.send(n);
+  sendMs.push(performance.now() - t0);
+};
+
+/** Splits `messages` among the MTAs, runs `perMta(i, count)` for each at once; returns stats. */
+async function run(name, perMta, messages) {
+  sendMs = [];
   const since = await pf.mark();
+  const cpu0 = cpu();
   const started = performance.now();
   let failed = 0;
   await Promise.all(
     Array.from({ length: MTAS }, (_, i) => {
-      const count = Math.floor(MESSAGES / MTAS) + (i < MESSAGES % MTAS ? 1 : 0);
+      const count = Math.floor(messages / MTAS) + (i < messages % MTAS ? 1 : 0);
       return perMta(i, count).catch((err) => {
         failed++;
         console.error(`${name} mta-${i}: ${err.message}`);
@@ -82,46 +126,100 @@ async function run(name, perMta) {
     }),
   );
   const seconds = (performance.now() - started) / 1000;
-  const stats = await pf.waitForStats((s) => s.transactions >= MESSAGES || failed > 0, { since, timeoutMs: 60_000 }).catch(() => pf.stats(since));
-  return { name, seconds, rate: stats.transactions / seconds, transactions: stats.transactions, connections: stats.connections, tls: stats.tlsHandshakes, resumed: stats.tlsResumed, refused: stats.refused, failed };
+  const stats = await pf.waitForStats((s) => s.transactions >= messages || failed > 0, { since, timeoutMs: 60_000 }).catch(() => pf.stats(since));
+  const cpu1 = cpu();
+  const n = Math.max(1, stats.transactions);
+  const ms = (sec) => (sec * 1000) / n;
+  const benchCpu = process.cpuUsage(cpu0.bench);
+  return {
+    name, seconds, rate: stats.transactions / seconds, transactions: stats.transactions, connections: stats.connections, tls: stats.tlsHandshakes, resumed: stats.tlsResumed, refused: stats.refused, failed,
+    cpu: { proxy: ms(cpu1.proxy - cpu0.proxy), postfix: ms(cpu1.postfix - cpu0.postfix), bench: ms((benchCpu.user + benchCpu.system) / 1e6) },
+    // the destination's LIMIT connections are busy all the time (3 MTAs for 2 slots): the
+    // connection time one message costs, and what one transaction on an open connection took
+    slotMs: (LIMIT * seconds * 1000) / n,
+    sendMs: sendMs.reduce((x, y) => x + y, 0) / Math.max(1, sendMs.length),
+    sends: sendMs.length,
+  };
 }
 
-const results = [];
-// (a) smtp mode: one link per MTA, transactions share the proxy's connections
-results.push(
-  await run('(a) smtp mode, shared connections', async (i, count) => {
-    const l = await openTunnel({ ...proxyOpts, name: `mta-${i}`, source: SOURCE, destination: { host: pf.host, port: pf.port }, throttle: 'dest', waitMs: 60_000, smtp: { ehlo: 'mail.src.test' } });
-    const conn = await connectSmtp(l.socket, { ignoreTLS: true });
-    for (let n = 0; n < count; n++) await send(conn, n);
-    await quit(conn);
-  }),
-);
-// (b) tunnel mode: per-MTA connections with the MTA's own STARTTLS
-for (const per of PER_CONNECTION) {
-  results.push(
-    await run(`(b) tunnels, ${per} msg/connection`, async (i, count) => {
-      for (let sent = 0; sent < count; ) {
-        const t = await openTunnel({ ...proxyOpts, name: `mta-${i}`, source: SOURCE, destination: { host: pf.host, port: pf.port }, throttle: 'dest', waitMs: 60_000 });
-        const conn = await connectSmtp(t.socket, { requireTLS: true, tls: { rejectUnauthorized: false } });
-        for (let k = 0; k < per && sent < count; k++, sent++) await send(conn, sent);
-        await quit(conn);
-      }
-    }),
+/** Rounds of one path summed into one row. */
+function sum(rounds) {
+  const r0 = rounds[0];
+  const add = (f) => rounds.reduce((x, r) => x + f(r), 0);
+  const n = Math.max(1, add((r) => r.transactions));
+  const w = (f) => add((r) => f(r) * r.transactions) / n;
+  const seconds = add((r) => r.seconds);
+  return {
+    name: r0.name, seconds, rate: add((r) => r.transactions) / seconds, transactions: add((r) => r.transactions), connections: add((r) => r.connections), tls: add((r) => r.tls), resumed: add((r) => r.resumed), refused: add((r) => r.refused), failed: add((r) => r.failed),
+    cpu: { proxy: w((r) => r.cpu.proxy), postfix: w((r) => r.cpu.postfix), bench: w((r) => r.cpu.bench) },
+    slotMs: (LIMIT * seconds * 1000) / n,
+    sendMs: add((r) => r.sendMs * r.sends) / Math.max(1, add((r) => r.sends)),
+    rounds,
+  };
+}
+
+const tables = [];
+for (const kind of CLIENTS) {
+  const paths = [];
+  // (a) smtp mode: one link per MTA, transactions share the proxy's connections
+  if (ONLY !== 'b')
+    paths.push({
+      name: '(a) smtp mode, shared connections',
+      perMta: async (i, count) => {
+        const l = await openTunnel({ ...proxyOpts, name: `mta-${i}`, source: SOURCE, destination: { host: pf.host, port: pf.port }, throttle: 'dest', waitMs: 60_000, smtp: { ehlo: 'mail.src.test' } });
+        const c = await mtaClient(kind, l.socket, false);
+        for (let n = 0; n < count; n++) await timed(c, n);
+        await c.quit();
+      },
+    });
+  // (b) tunnel mode: per-MTA connections with the MTA's own STARTTLS
+  if (ONLY !== 'a')
+    for (const per of PER_CONNECTION)
+      paths.push({
+        name: `(b) tunnels, ${per} msg/connection`,
+        perMta: async (i, count) => {
+          for (let sent = 0; sent < count; ) {
+            const t = await openTunnel({ ...proxyOpts, name: `mta-${i}`, source: SOURCE, destination: { host: pf.host, port: pf.port }, throttle: 'dest', waitMs: 60_000 });
+            const c = await mtaClient(kind, t.socket, true);
+            for (let k = 0; k < per && sent < count; k++, sent++) await timed(c, sent);
+            await c.quit();
+          }
+        },
+      });
+  const rounds = paths.map(() => []);
+  for (let round = 0; round < ROUNDS; round++) {
+    const messages = Math.floor(MESSAGES / ROUNDS) + (round < MESSAGES % ROUNDS ? 1 : 0);
+    for (const [i, p] of paths.entries()) rounds[i].push(await run(p.name, p.perMta, messages));
+  }
+  tables.push({ kind, results: rounds.map(sum) });
+}
+
+const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+console.log(`\n# bench/reuse.mjs: ${MESSAGES} messages from ${MTAS} MTAs to one ${DESTINATION === 'smtp-server' ? 'smtp-server (bench/smtp-dest.mjs)' : 'Postfix'} (${LIMIT} connections per client IP, STARTTLS), ${machine()}, load average at the end ${load}`);
+let allOk = true;
+for (const { kind, results } of tables) {
+  console.log(`\n## MTA client: ${kind === 'pipelining' ? 'pipelining (bench/smtp-client.mjs: MAIL+RCPT+DATA in one write, RFC 2920)' : "nodemailer SMTPConnection (one command at a time)"}\n`);
+  printTable(
+    ['path', 'msgs/s', 'delivered', 'connections', 'TLS handshakes (resumed)', 'msgs per TLS handshake', `refused by ${DEST_NAME}`, 'failed MTAs', 'proxy CPU ms/msg', `${DEST_NAME} CPU ms/msg`, 'MTAs CPU ms/msg', 'connection ms/msg', 'MTA ms/transaction'],
+    results.map((r) => [r.name, fmt(r.rate), String(r.transactions), String(r.connections), `${r.tls} (${r.resumed})`, fmt(r.transactions / Math.max(1, r.tls), 1), String(r.refused), String(r.failed), fmt(r.cpu.proxy, 2), fmt(r.cpu.postfix, 2), fmt(r.cpu.bench, 2), fmt(r.slotMs, 2), fmt(r.sendMs, 2)]),
   );
+  // in (b) a transaction on an open connection is all (a) can save on, besides the connection's
+  // setup: if (a)'s transactions cost what (b)'s do, (a) reaches (b)'s connection time per message
+  // divided by its transaction time, at best
+  for (const b of results.filter((r) => r.name.startsWith('(b)'))) {
+    console.log(`${kind}: ${b.name}: a transaction on an open connection took ${fmt(b.sendMs, 2)} ms, a message cost ${fmt(b.slotMs, 2)} ms of connection time: the most shared connections can gain with transactions as fast as these is ${fmt(b.slotMs / b.sendMs, 2)}x`);
+  }
+  const a = results[0];
+  for (const b of results.slice(1)) {
+    const ratio = a.rate / b.rate;
+    const ok = Number.isFinite(ratio) && ratio >= 2 && a.failed === 0 && b.failed === 0;
+    allOk &&= ok;
+    const perRound = a.rounds.length > 1 ? ` (rounds: ${a.rounds.map((ar, k) => fmt(ar.rate / b.rounds[k].rate, 2)).join(', ')})` : '';
+    console.log(`${kind}: ${a.name} vs ${b.name}: ${fmt(ratio, 2)}x messages/s${perRound} (target >= 2x) ${verdict(ok)}`);
+  }
+  const perHandshake = a.transactions / Math.max(1, a.tls);
+  console.log(`${kind}: ${a.name}: ${fmt(perHandshake, 1)} messages per TLS handshake to the destination (target >= 50) ${verdict(perHandshake >= 50 && a.transactions === MESSAGES)}`);
 }
-
-console.log(`\n# bench/reuse.mjs: ${MESSAGES} messages from ${MTAS} MTAs to one Postfix (${LIMIT} connections per client IP, STARTTLS), ${machine()}`);
-printTable(
-  ['path', 'msgs/s', 'delivered', 'connections', 'TLS handshakes (resumed)', 'msgs per TLS handshake', 'refused by Postfix', 'failed MTAs'],
-  results.map((r) => [r.name, fmt(r.rate), String(r.transactions), String(r.connections), `${r.tls} (${r.resumed})`, fmt(r.transactions / Math.max(1, r.tls), 1), String(r.refused), String(r.failed)]),
-);
-const a = results[0];
-for (const b of results.slice(1)) {
-  const ratio = a.rate / b.rate;
-  console.log(`${a.name} vs ${b.name}: ${fmt(ratio, 2)}x messages/s (target >= 2x) ${verdict(Number.isFinite(ratio) && ratio >= 2 && a.failed === 0 && b.failed === 0)}`);
-}
-const perHandshake = a.transactions / Math.max(1, a.tls);
-console.log(`${a.name}: ${fmt(perHandshake, 1)} messages per TLS handshake to the destination (target >= 50) ${verdict(perHandshake >= 50 && a.transactions === MESSAGES)}`);
 
 for (const c of controls) c.destroy();
 await proxy.stop();

@@ -99,6 +99,10 @@ export class SmtpLink {
   /** the MTA half-closed: its buffered commands are still answered, then the link ends */
   #ended = false;
   #waitingDrain = false;
+  /** command lines read ahead for a pipelined group but not part of it: handled next, in order */
+  #held: string[] = [];
+  /** replies written in this turn of the event loop go out together (one write, one TLS record) */
+  #corked = false;
 
   constructor(ctx: SmtpLinkContext, mta: Socket, o: SmtpLinkOptions, onDone: (r: SmtpLinkResult) => void) {
     this.#ctx = ctx;
@@ -142,7 +146,60 @@ export class SmtpLink {
   }
 
   #write(b: Buffer): void {
-    if (this.#phase !== 'closed') this.#mta.write(b);
+    if (this.#phase === 'closed') return;
+    if (!this.#corked) {
+      // the replies of one destination read (a pipelined group's) and the proxy's own that follow
+      // in the same turn leave in one write; end() uncorks too
+      this.#corked = true;
+      this.#mta.cork();
+      process.nextTick(() => {
+        this.#corked = false;
+        this.#mta.uncork();
+      });
+    }
+    this.#mta.write(b);
+  }
+
+  /** The next complete command line: one read ahead first, then the reader. */
+  #nextLine(): string | null {
+    const held = this.#held.shift();
+    if (held !== undefined) return held;
+    const chunk = this.#pendingChunks.length === 0 ? undefined : this.#pendingChunks.length === 1 ? this.#pendingChunks.pop() : Buffer.concat(this.#pendingChunks.splice(0));
+    return this.#reader.next(chunk);
+  }
+
+  /**
+   * RFC 2920 §3.1: after a MAIL or RCPT that can start a group, the RCPTs and the DATA the MTA
+   * sent with it (already read, complete lines only) go to the destination in one write, when
+   * the destination offered PIPELINING. The group ends after DATA (its 354 is awaited before any
+   * body) or before any other line, which is handled after it, in order.
+   */
+  #group(first: Command): Command[] {
+    const group = [first];
+    if (!this.#o.extensions.has('PIPELINING')) return group;
+    if (first.verb === 'MAIL') {
+      if (!isPathCommand(first) || (this.#conn !== null && !this.#conn.pipelining)) return group;
+    } else if (first.verb === 'RCPT') {
+      if (this.#broken || this.#conn === null || !this.#conn.pipelining) return group;
+    } else return group;
+    for (;;) {
+      let line: string | null;
+      try {
+        line = this.#nextLine();
+      } catch {
+        // an over-long line: the next turn of #pump reads it again and answers it
+        break;
+      }
+      if (line === null) break;
+      const cmd = /[\r\0]/.test(line) ? null : parseCommand(line);
+      if (cmd === null || !((cmd.verb === 'RCPT' && isPathCommand(cmd)) || cmd.verb === 'DATA')) {
+        this.#held.unshift(line);
+        break;
+      }
+      group.push(cmd);
+      if (cmd.verb === 'DATA') break;
+    }
+    return group;
   }
 
   #touch(): void {
@@ -183,8 +240,7 @@ export class SmtpLink {
       }
       let line: string | null;
       try {
-        const chunk = this.#pendingChunks.length === 0 ? undefined : Buffer.concat(this.#pendingChunks.splice(0));
-        line = this.#reader.next(chunk);
+        line = this.#nextLine();
       } catch (err) {
         if (err instanceof CommandLineTooLong) {
           this.#write(formatReply(500, ['5.5.2 mtaproxy: line too long']));
@@ -207,9 +263,10 @@ export class SmtpLink {
         continue;
       }
       const cmd = parseCommand(line);
+      const group = this.#group(cmd);
       this.#busy = true;
       this.#mta.pause();
-      this.#command(cmd).then(
+      (group.length > 1 ? this.#pipelined(group) : this.#command(cmd)).then(
         () => {
           this.#busy = false;
           if (this.#isClosed()) return this.#afterClose();
@@ -245,14 +302,11 @@ export class SmtpLink {
       case 'MAIL':
         if (!isPathCommand(cmd)) return this.#write(local.syntax());
         if (this.#conn !== null) return this.#relay(cmd);
-        return this.#mail(cmd);
+        return this.#mail([cmd]);
       case 'RCPT':
         if (this.#broken) return this.#write(local.broken());
         if (this.#conn === null) return this.#write(local.noTransaction());
-        if (this.#tx !== null) this.#tx.rcptTotal++;
-        return this.#relay(cmd, (r) => {
-          if (r.code >= 200 && r.code < 300 && this.#tx !== null) this.#tx.rcptOk++;
-        });
+        return this.#relay(cmd);
       case 'DATA':
         if (this.#broken) return this.#write(local.broken());
         if (this.#conn === null) return this.#write(local.noTransaction());
@@ -300,8 +354,36 @@ export class SmtpLink {
     });
   }
 
-  /** MAIL outside a transaction: a message token, a connection, then the destination's answer. */
-  async #mail(cmd: Command): Promise<void> {
+  /** A pipelined group (#group): MAIL opens a transaction, or the open one's commands are relayed. */
+  async #pipelined(group: readonly Command[]): Promise<void> {
+    const first = group[0];
+    if (first === undefined) return;
+    if (first.verb === 'MAIL' && this.#conn === null) return this.#mail(group);
+    const conn = this.#conn;
+    if (conn === null) return;
+    if (group.some((c) => c.verb === 'DATA')) this.#dataSent = true;
+    return this.#relayReplies(conn, group, this.#send(conn, group), 0, true);
+  }
+
+  /** Sends commands in one write; each outcome is settled (a reply, or the error that killed the connection). */
+  #send(conn: DestinationConnection, cmds: readonly Command[]): Promise<Reply | Error>[] {
+    const t = this.#ctx.pool.timeouts;
+    return conn
+      .commands(
+        cmds.map((c) => c.line),
+        cmds.map((c) => (c.verb === 'DATA' ? t.dataInitMs : t.commandMs)),
+      )
+      .map((p) => p.catch((err: unknown) => (err instanceof Error ? err : new Error(String(err)))));
+  }
+
+  /**
+   * MAIL outside a transaction: a message token, a connection, then the destination's answer;
+   * `cmds` is MAIL and the RCPTs/DATA pipelined with it, sent together if the connection offers
+   * PIPELINING (else one by one, after MAIL's reply, like unpipelined commands).
+   */
+  async #mail(cmds: readonly Command[]): Promise<void> {
+    const cmd = cmds[0];
+    if (cmd === undefined) return;
     this.#broken = false;
     const refusal = this.#o.policy();
     if (refusal !== null) {
@@ -310,12 +392,18 @@ export class SmtpLink {
       this.#write(formatReply(421, [`4.3.0 mtaproxy: this link's destination is no longer allowed (${refusal.code} ${refusal.message}), closing`]));
       return this.#close('destination no longer allowed by egress policy');
     }
+    const hold = (from: number): void => {
+      this.#held.unshift(...cmds.slice(from).map((c) => c.line));
+    };
     const token = await this.#messageToken();
     if (this.#isClosed()) {
       if (token.ok) this.#ctx.throttle.refundMessage(this.#o.throttle);
       return;
     }
-    if (!token.ok) return this.#write(local.busy(token.message));
+    if (!token.ok) {
+      hold(1);
+      return this.#write(local.busy(token.message));
+    }
     const started = performance.now();
     // a cached connection may have died since it was given back: then once more on a new one
     for (let attempt = 0; attempt < 2; attempt++) {
@@ -332,38 +420,133 @@ export class SmtpLink {
           return this.#close('proxy shutting down');
         }
         // the CONNECT codes (442 refused, 443, 444, 454…) are not SMTP replies: a 451 that names them
+        hold(1);
         return this.#write(local.busy(`${b.code} ${b.message}`));
       }
-      let reply: Reply;
-      try {
-        reply = await b.conn.command(cmd.line, this.#ctx.pool.timeouts.commandMs);
-      } catch (err) {
-        this.#ctx.pool.giveBack(b.conn, false);
+      const conn = b.conn;
+      const sent = conn.pipelining ? cmds : cmds.slice(0, 1);
+      const outcomes = this.#send(conn, sent);
+      const first = await (outcomes[0] as Promise<Reply | Error>);
+      if (first instanceof Error) {
+        this.#ctx.pool.giveBack(conn, false);
         if (b.reused && attempt === 0) continue;
         this.#ctx.throttle.refundMessage(this.#o.throttle);
-        return this.#write(local.lost((err as Error).message));
+        // what was pipelined with it is answered as without a transaction
+        hold(1);
+        return this.#write(local.lost(first.message));
       }
+      const reply = first;
       if (closesConnection(reply) && b.reused && attempt === 0) {
         // "421 idle timeout" from a cached connection is its end, not an answer to this MAIL
-        this.#ctx.pool.giveBack(b.conn, false);
+        this.#ctx.pool.giveBack(conn, false);
         continue;
       }
+      hold(sent.length);
+      const accepted = reply.code >= 200 && reply.code < 300;
       if (this.#isClosed()) {
-        this.#abandon(b.conn, reply.code === 250);
-        if (reply.code !== 250) this.#ctx.throttle.refundMessage(this.#o.throttle);
-        return;
+        if (!accepted) this.#ctx.throttle.refundMessage(this.#o.throttle);
+        // with DATA pipelined the destination may be reading a body now: that connection is done
+        if (sent.some((c) => c.verb === 'DATA')) {
+          conn.destroy('the MTA left during a pipelined DATA');
+          return this.#ctx.pool.giveBack(conn, false);
+        }
+        return this.#abandon(conn, accepted);
       }
-      if (reply.code >= 200 && reply.code < 300) {
-        this.#conn = b.conn;
+      if (accepted) {
+        this.#conn = conn;
         // reused: the connection carried an earlier transaction (the CONNECT's borrow was none)
-        this.#reused = b.conn.uses > 0;
-        b.conn.uses++;
+        this.#reused = conn.uses > 0;
+        conn.uses++;
         this.#tx = { started, rcptOk: 0, rcptTotal: 0 };
+        if (sent.some((c) => c.verb === 'DATA')) this.#dataSent = true;
       } else {
         this.#ctx.throttle.refundMessage(this.#o.throttle);
-        this.#ctx.pool.giveBack(b.conn, !closesConnection(reply));
+        if (sent.length === 1) this.#ctx.pool.giveBack(conn, !closesConnection(reply));
       }
-      return this.#write(reply.raw);
+      this.#write(reply.raw);
+      if (sent.length > 1) return this.#relayReplies(conn, sent, outcomes, 1, accepted);
+      return;
+    }
+  }
+
+  /**
+   * The replies to pipelined commands `cmds[from…]`, in order. In the open transaction (`open`)
+   * each is the transaction's, as #relay and #data take them; after a MAIL the destination
+   * refused, the destination's own replies (503 …) pass through and the connection goes back.
+   */
+  async #relayReplies(conn: DestinationConnection, cmds: readonly Command[], outcomes: readonly Promise<Reply | Error>[], from: number, open: boolean): Promise<void> {
+    let reusable = true;
+    for (let i = from; i < cmds.length; i++) {
+      const cmd = cmds[i] as Command;
+      const out = await (outcomes[i] as Promise<Reply | Error>);
+      if (this.#isClosed()) {
+        // an open transaction's connection goes back in #afterClose (#dataSent says if it must die)
+        if (!open) {
+          if (cmds.slice(i).some((c) => c.verb === 'DATA')) conn.destroy('the MTA left during a pipelined DATA');
+          this.#ctx.pool.giveBack(conn, false);
+        }
+        return;
+      }
+      if (!open) {
+        if (out instanceof Error) {
+          reusable = false;
+          this.#write(local.noTransaction());
+        } else if (cmd.verb === 'DATA' && out.code === 354) {
+          // a destination that reads a body without a transaction: nothing is relayed to it
+          reusable = false;
+          conn.destroy('the destination answered DATA with 354 after refusing MAIL');
+          this.#write(local.lost('the destination answered DATA with 354 after refusing MAIL'));
+        } else {
+          if (closesConnection(out)) reusable = false;
+          this.#write(out.raw);
+        }
+        continue;
+      }
+      if (this.#conn !== conn) {
+        // the transaction ended earlier in this group (a 421, or the connection failed)
+        this.#write(local.broken());
+        continue;
+      }
+      if (out instanceof Error) {
+        this.#lost(out);
+        continue;
+      }
+      if (cmd.verb === 'DATA') this.#dataReply(out);
+      else this.#txReply(cmd, out);
+    }
+    if (!open) this.#ctx.pool.giveBack(conn, reusable && !conn.dead);
+  }
+
+  /** A reply to MAIL, RCPT, RSET or NOOP in the open transaction, passed back. */
+  #txReply(cmd: Command, reply: Reply): void {
+    this.#write(reply.raw);
+    if (closesConnection(reply)) {
+      // the destination ends the connection: the transaction is over, and the rest of it (pipelined
+      // RCPTs, DATA) gets the proxy's 451 until RSET, never an invented 5xx
+      this.#finish(reply, false, cmd.verb);
+      this.#broken = true;
+      return;
+    }
+    if (cmd.verb === 'RCPT' && this.#tx !== null) {
+      this.#tx.rcptTotal++;
+      if (reply.code >= 200 && reply.code < 300) this.#tx.rcptOk++;
+    }
+  }
+
+  /** The reply to DATA in the open transaction: 354 starts the body. */
+  #dataReply(reply: Reply): void {
+    this.#dataSent = false;
+    this.#write(reply.raw);
+    if (reply.code === 354) {
+      this.#phase = 'body';
+      this.#scanner = new DataEndScanner();
+      this.#normalizer = new BodyNormalizer();
+      this.#bodyLost = null;
+      return;
+    }
+    if (closesConnection(reply)) {
+      this.#finish(reply, false, 'DATA');
+      this.#broken = true;
     }
   }
 
@@ -378,15 +561,8 @@ export class SmtpLink {
       return this.#lost(err as Error);
     }
     if (this.#isClosed()) return;
-    this.#write(reply.raw);
-    if (closesConnection(reply)) {
-      // the destination ends the connection: the transaction is over, and the rest of it (pipelined
-      // RCPTs, DATA) gets the proxy's 451 until RSET, never an invented 5xx
-      this.#finish(reply, false, cmd.verb);
-      this.#broken = true;
-      return;
-    }
-    after?.(reply);
+    this.#txReply(cmd, reply);
+    if (this.#conn === conn) after?.(reply);
   }
 
   async #data(cmd: Command): Promise<void> {
@@ -399,25 +575,13 @@ export class SmtpLink {
     } catch (err) {
       return this.#lost(err as Error);
     }
-    this.#dataSent = false;
     if (this.#isClosed()) {
       // the MTA left while DATA waited: after a 354 the destination reads a body that will never
       // come, so this connection cannot take an RSET: it is dropped (#afterClose)
-      if (reply.code === 354) this.#dataSent = true;
+      this.#dataSent = reply.code === 354;
       return;
     }
-    this.#write(reply.raw);
-    if (reply.code === 354) {
-      this.#phase = 'body';
-      this.#scanner = new DataEndScanner();
-      this.#normalizer = new BodyNormalizer();
-      this.#bodyLost = null;
-      return;
-    }
-    if (closesConnection(reply)) {
-      this.#finish(reply, false, 'DATA');
-      this.#broken = true;
-    }
+    this.#dataReply(reply);
   }
 
   /** Body bytes from the MTA, passed on as they are (dot-stuffed both ways) until "<CRLF>.<CRLF>". */
@@ -489,6 +653,7 @@ export class SmtpLink {
     const conn = this.#conn;
     if (conn === null) return;
     this.#write(local.lost(err.message));
+    this.#dataSent = false;
     this.#record(conn, null, `lost: ${err.message}`, bytes);
     this.#conn = null;
     this.#tx = null;

@@ -260,6 +260,22 @@ export class DestinationConnection {
     return this.#expect(timeoutMs);
   }
 
+  /** True if the destination offered PIPELINING (RFC 2920): commands() may send a group at once. */
+  get pipelining(): boolean {
+    return this.extensions.has('PIPELINING');
+  }
+
+  /**
+   * Sends a group of command lines in one write (RFC 2920 §3.1: only to a destination that
+   * offered PIPELINING, and DATA only last) and returns one promise per line for its reply, in
+   * order; `timeoutsMs[i]` bounds the wait for reply i. Every promise is settled: with the reply,
+   * or with an SmtpConnectionError once the connection dies.
+   */
+  commands(lines: readonly string[], timeoutsMs: readonly number[]): Promise<Reply>[] {
+    if (this.deadReason === null) this.#socket.write(Buffer.from(`${lines.join('\r\n')}\r\n`, 'latin1'));
+    return lines.map((_, i) => this.#expect(timeoutsMs[i] ?? timeoutsMs[timeoutsMs.length - 1] ?? 0));
+  }
+
   /**
    * Writes body bytes; returns false when the destination's side is full (wait for drainOnce).
    * A write the destination does not take within `blockTimeoutMs` kills the connection.
