@@ -4,51 +4,11 @@
 // (SMTP and LMTP) as the sending MTA. What the MTA is told is the destinations' own replies.
 import { connect, type Socket } from 'node:net';
 import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
-import { SMTPServer } from 'smtp-server';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dnsmasqUnavailable, startDns, type DnsServer } from '../helpers/dnsmasq.js';
 import { fakeMx, type FakeMx } from '../helpers/fake-mx.js';
 import { freePort, startDaemon, type RunningDaemon } from '../helpers/daemon.js';
-
-interface Destination {
-  server: SMTPServer;
-  connections: number;
-  transactions: { remoteAddress: string; from: string; to: string[]; body: string }[];
-}
-
-async function destination(host: string, port: number): Promise<Destination> {
-  const d: Destination = { server: null as unknown as SMTPServer, connections: 0, transactions: [] };
-  d.server = new SMTPServer({
-    authOptional: true,
-    logger: false,
-    onConnect(_s, cb) {
-      d.connections++;
-      cb();
-    },
-    onRcptTo(address, _s, cb) {
-      if (address.address.startsWith('reject')) return cb(Object.assign(new Error('5.1.1 no such user here'), { responseCode: 550 }));
-      cb();
-    },
-    onData(stream, session, cb) {
-      const chunks: Buffer[] = [];
-      stream.on('data', (c: Buffer) => chunks.push(c));
-      stream.on('end', () => {
-        d.transactions.push({
-          remoteAddress: session.remoteAddress,
-          from: session.envelope.mailFrom === false ? '' : session.envelope.mailFrom.address,
-          to: session.envelope.rcptTo.map((x) => x.address),
-          body: Buffer.concat(chunks).toString('utf8'),
-        });
-        cb();
-      });
-    },
-  });
-  await new Promise<void>((resolve, reject) => {
-    d.server.server.once('error', reject);
-    d.server.listen(port, host, resolve);
-  });
-  return d;
-}
+import { destination, type Destination } from '../helpers/smtp-destination.js';
 
 interface Sent {
   accepted: string[];
