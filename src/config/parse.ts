@@ -90,6 +90,25 @@ export interface SmtpConfig {
   readonly dataDoneTimeoutMs: number;
 }
 
+/** A per-destination rule of [derived_throttle]: the first that matches sets the limits. */
+export interface DerivedThrottleRule {
+  /** "mx.example.com" (that host) or ".example.com" (any host under it), lower case */
+  readonly host: string;
+  /** only deliveries from this source, or any */
+  readonly sourceIp: string | null;
+  readonly maxConnections: number;
+  /** 0: no limit */
+  readonly maxMessagesPerHour: number;
+}
+
+/** [derived_throttle]: the limits of the throttles per (source IP, destination) (SOCKS5, PROXY v2, the relay). */
+export interface DerivedThrottleConfig {
+  readonly maxConnections: number;
+  /** 0: no limit */
+  readonly maxMessagesPerHour: number;
+  readonly destinations: readonly DerivedThrottleRule[];
+}
+
 /** An account of the relay front-end (SMTP AUTH PLAIN/LOGIN, only over TLS). */
 export interface RelayAccount {
   readonly username: string;
@@ -132,7 +151,7 @@ export interface Config {
   readonly socks5: Socks5Config | null;
   readonly proxyV2: ProxyV2Config | null;
   /** limits of the throttles derived from (source IP, destination) for SOCKS5/PROXY v2 */
-  readonly derivedThrottle: { readonly maxConnections: number; readonly maxMessagesPerHour: number };
+  readonly derivedThrottle: DerivedThrottleConfig;
   readonly listen: readonly ListenAddress[];
   readonly allowFrom: AllowList;
   /** The secret new handshakes are answered with, then an optional previous one (rotation). */
@@ -251,6 +270,7 @@ export const PROXY_V2_DIRECTIVES: Readonly<Record<string, Directive>> = {
 export const DERIVED_THROTTLE_DIRECTIVES: Readonly<Record<string, Directive>> = {
   max_connections: { help: 'concurrent connections per (source IP, destination) for SOCKS5/PROXY v2 deliveries and the relay (default 10)' },
   max_messages_per_hour: { help: 'messages per hour per (source IP, destination) for relay deliveries (default 0: no limit)' },
+  destinations: { help: 'per-destination limits, first match wins: [{ host = "mx.example.com" or ".example.com", source_ip = "…" (optional), max_connections = N, max_messages_per_hour = N }]' },
 };
 
 
@@ -595,10 +615,42 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
     raw.proxy_v2 === undefined
       ? null
       : { listen: listenList('proxy_v2.listen'), allowFrom: get('proxy_v2.allow_from') === undefined ? null : new AllowList(allowRules('proxy_v2.allow_from', [])) };
-  const derivedThrottle = {
-    maxConnections: integer('derived_throttle.max_connections', 10, 1, 1_000_000),
-    maxMessagesPerHour: integer('derived_throttle.max_messages_per_hour', 0, 0, 100_000_000),
-  };
+  const derivedMax = integer('derived_throttle.max_connections', 10, 1, 1_000_000);
+  const derivedMessages = integer('derived_throttle.max_messages_per_hour', 0, 0, 100_000_000);
+  const derivedRules: DerivedThrottleRule[] = [];
+  const rulesValue = get('derived_throttle.destinations');
+  if (rulesValue !== undefined) {
+    if (!Array.isArray(rulesValue)) fail('derived_throttle.destinations', 'must be an array of { host, source_ip?, max_connections?, max_messages_per_hour? } tables');
+    else {
+      rulesValue.forEach((u: unknown, i) => {
+        const at = `derived_throttle.destinations[${i}]`;
+        const e = u as Record<string, unknown>;
+        if (!isTable(u) || typeof e.host !== 'string') return fail('derived_throttle.destinations', `${at} needs host = "mx.example.com" or ".example.com"`);
+        const extra = Object.keys(e).filter((k) => !['host', 'source_ip', 'max_connections', 'max_messages_per_hour'].includes(k));
+        if (extra.length > 0) return fail('derived_throttle.destinations', `${at}: unknown key ${extra[0]}`);
+        const host = e.host.toLowerCase().replace(/\.$/, '');
+        if (!/^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(host) && !ipaddr.isValid(host)) return fail('derived_throttle.destinations', `${at}: host "${e.host}" is not a host name, ".domain" or an IP address`);
+        const num = (k: string, fallback: number, min: number): number | null => {
+          const v = e[k];
+          if (v === undefined) return fallback;
+          if (typeof v === 'number' && Number.isInteger(v) && v >= min && v <= 100_000_000) return v;
+          fail('derived_throttle.destinations', `${at}: ${k} must be a whole number from ${min} to 100000000`);
+          return null;
+        };
+        const maxConnections = num('max_connections', derivedMax, 1);
+        const maxMessagesPerHour = num('max_messages_per_hour', derivedMessages, 0);
+        let ruleSource: string | null = null;
+        if (e.source_ip !== undefined) {
+          if (typeof e.source_ip !== 'string' || !ipaddr.isValid(e.source_ip)) return fail('derived_throttle.destinations', `${at}: source_ip must be an IP address`);
+          ruleSource = ipaddr.process(e.source_ip).toString();
+          if (!sourceIps.includes(ruleSource)) return fail('derived_throttle.destinations', `${at}: source_ip ${ruleSource} is not in egress.source_ips`);
+        }
+        if (maxConnections === null || maxMessagesPerHour === null) return;
+        derivedRules.push({ host: ipaddr.isValid(host) ? ipaddr.process(host).toString() : host, sourceIp: ruleSource, maxConnections, maxMessagesPerHour });
+      });
+    }
+  }
+  const derivedThrottle: DerivedThrottleConfig = { maxConnections: derivedMax, maxMessagesPerHour: derivedMessages, destinations: derivedRules };
 
   const dnsServers: string[] = [];
   for (const entry of stringList('dns_servers', [])) {

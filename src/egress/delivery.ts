@@ -6,7 +6,8 @@ import { closeSoon } from '../net/close.js';
 import { lookup } from 'node:dns/promises';
 import type { Socket } from 'node:net';
 import ipaddr from 'ipaddr.js';
-import type { EgressConfig } from '../config/parse.js';
+import type { DerivedThrottleConfig, EgressConfig } from '../config/parse.js';
+import { derivedDeclaration } from '../throttle/derived.js';
 import type { Logger } from '../log/logger.js';
 import type { ThrottleService } from '../throttle/service.js';
 import { checkDestination, checkRequest, CONNECT_CODES, parseConnect, type ConnectRequest, type Refusal } from './policy.js';
@@ -18,8 +19,8 @@ export interface DeliveryContext {
   egress(): EgressConfig;
   /** the throttle-manager id of the MTA's current control session, if it has one */
   sessionId(name: string): string | undefined;
-  /** per (source, destination) limit of the throttles derived for SOCKS5 and PROXY v2 */
-  derivedMaxConnections(): number;
+  /** [derived_throttle]: the limits of the throttles derived for SOCKS5, PROXY v2 and the relay */
+  derivedThrottle(): DerivedThrottleConfig;
   throttle: ThrottleService;
   /** open tunnels (MTA side), for the status line and shutdown */
   tunnels: Set<Socket>;
@@ -215,7 +216,7 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
     refuse(r);
   });
   if (d.owner === null) {
-    ctx.throttle.declare(DERIVED_OWNER, { key: req.throttle, sourceIp: req.sourceIp, maxConnections: ctx.derivedMaxConnections(), maxMessagesPerHour: 100_000_000, mode: 'sum' });
+    ctx.throttle.declare(DERIVED_OWNER, derivedDeclaration(ctx.derivedThrottle(), req.throttle, req.sourceIp, req.host));
   }
   const waitMs = Math.min(req.waitMs ?? egress.throttleWaitTimeoutMs, egress.throttleWaitTimeoutMs);
   // heldByDelivery: the slot stays taken until this delivery ends, even if the control session

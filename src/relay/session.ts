@@ -11,7 +11,8 @@
 import type { Socket } from 'node:net';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import ipaddr from 'ipaddr.js';
-import type { EgressConfig, RelayConfig } from '../config/parse.js';
+import type { DerivedThrottleConfig, EgressConfig, RelayConfig } from '../config/parse.js';
+import { derivedDeclaration } from '../throttle/derived.js';
 import type { Logger } from '../log/logger.js';
 import { closeSoon } from '../net/close.js';
 import type { TimerWheel, WheelTimer } from '../net/wheel.js';
@@ -32,7 +33,7 @@ export interface RelayContext {
   egress(): EgressConfig;
   dns(): RelayDns;
   /** limits of the throttles per (source IP, MX host) ([derived_throttle]) */
-  limits(): { maxConnections: number; maxMessagesPerHour: number };
+  derivedThrottle(): DerivedThrottleConfig;
   /** the listeners' certificate, for STARTTLS; null: STARTTLS not offered */
   tls(): SecureContext | null;
   readonly pool: SmtpPool;
@@ -503,7 +504,7 @@ export class RelaySession {
           continue;
         }
         const throttle = derivedThrottleKey(tx.sourceIp, host.name.replace(/^\[|\]$/g, ''), port);
-        const declared = this.#declare(throttle, tx.sourceIp);
+        const declared = this.#declare(throttle, tx.sourceIp, host.name);
         if (declared !== null) {
           dest.failure = r(451, `4.3.2 mtaproxy relay: ${declared}`);
           return;
@@ -592,16 +593,15 @@ export class RelaySession {
     dest.failure = r(451, `4.4.1 mtaproxy relay: no MX host of this destination answered (${failures.slice(0, 3).join('; ') || 'no usable address'})`);
   }
 
-  #declare(throttle: string, sourceIp: string): string | null {
+  #declare(throttle: string, sourceIp: string, host: string): string | null {
     const m = this.#ctx.throttle.manager;
-    if (m.limits(throttle) !== null) return null;
-    if (m.throttleCount >= MAX_RELAY_THROTTLES) {
+    // declared again each time, as SOCKS5 deliveries do: a reload's new limits apply at once
+    if (m.limits(throttle) === null && m.throttleCount >= MAX_RELAY_THROTTLES) {
       // idle per-destination throttles go first (their message counts start again if used later)
       for (const key of [...m.keys()]) if (key.includes('>') && m.inUse(key) === 0 && m.waiting(key) === 0) this.#ctx.throttle.undeclare(DERIVED_OWNER, key);
       if (m.throttleCount >= MAX_RELAY_THROTTLES) return `too many throttles (${MAX_RELAY_THROTTLES}) are in use; try again later`;
     }
-    const l = this.#ctx.limits();
-    this.#ctx.throttle.declare(DERIVED_OWNER, { key: throttle, sourceIp, maxConnections: l.maxConnections, maxMessagesPerHour: l.maxMessagesPerHour === 0 ? 100_000_000 : l.maxMessagesPerHour, mode: 'sum' });
+    this.#ctx.throttle.declare(DERIVED_OWNER, derivedDeclaration(this.#ctx.derivedThrottle(), throttle, sourceIp, host));
     return null;
   }
 

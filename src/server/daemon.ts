@@ -139,7 +139,7 @@ export class Daemon {
     this.#delivery = {
       egress: () => this.#config.egress,
       sessionId: (name) => this.#sessions.get(name)?.id,
-      derivedMaxConnections: () => this.#config.derivedThrottle.maxConnections,
+      derivedThrottle: () => this.#config.derivedThrottle,
       throttle: this.#throttle,
       tunnels: this.#tunnels,
       pending: new Map(),
@@ -156,7 +156,7 @@ export class Daemon {
       config: () => this.#config.relay ?? (this.#lastRelay as RelayConfig),
       egress: () => this.#config.egress,
       dns: () => this.#relayDns,
-      limits: () => this.#config.derivedThrottle,
+      derivedThrottle: () => this.#config.derivedThrottle,
       tls: () => this.#tls?.context ?? null,
       pool: this.#smtp.pool,
       throttle: this.#throttle,

@@ -29,8 +29,20 @@ async function freeUdpPort(): Promise<number> {
   return port;
 }
 
-export async function startDns(o: { mx?: Record<string, [number, string][]>; hosts?: Record<string, string>; localDomain?: string }): Promise<DnsServer> {
-  const port = await freeUdpPort();
+type DnsOptions = { mx?: Record<string, [number, string][]>; hosts?: Record<string, string>; localDomain?: string };
+
+/** Starts dnsmasq; a port found free for UDP may be taken for TCP (dnsmasq binds both): then another. */
+export async function startDns(o: DnsOptions): Promise<DnsServer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(o, await freeUdpPort());
+    } catch (err) {
+      if (attempt >= 5) throw err;
+    }
+  }
+}
+
+async function startOnce(o: DnsOptions, port: number): Promise<DnsServer> {
   const args = ['-k', `--port=${port}`, '--listen-address=127.0.0.1', '--bind-interfaces', '--no-resolv', '--no-hosts', '--conf-file=/dev/null', '--pid-file=', `--local=/${o.localDomain ?? 'test'}/`, '--log-facility=-', '--cache-size=0'];
   for (const [domain, records] of Object.entries(o.mx ?? {})) for (const [pref, host] of records) args.push(`--mx-host=${domain},${host},${pref}`);
   for (const [name, ip] of Object.entries(o.hosts ?? {})) args.push(`--host-record=${name},${ip}`);

@@ -67,8 +67,8 @@ describe.skipIf(unavailable !== null)(`relay front-end${unavailable === null ? '
     b = await destination('127.0.0.21', port);
     dropper = await fakeMx({ host: '127.0.0.22', port });
     dns = await startDns({
-      mx: { 'a.test': [[10, 'mx-a.test']], 'a-alias.test': [[5, 'mx-a.test']], 'b.test': [[10, 'mx-b.test']], 'drop.test': [[10, 'mx-drop.test']], 'nullmx.test': [[0, '.']] },
-      hosts: { 'mx-a.test': '127.0.0.20', 'mx-b.test': '127.0.0.21', 'mx-drop.test': '127.0.0.22' },
+      mx: { 'a.test': [[10, 'mx-a.test']], 'a-alias.test': [[5, 'mx-a.test']], 'b.test': [[10, 'mx-b.test']], 'limited.test': [[10, 'mx-limited.test']], 'drop.test': [[10, 'mx-drop.test']], 'nullmx.test': [[0, '.']] },
+      hosts: { 'mx-a.test': '127.0.0.20', 'mx-b.test': '127.0.0.21', 'mx-limited.test': '127.0.0.20', 'mx-drop.test': '127.0.0.22' },
     });
     daemon = await startDaemon({
       extra: [
@@ -77,6 +77,9 @@ describe.skipIf(unavailable !== null)(`relay front-end${unavailable === null ? '
         'source_ips = ["127.0.0.1", "127.0.0.2"]',
         `ports = [${port}]`,
         'allow_private_destinations = true',
+        'throttle_wait_timeout = "1s"',
+        '[derived_throttle]',
+        'destinations = [{ host = "mx-limited.test", max_messages_per_hour = 60 }]',
         '[relay]',
         'listen = "127.0.0.1:0"',
         'lmtp_listen = "127.0.0.1:0"',
@@ -163,6 +166,18 @@ describe.skipIf(unavailable !== null)(`relay front-end${unavailable === null ? '
     expect(dropped).toMatch(/\r\n354 /);
     expect(dropped).toMatch(/\r\n451 4\.4\.2 mtaproxy relay: the destination connection failed/);
     expect(dropped).not.toMatch(/\r\n250 2\.0\.0 queued/);
+  });
+
+  it('holds relay traffic to the per-destination message limit of [derived_throttle]', async () => {
+    const before = a.transactions.length;
+    const first = await send(smtpPort, 's@x.test', ['m1@limited.test']);
+    expect(first.accepted).toEqual(['m1@limited.test']);
+    // 60 per hour: a burst of one, the next token in a minute, longer than throttle_wait_timeout
+    const second = await send(smtpPort, 's@x.test', ['m2@limited.test']).catch((e: Error) => e);
+    expect(String(JSON.stringify(second))).toMatch(/451 4\.4\.5 mtaproxy relay: message rate of 127\.0\.0\.1>mx-limited\.test:\d+ reached/);
+    expect(a.transactions.length).toBe(before + 1);
+    const st = await daemon.cli(['status', '--throttles', '--json']);
+    expect(st.stdout).toMatch(/127\.0\.0\.1>mx-limited\.test/);
   });
 
   it('shares destination connections between relay sessions', async () => {

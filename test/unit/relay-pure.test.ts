@@ -137,3 +137,27 @@ describe('MX plan', () => {
     expect(seen.size).toBe(2);
   });
 });
+
+describe('derived throttle limits', () => {
+  it('the first matching destinations rule sets them, by host or ".domain", optionally per source', async () => {
+    const { derivedDeclaration, UNLIMITED_MESSAGES_PER_HOUR } = await import('../../src/throttle/derived.js');
+    const r = parseConfig(
+      `${base}[derived_throttle]\nmax_connections = 4\ndestinations = [{ host = "mx.a.example", source_ip = "192.0.2.11", max_connections = 1 }, { host = ".a.example", max_messages_per_hour = 600 }, { host = "192.0.2.99", max_connections = 2 }]\n`,
+      '/f',
+      io,
+    );
+    if (!r.ok) throw new Error(r.errors.map(formatConfigError).join('\n'));
+    const d = r.config.derivedThrottle;
+    expect(derivedDeclaration(d, 'k', '192.0.2.11', 'MX.a.example.')).toMatchObject({ maxConnections: 1, maxMessagesPerHour: UNLIMITED_MESSAGES_PER_HOUR });
+    expect(derivedDeclaration(d, 'k', '192.0.2.10', 'mx.a.example')).toMatchObject({ maxConnections: 4, maxMessagesPerHour: 600 });
+    expect(derivedDeclaration(d, 'k', '192.0.2.10', 'a.example')).toMatchObject({ maxConnections: 4, maxMessagesPerHour: UNLIMITED_MESSAGES_PER_HOUR });
+    expect(derivedDeclaration(d, 'k', '192.0.2.10', '192.0.2.99')).toMatchObject({ maxConnections: 2 });
+    const bad = parseConfig(`${base}[derived_throttle]\ndestinations = [{ host = "x y" }, { host = "m.example", max_connections = 0 }, { host = "m.example", source_ip = "198.51.100.1" }, { hots = "m" }]\n`, '/f', io);
+    expect(bad.ok).toBe(false);
+    const text = bad.ok ? '' : bad.errors.map(formatConfigError).join('\n');
+    expect(text).toMatch(/host "x y" is not a host name/);
+    expect(text).toMatch(/max_connections must be a whole number from 1/);
+    expect(text).toMatch(/source_ip 198\.51\.100\.1 is not in egress\.source_ips/);
+    expect(text).toMatch(/destinations\[3\] needs host/);
+  });
+});
