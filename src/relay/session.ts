@@ -22,6 +22,7 @@ import type { DestinationConnection } from '../smtp/connection.js';
 import type { SlotOutcome, SmtpPool } from '../smtp/pool.js';
 import { formatReply, replySummary, type Reply } from '../smtp/reply.js';
 import type { ThrottleService } from '../throttle/service.js';
+import { linkOutcome, type MetricsHooks } from '../metrics/hooks.js';
 import { checkDestination } from '../egress/policy.js';
 import { DERIVED_OWNER, derivedThrottleKey } from '../egress/delivery.js';
 import { poolKey } from '../egress/smtp-delivery.js';
@@ -42,6 +43,9 @@ export interface RelayContext {
   readonly log: Logger;
   stopping(): boolean;
   readonly sessions: Set<RelaySession>;
+  /** counted since start, for the status line */
+  readonly stats: { transactions: number };
+  readonly metrics?: MetricsHooks | undefined;
   /** the MTA got past the pre-authentication stage (its first EHLO/LHLO): out of the handshake caps */
   admitted(raw: Socket): void;
 }
@@ -720,6 +724,7 @@ export class RelaySession {
       this.#write(d?.outcome ?? r(451, '4.4.2 mtaproxy relay: no reply from the destination'));
     }
     this.#transactions++;
+    this.#ctx.stats.transactions++;
     this.#endTx();
   }
 
@@ -819,6 +824,7 @@ export class RelaySession {
       duration_ms: Math.round(performance.now() - tx.started),
     };
     const text = `relay(${this.#peer}${this.#account === null ? '' : ` ${this.#account}`}): <${tx.sender.mailbox}> ${conn?.local ?? tx.sourceIp} -> ${d.host} conn#${conn?.id ?? 0} ${d.reused ? 'reused' : 'new'} tls=${tls} rcpt=${d.accepted.length}/${d.rcptTotal} bytes=${bytes} ${how} -> ${reply === null ? `451 (${how})` : replySummary(reply)}`;
+    this.#ctx.metrics?.transaction({ code: reply?.code ?? null, reused: d.reused, tls: conn?.tls == null ? null : { resumed: conn.tls.resumed }, sourceIp: tx.sourceIp, bytes });
     if (reply !== null && reply.code < 400) this.#ctx.log.info(fields, text);
     else this.#ctx.log.warn(fields, text);
   }
@@ -852,6 +858,7 @@ export class RelaySession {
     }
     if (!this.#socket.destroyed) this.#socket.end();
     closeSoon(this.#socket);
+    this.#ctx.metrics?.delivery({ frontEnd: this.#lmtp ? 'relay-lmtp' : 'relay-smtp', mode: 'relay', outcome: linkOutcome(why) });
     this.#ctx.log.debug({ mtaproxy_event: 'relay_session', peer: this.#peer, transactions: this.#transactions, outcome: why }, `relay(${this.#peer}): closed after ${this.#transactions} transactions: ${why}`);
   }
 }

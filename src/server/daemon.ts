@@ -164,7 +164,9 @@ export class Daemon {
       log: this.#log,
       stopping: () => this.#stopping,
       sessions: new Set(),
+      stats: { transactions: 0 },
       admitted: (socket) => this.#admitted(socket),
+      metrics: this.#metrics,
     };
   }
 
@@ -614,6 +616,7 @@ export class Daemon {
       window: WINDOW,
       sessions: [...this.#sessions.values()].map((s) => s.snapshot()),
       remote: this.#remote(),
+      relay: this.#config.relay === null ? undefined : { connections: this.#relay.sessions.size, inTransaction: [...this.#relay.sessions].filter((x) => x.busy).length, transactions: this.#relay.stats.transactions },
     });
   }
 

@@ -189,6 +189,30 @@ describe.skipIf(unavailable !== null)(`relay front-end${unavailable === null ? '
     expect(a.connections - conns).toBeLessThanOrEqual(1);
   });
 
+  it('shows in mtaproxy status and the metrics', async () => {
+    const st = await daemon.cli(['status']);
+    expect(st.stdout).toMatch(/relay: connections=\d+\(in_transaction=0\) transactions=([1-9]\d*)/);
+    const json = JSON.parse((await daemon.cli(['status', '--json'])).stdout) as { records: { status_line: string; relay_transactions?: number }[] };
+    expect(json.records.find((r) => r.status_line === 'relay')?.relay_transactions).toBeGreaterThan(0);
+  });
+
+  it('serves a socket systemd passes as FileDescriptorName=relay-smtp', async () => {
+    const p = await freePort();
+    const d = await startDaemon({
+      command: ['systemd-socket-activate', '-l', `127.0.0.1:${p}`, '--fdname=relay-smtp'],
+      extra: [`dns_servers = ["${dns.server}"]`, '[egress]', 'source_ips = ["127.0.0.1"]', `ports = [${port}]`, 'allow_private_destinations = true', '[relay]', 'ehlo_name = "relay.test"', `destination_port = ${port}`, 'source_ip = "127.0.0.1"'].join('\n'),
+    });
+    try {
+      const before = a.transactions.length;
+      const sent = await send(p, 's@x.test', ['act@a.test']);
+      expect(sent.accepted).toEqual(['act@a.test']);
+      expect(a.transactions.length).toBe(before + 1);
+      await d.waitForLine(/sockets="3=relay-smtp"/);
+    } finally {
+      await d.stop();
+    }
+  }, 60_000);
+
   it('refuses what it cannot send: no greeting, LHLO on SMTP, nested MAIL, no recipients', async () => {
     const got = await dialogue(smtpPort, ['MAIL FROM:<s@x.test>', 'LHLO mta.test', 'EHLO mta.test', 'MAIL FROM:<s@x.test>', 'MAIL FROM:<s@x.test>', 'DATA', 'QUIT']);
     expect(got).toMatch(/^220 relay\.test ESMTP mtaproxy relay\r\n503 5\.5\.1 [^\r]*EHLO first/);
