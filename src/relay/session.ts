@@ -613,6 +613,18 @@ export class RelaySession {
     const tx = this.#tx;
     if (tx === null) return this.#write(r(503, '5.5.1 mtaproxy relay: send MAIL first'));
     if (tx.accepted.length === 0) return this.#write(r(this.#lmtp ? 503 : 554, '5.5.1 mtaproxy relay: no valid recipients'));
+    // a destination that accepted none of its recipients takes no body: RSET, and its connection goes back
+    for (const d of tx.dests.values()) {
+      const conn = d.conn;
+      if (d.accepted.length > 0 || conn === null) continue;
+      d.conn = null;
+      this.#ctx.throttle.refundMessage(d.throttle);
+      this.#record(tx, d, null, 'no recipient accepted', 0, conn);
+      conn.command('RSET', this.#ctx.pool.timeouts.commandMs).then(
+        (reply) => this.#ctx.pool.giveBack(conn, reply.code === 250),
+        () => this.#ctx.pool.giveBack(conn, false),
+      );
+    }
     const dests = [...tx.dests.values()].filter((d) => d.accepted.length > 0 && d.conn !== null);
     const replies = await Promise.all(
       dests.map(async (d) => {
@@ -766,6 +778,8 @@ export class RelaySession {
         const conn = d.conn;
         if (conn === null) return;
         d.conn = null;
+        // the MAIL was accepted but no message went: its token is given back
+        this.#ctx.throttle.refundMessage(d.throttle);
         try {
           const reply = await conn.command('RSET', this.#ctx.pool.timeouts.commandMs);
           this.#record(tx, d, reply, 'RSET', 0, conn);
@@ -787,6 +801,7 @@ export class RelaySession {
       if (conn === null) continue;
       d.conn = null;
       this.#record(tx, d, null, why, 0, conn);
+      this.#ctx.throttle.refundMessage(d.throttle);
       if (d.open) {
         conn.destroy('the MTA left during DATA');
         this.#ctx.pool.giveBack(conn, false);

@@ -157,6 +157,22 @@ describe.skipIf(unavailable !== null)(`relay front-end${unavailable === null ? '
     expect(b.transactions[beforeB]?.body).toContain('Subject: lmtp');
   });
 
+  it('LMTP: a destination that accepted none of its recipients gets RSET and its connection goes back to the pool', async () => {
+    const beforeA = a.transactions.length;
+    const sent = await send(lmtpPort, 's@x.test', ['k1@a.test', 'reject-k@b.test'], 'Subject: k\r\n\r\nx\r\n', { lmtp: true });
+    expect(sent.accepted).toEqual(['k1@a.test']);
+    expect(a.transactions[beforeA]?.to).toEqual(['k1@a.test']);
+    // no connection stays lent: every pooled key shows active=0
+    const deadline = Date.now() + 5000;
+    let st = '';
+    while (Date.now() < deadline) {
+      st = (await daemon.cli(['status'])).stdout;
+      if (!/smtp_pool: .* active=[1-9]/.test(st)) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(st).toMatch(/smtp_pool: 127\.0\.0\.1 -> 127\.0\.0\.21:\d+ .*active=0 cached=1/);
+  });
+
   it('answers null MX, unknown domains and a destination lost mid-DATA as RFC 7505 / 5321 say, never 250', async () => {
     const nul = await send(smtpPort, 's@x.test', ['n@nullmx.test', 'o@a.test']).catch((e: Error & { response?: string }) => e);
     expect(JSON.stringify(nul)).toMatch(/556 5\.1\.10/);
