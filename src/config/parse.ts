@@ -832,6 +832,16 @@ export function isLoopbackAddress(host: string): boolean {
  */
 export function configWarnings(config: Config, opts: { listenIgnored?: boolean } = {}): string[] {
   const warnings: string[] = [];
+  const relay = config.relay;
+  if (relay !== null && !relay.requireAuth && opts.listenIgnored !== true) {
+    for (const l of [...relay.listen, ...relay.lmtpListen]) {
+      if (isLoopbackAddress(l.host)) continue;
+      const shown = l.host.includes(':') ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`;
+      warnings.push(
+        `${config.file}: warning: relay listener "${shown}" is not a loopback address and AUTH is not required: every host allow_from lets in can send mail from your source IPs through it; narrow allow_from to the MTA hosts, or set relay.accounts`,
+      );
+    }
+  }
   if (config.tls.enabled || opts.listenIgnored === true) return warnings;
   for (const l of config.listen) {
     if (isLoopbackAddress(l.host)) continue;

@@ -161,3 +161,18 @@ describe('derived throttle limits', () => {
     expect(text).toMatch(/destinations\[3\] needs host/);
   });
 });
+
+describe('relay config warnings', () => {
+  it('warns of a relay listener off loopback without AUTH (an open relay for allow_from), not of a loopback one or with AUTH', async () => {
+    const { configWarnings } = await import('../../src/config/parse.js');
+    const open = parse('listen = "0.0.0.0:2525"\nehlo_name = "m.example"\nsource_ip = "192.0.2.10"');
+    if (!open.ok) throw new Error('config');
+    expect(configWarnings(open.config).join('\n')).toMatch(/relay listener "0\.0\.0\.0:2525" is not a loopback address and AUTH is not required/);
+    const local = parse('listen = "127.0.0.1:2525"\nlmtp_listen = "[::1]:24"\nehlo_name = "m.example"\nsource_ip = "192.0.2.10"');
+    if (!local.ok) throw new Error('config');
+    expect(configWarnings(local.config)).toEqual([]);
+    const authed = parse('listen = "0.0.0.0:2525"\nehlo_name = "m.example"\nsource_ip = "192.0.2.10"\naccounts = [{ username = "a", password = "p" }]');
+    if (!authed.ok) throw new Error('config');
+    expect(configWarnings(authed.config)).toEqual([]);
+  });
+});
