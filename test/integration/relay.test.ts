@@ -60,6 +60,7 @@ describe.skipIf(unavailable !== null)(`relay front-end${unavailable === null ? '
   let daemon: RunningDaemon;
   let smtpPort: number;
   let lmtpPort: number;
+  let relay5Port: number;
 
   beforeAll(async () => {
     port = await freePort('127.0.0.20');
@@ -81,17 +82,19 @@ describe.skipIf(unavailable !== null)(`relay front-end${unavailable === null ? '
         '[derived_throttle]',
         'destinations = [{ host = "mx-limited.test", max_messages_per_hour = 60 }]',
         '[relay]',
-        'listen = "127.0.0.1:0"',
+        'listen = ["127.0.0.1:0", "127.0.0.5:0"]',
         'lmtp_listen = "127.0.0.1:0"',
         'ehlo_name = "relay.test"',
         `destination_port = ${port}`,
         'destination_tls = "opportunistic"',
         'source_ip = "127.0.0.1"',
         'source_by_sender_domain = { "b-sender.test" = "127.0.0.2" }',
+        'source_by_local_address = { "127.0.0.5" = "127.0.0.2" }',
       ].join('\n'),
     });
     const portOf = (fe: string): number => Number(new RegExp(`listener: ${fe} on 127\\.0\\.0\\.1:(\\d+)`).exec(daemon.lines.join('\n'))?.[1] ?? 0);
     smtpPort = portOf('relay-smtp');
+    relay5Port = Number(/listener: relay-smtp on 127\.0\.0\.5:(\d+)/.exec(daemon.lines.join('\n'))?.[1] ?? 0);
     lmtpPort = portOf('relay-lmtp');
     expect(smtpPort).toBeGreaterThan(0);
     expect(lmtpPort).toBeGreaterThan(0);
@@ -126,6 +129,21 @@ describe.skipIf(unavailable !== null)(`relay front-end${unavailable === null ? '
     // a subdomain of a listed domain uses its rule too
     await send(smtpPort, 'news@mail.b-sender.test', ['v@b.test']);
     expect(b.transactions[before + 1]?.remoteAddress).toBe('127.0.0.2');
+  });
+
+  it('chooses the source by the relay address the MTA connected to (one relay address per source IP)', async () => {
+    const before = a.transactions.length;
+    const s5 = new SMTPConnection({ host: '127.0.0.5', port: relay5Port, ignoreTLS: true, name: 'mta.test' });
+    await new Promise<void>((resolve, reject) => {
+      s5.once('error', reject);
+      s5.connect(() => resolve());
+    });
+    await new Promise<void>((resolve, reject) => s5.send({ from: 's@x.test', to: ['la@a.test'] }, 'Subject: l\r\n\r\nx\r\n', (err) => (err ? reject(err) : resolve())));
+    s5.quit();
+    expect(a.transactions[before]?.remoteAddress).toBe('127.0.0.2');
+    // the same MTA on the other relay address: the default
+    await send(smtpPort, 's@x.test', ['lb@a.test']);
+    expect(a.transactions[before + 1]?.remoteAddress).toBe('127.0.0.1');
   });
 
   it('gives each recipient the destination\'s own refusal, and delivers to the others', async () => {
