@@ -6,7 +6,7 @@ import { parse as parseToml, TomlError } from 'smol-toml';
 import { AllowList, parseAllowRule, type AllowRule } from './allow.js';
 import { locateKeys, stringLocator, type Position } from './locate.js';
 import { MIN_SECRET_LENGTH, SharedSecret } from './secret.js';
-import { isCanonicalIp } from '../protocol/syntax.js';
+import { isCanonicalIp, THROTTLE_KEY } from '../protocol/syntax.js';
 import { parseCertificate } from './x509.js';
 import type { TlsMode } from '../smtp/client.js';
 
@@ -99,6 +99,12 @@ export interface DerivedThrottleRule {
   readonly maxConnections: number;
   /** 0: no limit */
   readonly maxMessagesPerHour: number;
+  /**
+   * the throttle key these deliveries use instead of SOURCE>host:port, with "{source_ip}" replaced:
+   * a native MTA that declares the same key shares its slots and tokens; null: the derived key
+   */
+  readonly key: string | null;
+  readonly mode: 'sum' | 'average';
 }
 
 /** [derived_throttle]: the limits of the throttles per (source IP, destination) (SOCKS5, PROXY v2, the relay). */
@@ -270,7 +276,7 @@ export const PROXY_V2_DIRECTIVES: Readonly<Record<string, Directive>> = {
 export const DERIVED_THROTTLE_DIRECTIVES: Readonly<Record<string, Directive>> = {
   max_connections: { help: 'concurrent connections per (source IP, destination) for SOCKS5/PROXY v2 deliveries and the relay (default 10)' },
   max_messages_per_hour: { help: 'messages per hour per (source IP, destination) for relay deliveries (default 0: no limit)' },
-  destinations: { help: 'per-destination limits, first match wins: [{ host = "mx.example.com" or ".example.com", source_ip = "…" (optional), max_connections = N, max_messages_per_hour = N }]' },
+  destinations: { help: 'per-destination limits, first match wins: [{ host = "mx.example.com" or ".example.com", source_ip = "…" (optional), max_connections = N, max_messages_per_hour = N, key = "name@{source_ip}" (optional: a key native MTAs may declare too), mode = "sum"|"average" }]' },
 };
 
 
@@ -626,7 +632,7 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
         const at = `derived_throttle.destinations[${i}]`;
         const e = u as Record<string, unknown>;
         if (!isTable(u) || typeof e.host !== 'string') return fail('derived_throttle.destinations', `${at} needs host = "mx.example.com" or ".example.com"`);
-        const extra = Object.keys(e).filter((k) => !['host', 'source_ip', 'max_connections', 'max_messages_per_hour'].includes(k));
+        const extra = Object.keys(e).filter((k) => !['host', 'source_ip', 'max_connections', 'max_messages_per_hour', 'key', 'mode'].includes(k));
         if (extra.length > 0) return fail('derived_throttle.destinations', `${at}: unknown key ${extra[0]}`);
         const host = e.host.toLowerCase().replace(/\.$/, '');
         if (!/^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(host) && !ipaddr.isValid(host)) return fail('derived_throttle.destinations', `${at}: host "${e.host}" is not a host name, ".domain" or an IP address`);
@@ -645,8 +651,18 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
           ruleSource = ipaddr.process(e.source_ip).toString();
           if (!sourceIps.includes(ruleSource)) return fail('derived_throttle.destinations', `${at}: source_ip ${ruleSource} is not in egress.source_ips`);
         }
+        let key: string | null = null;
+        if (e.key !== undefined) {
+          // the key with the longest source substituted must still be a valid throttle key
+          if (typeof e.key !== 'string' || !THROTTLE_KEY.test(e.key.replaceAll('{source_ip}', 'ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255')) || /[{}]/.test(e.key.replaceAll('{source_ip}', ''))) {
+            return fail('derived_throttle.destinations', `${at}: key must be a throttle key (A-Z a-z 0-9 . _ : @ + -, starting with a letter or digit), optionally with {source_ip}`);
+          }
+          key = e.key;
+        }
+        const mode = e.mode ?? 'sum';
+        if (mode !== 'sum' && mode !== 'average') return fail('derived_throttle.destinations', `${at}: mode must be "sum" or "average"`);
         if (maxConnections === null || maxMessagesPerHour === null) return;
-        derivedRules.push({ host: ipaddr.isValid(host) ? ipaddr.process(host).toString() : host, sourceIp: ruleSource, maxConnections, maxMessagesPerHour });
+        derivedRules.push({ host: ipaddr.isValid(host) ? ipaddr.process(host).toString() : host, sourceIp: ruleSource, maxConnections, maxMessagesPerHour, key, mode });
       });
     }
   }

@@ -24,7 +24,8 @@ import { formatReply, replySummary, type Reply } from '../smtp/reply.js';
 import type { ThrottleService } from '../throttle/service.js';
 import { linkOutcome, type MetricsHooks } from '../metrics/hooks.js';
 import { checkDestination } from '../egress/policy.js';
-import { DERIVED_OWNER, derivedThrottleKey } from '../egress/delivery.js';
+import { DERIVED_OWNER } from '../egress/delivery.js';
+import type { Declaration } from '../throttle/manager.js';
 import { poolKey } from '../egress/smtp-delivery.js';
 import type { RelayDns, Route } from './dns.js';
 import { chooseSource, decodePlain, mailLineFor, parsePath, rcptLineFor, type ParsedPath } from './envelope.js';
@@ -507,8 +508,9 @@ export class RelaySession {
           failures.push(`${host.name} ${address}: ${bad.message}`);
           continue;
         }
-        const throttle = derivedThrottleKey(tx.sourceIp, host.name.replace(/^\[|\]$/g, ''), port);
-        const declared = this.#declare(throttle, tx.sourceIp, host.name);
+        const declaration = derivedDeclaration(this.#ctx.derivedThrottle(), tx.sourceIp, host.name, port);
+        const throttle = declaration.key;
+        const declared = this.#declare(declaration);
         if (declared !== null) {
           dest.failure = r(451, `4.3.2 mtaproxy relay: ${declared}`);
           return;
@@ -597,7 +599,8 @@ export class RelaySession {
     dest.failure = r(451, `4.4.1 mtaproxy relay: no MX host of this destination answered (${failures.slice(0, 3).join('; ') || 'no usable address'})`);
   }
 
-  #declare(throttle: string, sourceIp: string, host: string): string | null {
+  #declare(declaration: Declaration): string | null {
+    const throttle = declaration.key;
     const m = this.#ctx.throttle.manager;
     // declared again each time, as SOCKS5 deliveries do: a reload's new limits apply at once
     if (m.limits(throttle) === null && m.throttleCount >= MAX_RELAY_THROTTLES) {
@@ -605,7 +608,7 @@ export class RelaySession {
       for (const key of [...m.keys()]) if (key.includes('>') && m.inUse(key) === 0 && m.waiting(key) === 0) this.#ctx.throttle.undeclare(DERIVED_OWNER, key);
       if (m.throttleCount >= MAX_RELAY_THROTTLES) return `too many throttles (${MAX_RELAY_THROTTLES}) are in use; try again later`;
     }
-    this.#ctx.throttle.declare(DERIVED_OWNER, derivedDeclaration(this.#ctx.derivedThrottle(), throttle, sourceIp, host));
+    this.#ctx.throttle.declare(DERIVED_OWNER, declaration);
     return null;
   }
 

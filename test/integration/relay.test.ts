@@ -7,7 +7,8 @@ import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dnsmasqUnavailable, startDns, type DnsServer } from '../helpers/dnsmasq.js';
 import { fakeMx, type FakeMx } from '../helpers/fake-mx.js';
-import { freePort, startDaemon, type RunningDaemon } from '../helpers/daemon.js';
+import { freePort, SECRET, startDaemon, type RunningDaemon } from '../helpers/daemon.js';
+import { ControlClient } from '../../src/client/index.js';
 import { destination, type Destination } from '../helpers/smtp-destination.js';
 
 interface Sent {
@@ -68,8 +69,8 @@ describe.skipIf(unavailable !== null)(`relay front-end${unavailable === null ? '
     b = await destination('127.0.0.21', port);
     dropper = await fakeMx({ host: '127.0.0.22', port });
     dns = await startDns({
-      mx: { 'a.test': [[10, 'mx-a.test']], 'a-alias.test': [[5, 'mx-a.test']], 'b.test': [[10, 'mx-b.test']], 'limited.test': [[10, 'mx-limited.test']], 'drop.test': [[10, 'mx-drop.test']], 'nullmx.test': [[0, '.']] },
-      hosts: { 'mx-a.test': '127.0.0.20', 'mx-b.test': '127.0.0.21', 'mx-limited.test': '127.0.0.20', 'mx-drop.test': '127.0.0.22' },
+      mx: { 'a.test': [[10, 'mx-a.test']], 'a-alias.test': [[5, 'mx-a.test']], 'b.test': [[10, 'mx-b.test']], 'limited.test': [[10, 'mx-limited.test']], 'shared.test': [[10, 'mx-shared.test']], 'drop.test': [[10, 'mx-drop.test']], 'nullmx.test': [[0, '.']] },
+      hosts: { 'mx-a.test': '127.0.0.20', 'mx-b.test': '127.0.0.21', 'mx-limited.test': '127.0.0.20', 'mx-shared.test': '127.0.0.20', 'mx-drop.test': '127.0.0.22' },
     });
     daemon = await startDaemon({
       extra: [
@@ -80,7 +81,7 @@ describe.skipIf(unavailable !== null)(`relay front-end${unavailable === null ? '
         'allow_private_destinations = true',
         'throttle_wait_timeout = "1s"',
         '[derived_throttle]',
-        'destinations = [{ host = "mx-limited.test", max_messages_per_hour = 60 }]',
+        'destinations = [{ host = "mx-limited.test", max_messages_per_hour = 60 }, { host = "mx-shared.test", key = "shared@{source_ip}", mode = "average", max_connections = 1 }]',
         '[relay]',
         'listen = ["127.0.0.1:0", "127.0.0.5:0"]',
         'lmtp_listen = "127.0.0.1:0"',
@@ -212,6 +213,27 @@ describe.skipIf(unavailable !== null)(`relay front-end${unavailable === null ? '
     expect(a.transactions.length).toBe(before + 1);
     const st = await daemon.cli(['status', '--throttles', '--json']);
     expect(st.stdout).toMatch(/127\.0\.0\.1>mx-limited\.test/);
+  });
+
+  it('shares a throttle with native MTAs through a [derived_throttle] rule\'s key', async () => {
+    const mta = await ControlClient.connect({ host: '127.0.0.1', port: daemon.port, name: 'native-a', secret: SECRET, tls: { rejectUnauthorized: false } });
+    try {
+      // the cluster-wide limit, stated by the native MTA and by the rule: one connection
+      expect(await mta.declare({ key: 'shared@127.0.0.1', sourceIp: '127.0.0.1', maxConnections: 1, maxMessagesPerHour: 3600, mode: 'average' })).toContain('max_connections=1');
+      const lease = await mta.acquire('shared@127.0.0.1', 'connection');
+      expect(lease).not.toBeNull();
+      // the native MTA holds the only slot: the relay waits throttle_wait_timeout (1s), then 451
+      const busy = await send(smtpPort, 's@x.test', ['sh1@shared.test']).catch((e: Error) => e);
+      expect(JSON.stringify(busy)).toMatch(/451 4\.4\.5 mtaproxy relay: throttle shared@127\.0\.0\.1 is busy/);
+      await mta.release(lease as number);
+      const sent = await send(smtpPort, 's@x.test', ['sh2@shared.test']);
+      expect(sent.accepted).toEqual(['sh2@shared.test']);
+      const view = JSON.parse((await daemon.cli(['status', '--throttles', '--key', 'shared@', '--json'])).stdout) as { throttles: { key: string; sessions: { session: string }[] }[] };
+      const t = view.throttles.find((x) => x.key === 'shared@127.0.0.1');
+      expect(t?.sessions.map((m) => m.session).sort()).toEqual(['derived', 'native-a']);
+    } finally {
+      await mta.quit();
+    }
   });
 
   it('shares destination connections between relay sessions', async () => {
