@@ -576,6 +576,67 @@ describe.skipIf(unavailable !== null)(`relay review${unavailable === null ? '' :
     m.end();
   });
 
+  it('the MTA leaving right after a pipelined DATA (before the 354): the destination gets no message', async () => {
+    const bs = s.messages.length;
+    const m = await Mta.open(smtp);
+    m.send('EHLO mta.test\r\nMAIL FROM:<p@x.test>\r\nRCPT TO:<predata@s.test>\r\n');
+    expect((await m.next(3))[2]).toMatch(/^250 /);
+    m.send('DATA\r\n');
+    m.end();
+    const conn = s.commands.findIndex((log) => log.includes('RCPT TO:<predata@s.test>'));
+    const log = s.commands[conn] ?? [];
+    // the relay either closes that connection (it may have said 354: no body will come) or resets it
+    await waitFor('the relay to close or reset the destination connection', () => s.closed.has(conn) || log.slice(log.indexOf('RCPT TO:<predata@s.test>') + 1).includes('RSET'));
+    if (log.includes('DATA')) expect(s.closed.has(conn)).toBe(true);
+    const ok = await Mta.open(smtp);
+    ok.send('EHLO mta.test\r\nMAIL FROM:<p@x.test>\r\nRCPT TO:<after-predata@s.test>\r\nDATA\r\nSubject: after\r\n\r\nfine\r\n.\r\nQUIT\r\n');
+    expect((await ok.next(6))[4]).toMatch(/^250 2\.0\.0 queued as/);
+    expect(s.messages.slice(bs).map((x) => x.to)).toEqual([['after-predata@s.test']]);
+  });
+
+  it('bounded memory: an MTA that pipelines 64 MB of NOOPs and reads no reply is not read on without limit', async () => {
+    const m = await Mta.open(smtp);
+    m.send('EHLO mta.test\r\n');
+    await m.next(1);
+    m.socket.pause();
+    const chunk = Buffer.from('NOOP\r\n'.repeat(10_000));
+    let written = 0;
+    const total = 64 * 1024 * 1024;
+    // write while the relay takes it; stop when it has taken nothing for a second
+    while (written < total) {
+      const more = m.socket.write(chunk);
+      written += chunk.length;
+      if (!more) {
+        const drained = await new Promise<boolean>((resolve) => {
+          const t = setTimeout(() => resolve(false), 1000);
+          m.socket.once('drain', () => { clearTimeout(t); resolve(true); });
+        });
+        if (!drained) break;
+      }
+    }
+    const accepted = written - m.socket.writableLength;
+    expect(accepted, `the relay read ${accepted} bytes of unread-reply NOOPs`).toBeLessThan(16 * 1024 * 1024);
+    m.end();
+  }, 30_000);
+
+  it('no throttle slot leaks: after every failure above, the connections in use toward mx-s.test are the ones still open there', async () => {
+    const inUse = async (): Promise<number> => {
+      const st = await daemon.cli(['status', '--throttles', '--key=mx-s.test', '--json']);
+      const found = JSON.stringify(JSON.parse(st.stdout)).match(/"key":"127\.0\.0\.1>mx-s\.test:\d+"[^}]*?"connections_in_use":(\d+)/);
+      return Number(found?.[1] ?? -1);
+    };
+    const open = (): number => s.commands.length - s.closed.size;
+    let last = { used: -2, open: -1 };
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      last = { used: await inUse(), open: open() };
+      if (last.used === last.open) break;
+      if (Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(last.used, `in use ${last.used}, open at the destination ${last.open}`).toBe(last.open);
+  }, 30_000);
+
   async function tlsSession(): Promise<Mta> {
     const m = await Mta.open(smtp);
     m.send('EHLO mta.test\r\n');
