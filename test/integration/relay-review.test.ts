@@ -131,11 +131,12 @@ describe.skipIf(unavailable !== null)(`relay review${unavailable === null ? '' :
   let s: ScriptMx;
   let g554: ScriptMx;
   let g421: ScriptMx;
+  let s2: ScriptMx;
   let daemon: RunningDaemon;
   let smtp: number;
   let lmtp: number;
   const portOf = (d: RunningDaemon, fe: string): number => Number(new RegExp(`listener: ${fe} on 127\\.0\\.0\\.1:(\\d+)`).exec(d.lines.join('\n'))?.[1] ?? 0);
-  const relayConfig = (dnsServer: string, extraRelay: string[] = []): string =>
+  const relayConfig = (dnsServer: string, extraRelay: string[] = [], tail: string[] = []): string =>
     [
       `dns_servers = ["${dnsServer}"]`,
       '[egress]',
@@ -152,6 +153,7 @@ describe.skipIf(unavailable !== null)(`relay review${unavailable === null ? '' :
       'destination_tls = "none"',
       'source_ip = "127.0.0.1"',
       ...extraRelay,
+      ...tail,
     ].join('\n');
 
   beforeAll(async () => {
@@ -161,6 +163,7 @@ describe.skipIf(unavailable !== null)(`relay review${unavailable === null ? '' :
     s = await scriptMx({ host: '127.0.0.32', port });
     g554 = await scriptMx({ host: '127.0.0.34', port, greeting: '554 5.3.2 script: no service for you' });
     g421 = await scriptMx({ host: '127.0.0.35', port, greeting: '421 4.3.2 script: too busy' });
+    s2 = await scriptMx({ host: '127.0.0.36', port });
     dns = await startDns({
       mx: {
         'a.test': [[10, 'mx-a.test']],
@@ -172,8 +175,10 @@ describe.skipIf(unavailable !== null)(`relay review${unavailable === null ? '' :
         'greet421.test': [[10, 'mx-g421.test'], [20, 'mx-b.test']],
         'alldead.test': [[10, 'mx-dead.test']],
         'xn--bcher-kva.test': [[10, 'mx-s.test']],
+        'lim.test': [[10, 'mx-lim.test']],
+        's2.test': [[10, 'mx-s2.test']],
       },
-      hosts: { 'mx-a.test': '127.0.0.30', 'mx-b.test': '127.0.0.31', 'mx-s.test': '127.0.0.32', 'mx-dead.test': '127.0.0.33', 'mx-g554.test': '127.0.0.34', 'mx-g421.test': '127.0.0.35' },
+      hosts: { 'mx-a.test': '127.0.0.30', 'mx-b.test': '127.0.0.31', 'mx-s.test': '127.0.0.32', 'mx-dead.test': '127.0.0.33', 'mx-g554.test': '127.0.0.34', 'mx-g421.test': '127.0.0.35', 'mx-lim.test': '127.0.0.32', 'mx-s2.test': '127.0.0.36' },
     });
     daemon = await startDaemon({
       extra: relayConfig(dns.server, [
@@ -181,7 +186,7 @@ describe.skipIf(unavailable !== null)(`relay review${unavailable === null ? '' :
         'max_recipients = 6',
         'max_message_size = 20000000',
         'accounts = [{ username = "mta-a", password = "pw-a-0123456789" }]',
-      ]),
+      ], ['[derived_throttle]', 'destinations = [{ host = "mx-lim.test", max_messages_per_hour = 60 }]']),
     });
     smtp = portOf(daemon, 'relay-smtp');
     lmtp = portOf(daemon, 'relay-lmtp');
@@ -197,6 +202,7 @@ describe.skipIf(unavailable !== null)(`relay review${unavailable === null ? '' :
     s?.close();
     g554?.close();
     g421?.close();
+    s2?.close();
   });
 
   it('SMTP: MAIL, RCPT×3 (one refused), DATA and the body pipelined in one write get their replies in order', async () => {
@@ -619,23 +625,53 @@ describe.skipIf(unavailable !== null)(`relay review${unavailable === null ? '' :
     m.end();
   }, 30_000);
 
-  it('no throttle slot leaks: after every failure above, the connections in use toward mx-s.test are the ones still open there', async () => {
-    const inUse = async (): Promise<number> => {
-      const st = await daemon.cli(['status', '--throttles', '--key=mx-s.test', '--json']);
-      const found = JSON.stringify(JSON.parse(st.stdout)).match(/"key":"127\.0\.0\.1>mx-s\.test:\d+"[^}]*?"connections_in_use":(\d+)/);
-      return Number(found?.[1] ?? -1);
-    };
-    const open = (): number => s.commands.length - s.closed.size;
-    let last = { used: -2, open: -1 };
-    const deadline = Date.now() + 15_000;
-    for (;;) {
-      last = { used: await inUse(), open: open() };
-      if (last.used === last.open) break;
-      if (Date.now() > deadline) break;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-    expect(last.used, `in use ${last.used}, open at the destination ${last.open}`).toBe(last.open);
-  }, 30_000);
+  it('two MTA sessions at once to one destination: a transaction never rides on a connection busy with another', async () => {
+    const bs = s.messages.length;
+    const one = await Mta.open(smtp);
+    one.send('EHLO mta.test\r\nMAIL FROM:<one@x.test>\r\nRCPT TO:<c1@s.test>\r\n');
+    expect((await one.next(3))[2]).toMatch(/^250 /);
+    const two = await Mta.open(smtp);
+    two.send('EHLO mta.test\r\nMAIL FROM:<two@x.test>\r\nRCPT TO:<c2@s.test>\r\nDATA\r\nSubject: two\r\n\r\ntwo\r\n.\r\nQUIT\r\n');
+    expect((await two.next(6))[4]).toMatch(/^250 2\.0\.0 queued as/);
+    one.send('RCPT TO:<c3@s.test>\r\nDATA\r\nSubject: one\r\n\r\none\r\n.\r\nQUIT\r\n');
+    expect((await one.next(4))[2]).toMatch(/^250 2\.0\.0 queued as/);
+    const got = s.messages.slice(bs);
+    expect(got.map((x) => [x.from, x.to])).toEqual([['two@x.test', ['c2@s.test']], ['one@x.test', ['c1@s.test', 'c3@s.test']]]);
+    expect(got[0]?.connection).not.toBe(got[1]?.connection);
+  });
+
+  it('LMTP: the MTA leaving mid-DATA: neither destination sees the end of the message', async () => {
+    const [bs, bs2] = [s.messages.length, s2.messages.length];
+    const m = await Mta.open(lmtp);
+    m.send('LHLO mta.test\r\nMAIL FROM:<p@x.test>\r\nRCPT TO:<lh1@s.test>\r\nRCPT TO:<lh2@s2.test>\r\nDATA\r\n');
+    expect((await m.next(5))[4]).toMatch(/^354 /);
+    m.send('Subject: half\r\n\r\n' + 'w'.repeat(30_000) + '\r\n');
+    const c1 = s.commands.findIndex((log) => log.includes('RCPT TO:<lh1@s.test>'));
+    const c2 = s2.commands.findIndex((log) => log.includes('RCPT TO:<lh2@s2.test>'));
+    await waitFor('both destinations to start the body', () => (s.commands[c1] ?? []).includes('DATA') && (s2.commands[c2] ?? []).includes('DATA'));
+    m.end();
+    await waitFor('both destination connections to close', () => s.closed.has(c1) && s2.closed.has(c2));
+    expect(s.messages.length).toBe(bs);
+    expect(s2.messages.length).toBe(bs2);
+  });
+
+  // BUG: RelaySession #open takes the message token at MAIL and only #open's sender-refused path refunds it; #reset (RSET/EHLO/QUIT before DATA) and #abandon never call refundMessage, so probes with no message use up max_messages_per_hour
+  it('[derived_throttle] max_messages_per_hour counts messages: a transaction reset before DATA (an address probe) sends none, and the limit still holds', async () => {
+    const bs = s.messages.length;
+    const m = await Mta.open(smtp);
+    m.send('EHLO mta.test\r\nMAIL FROM:<probe@x.test>\r\nRCPT TO:<probe@lim.test>\r\nRSET\r\n');
+    const r = await m.next(4);
+    expect(r[2]).toMatch(/^250 /);
+    expect(r[3]).toMatch(/^250 /);
+    m.send('MAIL FROM:<p@x.test>\r\nRCPT TO:<real@lim.test>\r\nDATA\r\nSubject: lim\r\n\r\nlim\r\n.\r\n');
+    const first = await m.next(4);
+    expect(first[1], 'the probe took the only token of the hour').toMatch(/^250 /);
+    expect(first[3]).toMatch(/^250 2\.0\.0 queued as/);
+    m.send('MAIL FROM:<p@x.test>\r\nRCPT TO:<second@lim.test>\r\nQUIT\r\n');
+    const second = await m.next(3, 10_000);
+    expect(second[1]).toMatch(/^451 4\.4\.5 /);
+    expect(s.messages.slice(bs).map((x) => x.to)).toEqual([['real@lim.test']]);
+  });
 
   async function tlsSession(): Promise<Mta> {
     const m = await Mta.open(smtp);
@@ -742,6 +778,24 @@ describe.skipIf(unavailable !== null)(`relay review${unavailable === null ? '' :
     expect(m.isClosed, `still open after ${Date.now() - started}ms of trickling (idle_timeout 2s)`).toBe(true);
     m.end();
   }, 15_000);
+
+  it('no throttle slot leaks: after every failure above, the connections in use toward mx-s.test are the ones still open there', async () => {
+    const inUse = async (): Promise<number> => {
+      const st = await daemon.cli(['status', '--throttles', '--key=mx-s.test', '--json']);
+      const found = JSON.stringify(JSON.parse(st.stdout)).match(/"key":"127\.0\.0\.1>mx-s\.test:\d+"[^}]*?"connections_in_use":(\d+)/);
+      return Number(found?.[1] ?? -1);
+    };
+    const open = (): number => s.commands.length - s.closed.size;
+    let last = { used: -2, open: -1 };
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      last = { used: await inUse(), open: open() };
+      if (last.used === last.open) break;
+      if (Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(last.used, `in use ${last.used}, open at the destination ${last.open}`).toBe(last.open);
+  }, 30_000);
 
   describe('a reload that removes [relay]', () => {
     let d3: RunningDaemon;
