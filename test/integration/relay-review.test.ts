@@ -779,6 +779,49 @@ describe.skipIf(unavailable !== null)(`relay review${unavailable === null ? '' :
     m.end();
   }, 15_000);
 
+  describe('SIGTERM while the MTA is in the middle of a body', () => {
+    let d4: RunningDaemon;
+    let smtp4: number;
+    beforeAll(async () => {
+      d4 = await startDaemon({ extra: relayConfig(dns.server) });
+      smtp4 = portOf(d4, 'relay-smtp');
+    }, 30_000);
+    afterAll(async () => {
+      await d4?.stop();
+    });
+
+    it('the body still finishes and the MTA gets the destination\'s 250, once; an idle session gets 421 at once', async () => {
+      const bs = s.messages.length;
+      const idle = await Mta.open(smtp4);
+      idle.send('EHLO mta.test\r\n');
+      await idle.next(1);
+      const m = await Mta.open(smtp4);
+      m.send('EHLO mta.test\r\nMAIL FROM:<p@x.test>\r\nRCPT TO:<midbody@s.test>\r\nDATA\r\n');
+      expect((await m.next(4))[3]).toMatch(/^354 /);
+      m.send('Subject: mid body\r\n\r\nfirst half\r\n');
+      const conn = s.commands.findIndex((log) => log.includes('RCPT TO:<midbody@s.test>'));
+      await waitFor('the destination to get the DATA', () => (s.commands[conn] ?? []).includes('DATA'));
+      d4.proc.kill('SIGTERM');
+      await d4.waitForLine(/mtaproxy stopping/);
+      expect((await idle.rest(5000)).join('\n')).toMatch(/^421 /);
+      m.send('second half\r\n.\r\n');
+      expect((await m.next(1))[0]).toMatch(/^250 2\.0\.0 queued as/);
+      expect(s.messages.slice(bs).map((x) => [x.to, x.body])).toEqual([[['midbody@s.test'], 'Subject: mid body\r\n\r\nfirst half\r\nsecond half\r\n']]);
+      await d4.exited;
+    }, 30_000);
+  });
+
+  it('EHLO in the middle of a transaction resets it at the destination too (RFC 5321 §4.1.4)', async () => {
+    const bs = s.messages.length;
+    const m = await Mta.open(smtp);
+    m.send('EHLO mta.test\r\nMAIL FROM:<p@x.test>\r\nRCPT TO:<before-ehlo@s.test>\r\n');
+    expect((await m.next(3))[2]).toMatch(/^250 /);
+    m.send('EHLO mta.test\r\nMAIL FROM:<q@x.test>\r\nRCPT TO:<after-ehlo@s.test>\r\nDATA\r\nSubject: e\r\n\r\ne\r\n.\r\nQUIT\r\n');
+    const r = await m.next(6);
+    expect(r[4]).toMatch(/^250 2\.0\.0 queued as/);
+    expect(s.messages.slice(bs).map((x) => [x.from, x.to])).toEqual([['q@x.test', ['after-ehlo@s.test']]]);
+  });
+
   it('no throttle slot leaks: after every failure above, the connections in use toward mx-s.test are the ones still open there', async () => {
     const inUse = async (): Promise<number> => {
       const st = await daemon.cli(['status', '--throttles', '--key=mx-s.test', '--json']);
