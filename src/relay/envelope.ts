@@ -1,5 +1,6 @@
 // The relay's envelope decisions, pure: the domain of a path (RFC 5321 §4.1.2), which MAIL
 // parameters a destination may see, and which source IP a transaction goes from.
+import { domainToASCII } from 'node:url';
 import ipaddr from 'ipaddr.js';
 import type { RelayConfig } from '../config/parse.js';
 import type { Extensions } from '../smtp/ehlo.js';
@@ -31,13 +32,18 @@ export function parsePath(args: string, prefix: 'FROM' | 'TO'): ParsedPath | nul
   if (at === -1) return { mailbox, domain: { kind: 'none' }, params };
   const d = mailbox.slice(at + 1);
   if (at === 0 || d === '') return null;
-  const lit = /^\[(?:IPv6:)?([^\]]+)\]$/i.exec(d);
+  const lit = /^\[(IPv6:)?([^\]]+)\]$/i.exec(d);
   if (lit !== null) {
-    const ip = lit[1] ?? '';
-    if (!ipaddr.isValid(ip)) return null;
+    const ip = lit[2] ?? '';
+    // RFC 5321 §4.1.3: an IPv6 literal carries the "IPv6:" tag, an IPv4 one none
+    if (lit[1] !== undefined ? !ipaddr.IPv6.isValid(ip) : !ipaddr.IPv4.isValidFourPartDecimal(ip)) return null;
     return { mailbox, domain: { kind: 'literal', address: ipaddr.process(ip).toString() }, params };
   }
-  const domain = d.toLowerCase().replace(/\.$/, '');
+  // the line is read as latin1 (bytes kept for the destination); a domain in UTF-8 (SMTPUTF8,
+  // RFC 6531) is looked up in its ASCII form (A-labels, RFC 5891)
+  const ascii = /[\x80-\xff]/.test(d) ? domainToASCII(Buffer.from(d, 'latin1').toString('utf8')) : d;
+  if (ascii === '') return null;
+  const domain = ascii.toLowerCase().replace(/\.$/, '');
   // A-labels and (SMTPUTF8) U-labels: reject only what cannot be a domain at all
   if (!/^[^\s.@<>()[\]\\,;:"]+(\.[^\s.@<>()[\]\\,;:"]+)*$/.test(domain) || domain.length > 253) return null;
   return { mailbox, domain: { kind: 'domain', domain }, params };

@@ -205,8 +205,12 @@ export class RelaySession {
 
   #onData(chunk: Buffer): void {
     if (this.#isClosed()) return;
-    this.#touch();
-    if (this.#phase === 'body') return this.#body(chunk);
+    // the idle timer counts complete commands (a line trickled byte by byte is no activity),
+    // and any body bytes
+    if (this.#phase === 'body') {
+      this.#touch();
+      return this.#body(chunk);
+    }
     this.#pending.push(chunk);
     if (this.#authWaiter !== null) return this.#authLine();
     this.#pump();
@@ -244,6 +248,7 @@ export class RelaySession {
         else this.#socket.resume();
         return;
       }
+      this.#touch();
       if (/[\r\0]/.test(line)) {
         this.#write(r(501, '5.5.2 mtaproxy relay: bare CR or NUL in a command line'));
         continue;
@@ -355,11 +360,16 @@ export class RelaySession {
       if (p.authzid !== '' && p.authzid !== p.username) return this.#authFailed('an authorization identity other than the username');
       ({ username, password } = p);
     } else if (mech.toUpperCase() === 'LOGIN') {
+      const B64 = /^[A-Za-z0-9+/]*={0,2}$/;
       const u = initial ?? (await this.#ask('VXNlcm5hbWU6'));
       if (u === null) return;
+      // RFC 4954 §4: "*" cancels, a response that is not base64 is a 501
+      if (u === '*') return this.#write(r(501, '5.0.0 AUTH cancelled'));
+      if (!B64.test(u)) return this.#write(r(501, '5.5.2 mtaproxy relay: malformed AUTH LOGIN response (not base64)'));
       const pw = await this.#ask('UGFzc3dvcmQ6');
       if (pw === null) return;
-      if (u === '*' || pw === '*') return this.#write(r(501, '5.0.0 AUTH cancelled'));
+      if (pw === '*') return this.#write(r(501, '5.0.0 AUTH cancelled'));
+      if (!B64.test(pw)) return this.#write(r(501, '5.5.2 mtaproxy relay: malformed AUTH LOGIN response (not base64)'));
       username = Buffer.from(u, 'base64').toString('utf8');
       password = Buffer.from(pw, 'base64').toString('utf8');
     } else {
@@ -405,6 +415,7 @@ export class RelaySession {
       return w(null);
     }
     if (line === null) return;
+    this.#touch();
     this.#authWaiter = null;
     this.#socket.pause();
     w(line.trim());
@@ -676,9 +687,11 @@ export class RelaySession {
   #body(raw: Buffer): void {
     const scanner = this.#scanner;
     if (scanner === null) return;
-    const chunk = this.#normalizer.push(raw);
-    const end = scanner.push(chunk);
-    const part = end === -1 ? chunk : chunk.subarray(0, end);
+    // the end is found in the MTA's own bytes (only its CRLF.CRLF ends the body); what goes to the
+    // destinations has every line ended in CRLF, and a line a bare LF or CR started dot-stuffed
+    // (smtp/command.ts BodyNormalizer), so they end the body exactly there too (SMTP smuggling)
+    const end = scanner.push(raw);
+    const part = this.#normalizer.push(end === -1 ? raw : raw.subarray(0, end));
     let full = 0;
     for (const d of this.#bodyOpen) {
       const conn = d.conn;
@@ -694,8 +707,7 @@ export class RelaySession {
     if (end === -1) return;
     this.#phase = 'command';
     this.#scanner = null;
-    this.#normalizer.takeHeld();
-    const rest = raw.subarray(this.#normalizer.rawOffset(end));
+    const rest = raw.subarray(end);
     if (rest.length > 0) this.#pending.push(rest);
     this.#busy = true;
     this.#socket.pause();

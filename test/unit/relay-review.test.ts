@@ -36,7 +36,7 @@ describe('parsePath (RFC 5321 §4.1.2)', () => {
     expect(parsePath('TO:u@x.test', 'TO')).toBeNull();
   });
 
-  // BUG: parsePath's literal regex makes the "IPv6:" tag optional, so "[2001:db8::1]" is taken as an address literal; RFC 5321 §4.1.3 IPv6-address-literal = "IPv6:" IPv6-addr (an untagged one is a syntax error, 501)
+  // was a bug (fixed): parsePath's literal regex makes the "IPv6:" tag optional, so "[2001:db8::1]" is taken as an address literal; RFC 5321 §4.1.3 IPv6-address-literal = "IPv6:" IPv6-addr (an untagged one is a syntax error, 501)
   it('an IPv6 literal without the "IPv6:" tag is a syntax error (RFC 5321 §4.1.3)', () => {
     expect(parsePath('TO:<u@[2001:db8::1]>', 'TO')).toBeNull();
   });
@@ -121,16 +121,16 @@ describe('derivedDeclaration: the [derived_throttle] rule of an MX host', () => 
     maxConnections: 10,
     maxMessagesPerHour: 0,
     destinations: [
-      { host: '.example.com', sourceIp: null, maxConnections: 4, maxMessagesPerHour: 100 },
-      { host: 'mx.small.test', sourceIp: '192.0.2.11', maxConnections: 1, maxMessagesPerHour: 5 },
+      { host: '.example.com', sourceIp: null, maxConnections: 4, maxMessagesPerHour: 100, key: null, mode: 'sum' },
+      { host: 'mx.small.test', sourceIp: '192.0.2.11', maxConnections: 1, maxMessagesPerHour: 5, key: null, mode: 'sum' },
     ] as unknown as DerivedThrottleConfig['destinations'],
   };
   it('".domain" matches hosts under it, not a host that merely ends with its letters', () => {
-    expect(derivedDeclaration(c, 'k', '192.0.2.10', 'MX1.Example.COM.')).toMatchObject({ maxConnections: 4, maxMessagesPerHour: 100 });
-    expect(derivedDeclaration(c, 'k', '192.0.2.10', 'mx1.badexample.com')).toMatchObject({ maxConnections: 10 });
+    expect(derivedDeclaration(c, '192.0.2.10', 'MX1.Example.COM.', 25)).toMatchObject({ maxConnections: 4, maxMessagesPerHour: 100 });
+    expect(derivedDeclaration(c, '192.0.2.10', 'mx1.badexample.com', 25)).toMatchObject({ maxConnections: 10 });
   });
   it('a rule for one source applies to that source only', () => {
-    expect(derivedDeclaration(c, 'k', '192.0.2.11', 'mx.small.test')).toMatchObject({ maxConnections: 1, maxMessagesPerHour: 5 });
-    expect(derivedDeclaration(c, 'k', '192.0.2.10', 'mx.small.test')).toMatchObject({ maxConnections: 10 });
+    expect(derivedDeclaration(c, '192.0.2.11', 'mx.small.test', 25)).toMatchObject({ maxConnections: 1, maxMessagesPerHour: 5 });
+    expect(derivedDeclaration(c, '192.0.2.10', 'mx.small.test', 25)).toMatchObject({ maxConnections: 10 });
   });
 });
