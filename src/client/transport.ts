@@ -21,15 +21,11 @@ import type MailMessage from 'nodemailer/lib/mailer/mail-message.js';
 import type SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
 import { ControlClient, openTunnel, ProxyError, type ConnectOptions, type SmtpModeInfo } from './index.js';
 import { ResilientControl } from './resilient.js';
+import { isNullMx, orderMx, type MxRecord } from '../smtp/mx.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
-/** An MX record as `dns.promises.resolveMx` gives it; `port` (not in DNS) overrides the transport's port, for tests. */
-export interface MxRecord {
-  exchange: string;
-  priority: number;
-  port?: number;
-}
+export type { MxRecord } from '../smtp/mx.js';
 
 export interface ThrottleLimits {
   maxConnections: number;
@@ -194,17 +190,7 @@ const NEXT_MX_CODES = new Set([421, 442, 443, 444, 552, 554]);
 
 const DEFAULT_LIMITS: ThrottleLimits = { maxConnections: 2, maxMessagesPerHour: 3600, mode: 'sum' };
 
-/**
- * RFC 5321 §5.1: by preference, lowest first; records of equal preference in random order.
- * Exported for tests.
- */
-export function orderMx(records: readonly MxRecord[], random: () => number = Math.random): MxRecord[] {
-  const keyed = records.map((r) => ({ r, k: random() }));
-  keyed.sort((a, b) => a.r.priority - b.r.priority || a.k - b.k);
-  return keyed.map((x) => x.r);
-}
-
-const isNullMx = (r: MxRecord): boolean => r.exchange === '' || r.exchange === '.';
+export { orderMx };
 
 type Route = { ok: true; hosts: { host: string; port: number }[] } | { ok: false; response: string; code: string };
 

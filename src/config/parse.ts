@@ -6,8 +6,9 @@ import { parse as parseToml, TomlError } from 'smol-toml';
 import { AllowList, parseAllowRule, type AllowRule } from './allow.js';
 import { locateKeys, stringLocator, type Position } from './locate.js';
 import { MIN_SECRET_LENGTH, SharedSecret } from './secret.js';
-import { isCanonicalIp } from '../protocol/syntax.js';
+import { isCanonicalIp, THROTTLE_KEY } from '../protocol/syntax.js';
 import { parseCertificate } from './x509.js';
+import type { TlsMode } from '../smtp/client.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/mtaproxy/mtaproxy.toml';
 export const DEFAULT_ADMIN_SOCKET = '/run/mtaproxy/admin.sock';
@@ -89,15 +90,74 @@ export interface SmtpConfig {
   readonly dataDoneTimeoutMs: number;
 }
 
+/** A per-destination rule of [derived_throttle]: the first that matches sets the limits. */
+export interface DerivedThrottleRule {
+  /** "mx.example.com" (that host) or ".example.com" (any host under it), lower case */
+  readonly host: string;
+  /** only deliveries from this source, or any */
+  readonly sourceIp: string | null;
+  readonly maxConnections: number;
+  /** 0: no limit */
+  readonly maxMessagesPerHour: number;
+  /**
+   * the throttle key these deliveries use instead of SOURCE>host:port, with "{source_ip}" replaced:
+   * a native MTA that declares the same key shares its slots and tokens; null: the derived key
+   */
+  readonly key: string | null;
+  readonly mode: 'sum' | 'average';
+}
+
+/** [derived_throttle]: the limits of the throttles per (source IP, destination) (SOCKS5, PROXY v2, the relay). */
+export interface DerivedThrottleConfig {
+  readonly maxConnections: number;
+  /** 0: no limit */
+  readonly maxMessagesPerHour: number;
+  readonly destinations: readonly DerivedThrottleRule[];
+}
+
+/** An account of the relay front-end (SMTP AUTH PLAIN/LOGIN, only over TLS). */
+export interface RelayAccount {
+  readonly username: string;
+  readonly password: string;
+  /** the source address this MTA's mail goes from (unless its sender domain has one) */
+  readonly sourceIp: string | null;
+}
+
+/** [relay]: an SMTP and an LMTP listener any MTA can use as its next hop (docs/relay.md). */
+export interface RelayConfig {
+  readonly listen: readonly ListenAddress[];
+  readonly lmtpListen: readonly ListenAddress[];
+  /** the name in the relay's greeting and EHLO reply */
+  readonly hostname: string;
+  /** the EHLO name toward destinations, per source IP (every source the relay can choose has one) */
+  readonly ehloNames: ReadonlyMap<string, string>;
+  readonly destinationTls: TlsMode;
+  readonly destinationPort: number;
+  /** source IP choice, in this order: sender domain, account, local address, source_ip */
+  readonly sourceBySenderDomain: ReadonlyMap<string, string>;
+  readonly sourceByLocalAddress: ReadonlyMap<string, string>;
+  readonly sourceIp: string | null;
+  readonly accounts: readonly RelayAccount[];
+  /** AUTH is required before MAIL (true when accounts are configured, unless set false) */
+  readonly requireAuth: boolean;
+  readonly maxRecipients: number;
+  /** bytes, advertised as SIZE; 0: no limit advertised */
+  readonly maxMessageSize: number;
+}
+
 export interface Config {
   readonly file: string;
+  /** [relay], or null when there is none */
+  readonly relay: RelayConfig | null;
+  /** DNS servers for the relay's MX lookups ("IP" or "IP:PORT"); empty: the system's (/etc/resolv.conf) */
+  readonly dnsServers: readonly string[];
   readonly smtp: SmtpConfig;
   readonly tls: TlsConfig;
   readonly egress: EgressConfig;
   readonly socks5: Socks5Config | null;
   readonly proxyV2: ProxyV2Config | null;
   /** limits of the throttles derived from (source IP, destination) for SOCKS5/PROXY v2 */
-  readonly derivedThrottle: { readonly maxConnections: number };
+  readonly derivedThrottle: DerivedThrottleConfig;
   readonly listen: readonly ListenAddress[];
   readonly allowFrom: AllowList;
   /** The secret new handshakes are answered with, then an optional previous one (rotation). */
@@ -173,6 +233,24 @@ export const DIRECTIVES: Readonly<Record<string, Directive>> = {
   proxy_v2: { help: 'table [proxy_v2]: a PROXY protocol v2 front-end (KumoMTA ha_proxy_*, Momentum)' },
   derived_throttle: { help: 'table [derived_throttle]: limits for SOCKS5/PROXY v2 deliveries' },
   smtp: { help: 'table [smtp]: smtp-mode deliveries, the shared destination connections and their timeouts' },
+  relay: { help: 'table [relay]: an SMTP and an LMTP listener any MTA can relay through (docs/relay.md)' },
+  dns_servers: { help: 'DNS servers for MX lookups of the relay, "IP" or "IP:PORT" (default: /etc/resolv.conf)' },
+};
+
+export const RELAY_DIRECTIVES: Readonly<Record<string, Directive>> = {
+  listen: { help: 'SMTP relay addresses, "IP:PORT" (socket activation: FileDescriptorName=relay-smtp)' },
+  lmtp_listen: { help: 'LMTP relay addresses, "IP:PORT" (socket activation: FileDescriptorName=relay-lmtp); LMTP gives a reply per recipient, so one transaction may span destinations' },
+  hostname: { help: "the relay's name in its greeting and EHLO reply (default: ehlo_name when it is one name, else \"mtaproxy\")" },
+  ehlo_name: { help: 'EHLO name toward destinations: a name, or a table { "SOURCE-IP" = "name" } naming every source the relay can choose (required)' },
+  destination_tls: { help: 'STARTTLS toward destinations: "none", "opportunistic" (default, as Postfix may) or "required"' },
+  destination_port: { help: 'the port of the MX hosts (default 25)' },
+  source_by_sender_domain: { help: 'table { "example.com" = "SOURCE-IP" }: the envelope sender domain (or a parent domain) chooses the source (first rule)' },
+  accounts: { help: 'SMTP AUTH accounts (PLAIN/LOGIN, only after STARTTLS): [{ username = "…", password = "…", source_ip = "…" (optional) }] (second rule)' },
+  source_by_local_address: { help: 'table { "RELAY-ADDRESS" = "SOURCE-IP" }: the address the MTA connected to chooses the source (third rule)' },
+  source_ip: { help: 'the source when no rule above chooses one; without it, such mail is refused with 451 4.3.5' },
+  require_auth: { help: 'MTAs must AUTH before MAIL (default: true when accounts are set)' },
+  max_recipients: { help: 'recipients per transaction (default 1000); more get 452 4.5.3' },
+  max_message_size: { help: 'bytes, advertised as SIZE (default 52428800, 0 for none advertised)' },
 };
 
 export const SMTP_DIRECTIVES: Readonly<Record<string, Directive>> = {
@@ -199,7 +277,9 @@ export const PROXY_V2_DIRECTIVES: Readonly<Record<string, Directive>> = {
 };
 
 export const DERIVED_THROTTLE_DIRECTIVES: Readonly<Record<string, Directive>> = {
-  max_connections: { help: 'concurrent connections per (source IP, destination) for SOCKS5/PROXY v2 deliveries (default 10)' },
+  max_connections: { help: 'concurrent connections per (source IP, destination) for SOCKS5/PROXY v2 deliveries and the relay (default 10)' },
+  max_messages_per_hour: { help: 'messages per hour per (source IP, destination) for relay deliveries (default 0: no limit)' },
+  destinations: { help: 'per-destination limits, first match wins: [{ host = "mx.example.com" or ".example.com", source_ip = "…" (optional), max_connections = N, max_messages_per_hour = N, key = "name@{source_ip}" (optional: a key native MTAs may declare too), mode = "sum"|"average" }]' },
 };
 
 
@@ -220,6 +300,7 @@ export const TABLES: Readonly<Record<string, Readonly<Record<string, Directive>>
   proxy_v2: PROXY_V2_DIRECTIVES,
   derived_throttle: DERIVED_THROTTLE_DIRECTIVES,
   smtp: SMTP_DIRECTIVES,
+  relay: RELAY_DIRECTIVES,
 };
 
 const DURATION_PART = /(\d+(?:\.\d+)?)(ms|s|m|h)/gy;
@@ -554,7 +635,179 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
     raw.proxy_v2 === undefined
       ? null
       : { listen: listenList('proxy_v2.listen'), allowFrom: get('proxy_v2.allow_from') === undefined ? null : new AllowList(allowRules('proxy_v2.allow_from', [])) };
-  const derivedThrottle = { maxConnections: integer('derived_throttle.max_connections', 10, 1, 1_000_000) };
+  const derivedMax = integer('derived_throttle.max_connections', 10, 1, 1_000_000);
+  const derivedMessages = integer('derived_throttle.max_messages_per_hour', 0, 0, 100_000_000);
+  const derivedRules: DerivedThrottleRule[] = [];
+  const rulesValue = get('derived_throttle.destinations');
+  if (rulesValue !== undefined) {
+    if (!Array.isArray(rulesValue)) fail('derived_throttle.destinations', 'must be an array of { host, source_ip?, max_connections?, max_messages_per_hour? } tables');
+    else {
+      rulesValue.forEach((u: unknown, i) => {
+        const at = `derived_throttle.destinations[${i}]`;
+        const e = u as Record<string, unknown>;
+        if (!isTable(u) || typeof e.host !== 'string') return fail('derived_throttle.destinations', `${at} needs host = "mx.example.com" or ".example.com"`);
+        const extra = Object.keys(e).filter((k) => !['host', 'source_ip', 'max_connections', 'max_messages_per_hour', 'key', 'mode'].includes(k));
+        if (extra.length > 0) return fail('derived_throttle.destinations', `${at}: unknown key ${extra[0]}`);
+        const host = e.host.toLowerCase().replace(/\.$/, '');
+        if (!/^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(host) && !ipaddr.isValid(host)) return fail('derived_throttle.destinations', `${at}: host "${e.host}" is not a host name, ".domain" or an IP address`);
+        const num = (k: string, fallback: number, min: number): number | null => {
+          const v = e[k];
+          if (v === undefined) return fallback;
+          if (typeof v === 'number' && Number.isInteger(v) && v >= min && v <= 100_000_000) return v;
+          fail('derived_throttle.destinations', `${at}: ${k} must be a whole number from ${min} to 100000000`);
+          return null;
+        };
+        const maxConnections = num('max_connections', derivedMax, 1);
+        const maxMessagesPerHour = num('max_messages_per_hour', derivedMessages, 0);
+        let ruleSource: string | null = null;
+        if (e.source_ip !== undefined) {
+          if (typeof e.source_ip !== 'string' || !ipaddr.isValid(e.source_ip)) return fail('derived_throttle.destinations', `${at}: source_ip must be an IP address`);
+          ruleSource = ipaddr.process(e.source_ip).toString();
+          if (!sourceIps.includes(ruleSource)) return fail('derived_throttle.destinations', `${at}: source_ip ${ruleSource} is not in egress.source_ips`);
+        }
+        let key: string | null = null;
+        if (e.key !== undefined) {
+          // the key with the longest source substituted must still be a valid throttle key
+          if (typeof e.key !== 'string' || !THROTTLE_KEY.test(e.key.replaceAll('{source_ip}', 'ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255')) || /[{}]/.test(e.key.replaceAll('{source_ip}', ''))) {
+            return fail('derived_throttle.destinations', `${at}: key must be a throttle key (A-Z a-z 0-9 . _ : @ + -, starting with a letter or digit), optionally with {source_ip}`);
+          }
+          key = e.key;
+        }
+        const mode = e.mode ?? 'sum';
+        if (mode !== 'sum' && mode !== 'average') return fail('derived_throttle.destinations', `${at}: mode must be "sum" or "average"`);
+        if (maxConnections === null || maxMessagesPerHour === null) return;
+        derivedRules.push({ host: ipaddr.isValid(host) ? ipaddr.process(host).toString() : host, sourceIp: ruleSource, maxConnections, maxMessagesPerHour, key, mode });
+      });
+    }
+  }
+  const derivedThrottle: DerivedThrottleConfig = { maxConnections: derivedMax, maxMessagesPerHour: derivedMessages, destinations: derivedRules };
+
+  const dnsServers: string[] = [];
+  for (const entry of stringList('dns_servers', [])) {
+    const m = /^(?:\[([^\]]+)\]|([^:[\]]+))(?::(\d{1,5}))?$/.exec(entry) ?? (ipaddr.IPv6.isValid(entry) ? [entry, entry] : null);
+    const host = m === null ? '' : (m[1] ?? m[2] ?? '');
+    const port = m?.[3] === undefined ? 53 : Number(m[3]);
+    if (m === null || !ipaddr.isValid(host) || port < 1 || port > 65535) fail('dns_servers', `"${entry}" must be "IP", "IP:PORT" or "[IPv6]:PORT"`, locateString(where('dns_servers'), entry));
+    else dnsServers.push(entry);
+  }
+
+  let relay: RelayConfig | null = null;
+  if (isTable(raw.relay)) {
+    const relaySource = (key: string, value: unknown, what: string): string | null => {
+      if (typeof value !== 'string' || !ipaddr.isValid(value)) {
+        fail(key, `${what} must be an IP address`);
+        return null;
+      }
+      const ip = ipaddr.process(value).toString();
+      if (!sourceIps.includes(ip)) {
+        fail(key, `${what}: ${ip} is not in egress.source_ips`);
+        return null;
+      }
+      return ip;
+    };
+    const ipTable = (key: string, keyKind: 'domain' | 'address'): Map<string, string> => {
+      const out = new Map<string, string>();
+      const value = get(key);
+      if (value === undefined) return out;
+      if (!isTable(value)) {
+        fail(key, `must be a table { "${keyKind === 'domain' ? 'example.com' : '192.0.2.1'}" = "SOURCE-IP" }`);
+        return out;
+      }
+      for (const [k, v] of Object.entries(value)) {
+        let name = k.toLowerCase().replace(/\.$/, '');
+        if (keyKind === 'address') {
+          if (!ipaddr.isValid(k)) {
+            fail(key, `"${k}" is not an IP address`);
+            continue;
+          }
+          name = ipaddr.process(k).toString();
+        } else if (!/^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$/.test(name)) {
+          fail(key, `"${k}" is not a domain name`);
+          continue;
+        }
+        const ip = relaySource(key, v, `"${k}"`);
+        if (ip !== null) out.set(name, ip);
+      }
+      return out;
+    };
+    const sourceBySenderDomain = ipTable('relay.source_by_sender_domain', 'domain');
+    const sourceByLocalAddress = ipTable('relay.source_by_local_address', 'address');
+    const relayDefault = get('relay.source_ip') === undefined ? null : relaySource('relay.source_ip', get('relay.source_ip'), 'source_ip');
+    const accounts: RelayAccount[] = [];
+    const accountsValue = get('relay.accounts');
+    if (accountsValue !== undefined) {
+      if (!Array.isArray(accountsValue)) fail('relay.accounts', 'must be an array of { username, password, source_ip? } tables');
+      else {
+        accountsValue.forEach((u: unknown, i) => {
+          const at = `relay.accounts[${i}]`;
+          const entry = u as Record<string, unknown>;
+          if (!isTable(u) || typeof entry.username !== 'string' || typeof entry.password !== 'string' || entry.username === '' || entry.password === '') {
+            return fail('relay.accounts', `${at} needs non-empty username and password strings`);
+          }
+          const extra = Object.keys(entry).filter((k) => !['username', 'password', 'source_ip'].includes(k));
+          if (extra.length > 0) return fail('relay.accounts', `${at}: unknown key ${extra[0]}`);
+          if (/[\0\r\n]/.test(entry.username + entry.password)) return fail('relay.accounts', `${at}: username and password cannot hold NUL, CR or LF`);
+          if (accounts.some((a) => a.username === entry.username)) return fail('relay.accounts', `${at}: username "${entry.username}" appears twice`);
+          const src = entry.source_ip === undefined ? null : relaySource('relay.accounts', entry.source_ip, `${at}: source_ip`);
+          accounts.push({ username: entry.username, password: entry.password, sourceIp: src });
+        });
+      }
+    }
+    // every source the relay can choose needs an EHLO name
+    const choosable = new Set<string>([...sourceBySenderDomain.values(), ...sourceByLocalAddress.values(), ...accounts.flatMap((a) => (a.sourceIp === null ? [] : [a.sourceIp])), ...(relayDefault === null ? [] : [relayDefault])]);
+    const ehloNames = new Map<string, string>();
+    const ehloValue = get('relay.ehlo_name');
+    const EHLO = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
+    let single: string | null = null;
+    if (typeof ehloValue === 'string') {
+      if (!EHLO.test(ehloValue)) fail('relay.ehlo_name', `"${ehloValue}" is not a host name`);
+      else {
+        single = ehloValue;
+        for (const ip of sourceIps) ehloNames.set(ip, ehloValue);
+      }
+    } else if (isTable(ehloValue)) {
+      for (const [k, v] of Object.entries(ehloValue)) {
+        const ip = relaySource('relay.ehlo_name', k, `"${k}"`);
+        if (ip === null) continue;
+        if (typeof v !== 'string' || !EHLO.test(v)) fail('relay.ehlo_name', `"${k}": "${String(v)}" is not a host name`);
+        else ehloNames.set(ip, v);
+      }
+      for (const ip of choosable) if (!ehloNames.has(ip)) fail('relay.ehlo_name', `names no EHLO name for ${ip}, which the relay can send from`);
+    } else {
+      fail('relay.ehlo_name', ehloValue === undefined ? 'is required: the name the relay gives destinations in EHLO (its sources\' PTR name), or a table per source IP' : 'must be a host name or a table { "SOURCE-IP" = "name" }', ehloValue === undefined ? where('relay') : where('relay.ehlo_name'));
+    }
+    const hostnameValue = get('relay.hostname');
+    let hostname = single ?? 'mtaproxy';
+    if (hostnameValue !== undefined) {
+      if (typeof hostnameValue !== 'string' || !EHLO.test(hostnameValue)) fail('relay.hostname', 'must be a host name');
+      else hostname = hostnameValue;
+    }
+    const tlsValue = get('relay.destination_tls') ?? 'opportunistic';
+    let destinationTls: TlsMode = 'opportunistic';
+    if (tlsValue === 'none' || tlsValue === 'opportunistic' || tlsValue === 'required') destinationTls = tlsValue;
+    else fail('relay.destination_tls', 'must be "none", "opportunistic" or "required"');
+    const lmtpListen = listenList('relay.lmtp_listen');
+    const smtpListen = listenList('relay.listen');
+    relay = {
+      listen: smtpListen,
+      lmtpListen,
+      hostname,
+      ehloNames,
+      destinationTls,
+      destinationPort: integer('relay.destination_port', 25, 1, 65535),
+      sourceBySenderDomain,
+      sourceByLocalAddress,
+      sourceIp: relayDefault,
+      accounts,
+      requireAuth: bool('relay.require_auth', accounts.length > 0),
+      maxRecipients: integer('relay.max_recipients', 1000, 1, 100_000),
+      maxMessageSize: integer('relay.max_message_size', 52_428_800, 0, 2 ** 40),
+    };
+    if (!ports.includes(relay.destinationPort)) fail(get('relay.destination_port') === undefined ? 'relay' : 'relay.destination_port', `destination port ${relay.destinationPort} is not in egress.ports`);
+    if (accounts.length > 0 && !bool('tls', true)) fail('relay.accounts', 'AUTH is offered only after STARTTLS, which needs the listeners\' certificate: remove tls = false');
+    if (relay.requireAuth && accounts.length === 0) fail('relay.require_auth', 'is true but relay.accounts is empty: nobody could send');
+    if (choosable.size === 0) fail('relay', 'chooses no source IP: set source_by_sender_domain, accounts with source_ip, source_by_local_address or source_ip', where('relay'));
+  }
 
   const tls = tlsConfig(bool('tls', true));
   const smtp: SmtpConfig = {
@@ -570,6 +823,8 @@ export function parseConfig(text: string, file: string, io: ConfigIo): ConfigRes
 
   const config: Config = {
     file,
+    relay,
+    dnsServers,
     smtp,
     tls,
     egress,
@@ -607,6 +862,16 @@ export function isLoopbackAddress(host: string): boolean {
  */
 export function configWarnings(config: Config, opts: { listenIgnored?: boolean } = {}): string[] {
   const warnings: string[] = [];
+  const relay = config.relay;
+  if (relay !== null && !relay.requireAuth && opts.listenIgnored !== true) {
+    for (const l of [...relay.listen, ...relay.lmtpListen]) {
+      if (isLoopbackAddress(l.host)) continue;
+      const shown = l.host.includes(':') ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`;
+      warnings.push(
+        `${config.file}: warning: relay listener "${shown}" is not a loopback address and AUTH is not required: every host allow_from lets in can send mail from your source IPs through it; narrow allow_from to the MTA hosts, or set relay.accounts`,
+      );
+    }
+  }
   if (config.tls.enabled || opts.listenIgnored === true) return warnings;
   for (const l of config.listen) {
     if (isLoopbackAddress(l.host)) continue;
@@ -676,5 +941,8 @@ export function changedDirectives(before: Config, after: Config): string[] {
   if (!same(proxyV2(before), proxyV2(after))) changed.push('proxy_v2');
   if (!same(before.derivedThrottle, after.derivedThrottle)) changed.push('derived_throttle');
   if (!same(before.smtp, after.smtp)) changed.push('smtp');
+  const relay = (c: Config) => c.relay && { ...c.relay, ehloNames: [...c.relay.ehloNames], sourceBySenderDomain: [...c.relay.sourceBySenderDomain], sourceByLocalAddress: [...c.relay.sourceByLocalAddress] };
+  if (!same(relay(before), relay(after))) changed.push('relay');
+  if (!same(before.dnsServers, after.dnsServers)) changed.push('dns_servers');
   return changed;
 }

@@ -6,7 +6,8 @@ import { closeSoon } from '../net/close.js';
 import { lookup } from 'node:dns/promises';
 import type { Socket } from 'node:net';
 import ipaddr from 'ipaddr.js';
-import type { EgressConfig } from '../config/parse.js';
+import type { DerivedThrottleConfig, EgressConfig } from '../config/parse.js';
+import { derivedDeclaration, derivedThrottleKey } from '../throttle/derived.js';
 import type { Logger } from '../log/logger.js';
 import type { ThrottleService } from '../throttle/service.js';
 import { checkDestination, checkRequest, CONNECT_CODES, parseConnect, type ConnectRequest, type Refusal } from './policy.js';
@@ -18,8 +19,8 @@ export interface DeliveryContext {
   egress(): EgressConfig;
   /** the throttle-manager id of the MTA's current control session, if it has one */
   sessionId(name: string): string | undefined;
-  /** per (source, destination) limit of the throttles derived for SOCKS5 and PROXY v2 */
-  derivedMaxConnections(): number;
+  /** [derived_throttle]: the limits of the throttles derived for SOCKS5, PROXY v2 and the relay */
+  derivedThrottle(): DerivedThrottleConfig;
   throttle: ThrottleService;
   /** open tunnels (MTA side), for the status line and shutdown */
   tunnels: Set<Socket>;
@@ -59,11 +60,7 @@ export interface Delivery {
 /** The throttle-manager session that owns all derived throttles. */
 export const DERIVED_OWNER = 'derived';
 
-export function derivedThrottleKey(sourceIp: string, host: string, port: number): string {
-  // "MX.example.com." and "mx.example.com" are one destination, with one limit
-  const name = host.toLowerCase().replace(/\.$/, '');
-  return `${sourceIp}>${name.includes(':') ? `[${name}]` : name}:${port}`;
-}
+export { derivedThrottleKey };
 
 /** Bytes a client may send before its tunnel is open (kept for the tunnel); more is a protocol error. */
 const MAX_EARLY_BYTES = 64 * 1024;
@@ -99,8 +96,12 @@ export function admission(ctx: DeliveryContext, req: ConnectRequest, egress: Egr
   return null;
 }
 
-export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies: DeliveryReplies): void {
+export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies: DeliveryReplies): void {
   ctx.admitted(mta);
+  // a delivery that declares no throttle takes the derived one of its destination, whose key a
+  // [derived_throttle] rule may name (shared with native MTAs that declare it)
+  const derived = d0.owner === null ? derivedDeclaration(ctx.derivedThrottle(), d0.req.sourceIp, d0.req.host, d0.req.port) : null;
+  const d: Delivery = derived === null ? d0 : { ...d0, req: { ...d0.req, throttle: derived.key } };
   const { req, who } = d;
   const peer = `${mta.remoteAddress}:${mta.remotePort}`;
   const started = performance.now();
@@ -214,9 +215,7 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
     cancelWait?.();
     refuse(r);
   });
-  if (d.owner === null) {
-    ctx.throttle.declare(DERIVED_OWNER, { key: req.throttle, sourceIp: req.sourceIp, maxConnections: ctx.derivedMaxConnections(), maxMessagesPerHour: 100_000_000, mode: 'sum' });
-  }
+  if (derived !== null) ctx.throttle.declare(DERIVED_OWNER, derived);
   const waitMs = Math.min(req.waitMs ?? egress.throttleWaitTimeoutMs, egress.throttleWaitTimeoutMs);
   // heldByDelivery: the slot stays taken until this delivery ends, even if the control session
   // that declared the throttle goes away or is replaced meanwhile (the tunnel is still open)

@@ -589,10 +589,11 @@ export class SmtpLink {
     const scanner = this.#scanner;
     const conn = this.#conn;
     if (scanner === null) return;
-    // every line ends in CRLF before anything looks for the end or sends it on (smuggling)
-    const chunk = this.#normalizer.push(raw);
-    const end = scanner.push(chunk);
-    const part = end === -1 ? chunk : chunk.subarray(0, end);
+    // the end is found in the MTA's own bytes (only its CRLF.CRLF ends the body); what goes to the
+    // destination has every line ended in CRLF, and a line a bare LF or CR started dot-stuffed, so
+    // the destination ends the body exactly there too (SMTP smuggling)
+    const end = scanner.push(raw);
+    const part = this.#normalizer.push(end === -1 ? raw : raw.subarray(0, end));
     if (this.#bodyLost === null && conn !== null && !conn.dead) {
       if (!conn.writeBody(part, this.#ctx.pool.timeouts.dataBlockMs)) {
         this.#mta.pause();
@@ -608,10 +609,8 @@ export class SmtpLink {
     this.#phase = 'command';
     this.#scanner = null;
     // what follows the body is commands: the MTA's own bytes, not normalized (a bare CR in a
-    // command must still be refused), and a CR held back belongs to them too
-    // (a CR held back at the chunk's end is in `raw` already)
-    this.#normalizer.takeHeld();
-    const rest = raw.subarray(this.#normalizer.rawOffset(end));
+    // command must still be refused)
+    const rest = raw.subarray(end);
     if (rest.length > 0) this.#pendingChunks.push(rest);
     this.#busy = true;
     this.#mta.pause();

@@ -201,6 +201,46 @@ Make the MTAs' throttle configuration agree (see /usr/share/doc/mtaproxy/throttl
 
 Refusals explain themselves in the message: a source IP not in egress.source_ips, a port not in egress.ports, a private destination, a throttle not declared, no slot within throttle_wait_timeout, egress.max_tunnels reached, or a connect failure. Fix the configuration or the MTA's request accordingly.`,
   },
+  relay_transaction: {
+    id: 'e29c7f9956e24ed8a499b31d7ca439d9',
+    level: 'INFO (WARN if 4xx/5xx or failed)',
+    subject: 'A relay transaction ended at one destination',
+    text: `One entry per destination of a transaction an MTA sent through the relay front-end (FRONT_END relay-smtp or relay-lmtp): the MTA (PEER, ACCOUNT), SENDER, the source IP and the rule that chose it (SOURCE_IP, SOURCE_BY), the MX host (DESTINATION) and the shared connection (CONNECTION, REUSED, TLS), recipients accepted and refused, BYTES, the destination's reply (CODE) and how it ended (END: DATA, MAIL refused, RSET, lost: …).
+
+The destination's replies went to the MTA as they were; it retries or bounces as usual. CODE 451 with END "lost: …" means the destination failed mid-transaction and the MTA was told 451 (it keeps the message).`,
+  },
+  relay_auth: {
+    id: 'dcef0ad70de04b00a4e9a25799438d85',
+    level: 'INFO',
+    subject: 'An MTA authenticated on the relay front-end',
+    text: `An MTA logged in with SMTP AUTH (after STARTTLS) as ACCOUNT, one of relay.accounts; its mail goes from that account's source_ip unless its sender domain has a rule.
+
+Nothing to do.`,
+  },
+  relay_auth_failed: {
+    id: 'c279d2c447e749cfaee892138efd3f32',
+    level: 'WARN',
+    subject: 'SMTP AUTH failed on the relay front-end',
+    text: `A client on the relay front-end gave a username or password that is not in relay.accounts (PEER, FAILURES so far on that connection; after 3 the connection is closed).
+
+Check the MTA's credentials (Postfix: smtp_sasl_password_maps) against relay.accounts. Many failures from one address are someone guessing: tighten allow_from.`,
+  },
+  relay_no_source: {
+    id: 'a8bb3996fe50412f8a3e4342e685bd0c',
+    level: 'WARN',
+    subject: 'The relay found no source IP for a mail and refused it with 451',
+    text: `No rule of [relay] chose a source IP for this mail: its sender domain is not in source_by_sender_domain, the MTA's account has no source_ip (or it did not authenticate), the relay address it connected to is not in source_by_local_address, and relay.source_ip is not set. The MTA was told 451 4.3.5 and keeps the mail.
+
+Add the rule the mail should match (docs/relay.md "Choosing the source IP") and reload.`,
+  },
+  relay_session: {
+    id: '299ca3d510a543d88046d4fe006662a0',
+    level: 'DEBUG (ERROR for an internal error)',
+    subject: 'A relay front-end connection ended',
+    text: `A connection on the relay front-end closed (TRANSACTIONS it carried, OUTCOME why); logged at DEBUG (log_verbose). ERROR with ERR: an internal error ended the connection with 421, which is a bug to report.
+
+Nothing to do for the DEBUG entry.`,
+  },
   smtp_transaction: {
     id: 'a992ea8c877a4eff8cf88563315f60d0',
     level: 'INFO (WARN if 4xx/5xx or failed)',

@@ -2,7 +2,7 @@
 // Plain types, no prom-client: egress and throttle code depend on these interfaces only.
 
 /** The front-ends a delivery can come in by (label `front_end`). */
-export type DeliveryFrontEnd = 'native' | 'socks5' | 'proxy-v2';
+export type DeliveryFrontEnd = 'native' | 'socks5' | 'proxy-v2' | 'relay-smtp' | 'relay-lmtp';
 
 /**
  * How a delivery ended (label `outcome`), a closed set: a tunnel's outcome text ("closed",
@@ -12,8 +12,8 @@ export type DeliveryOutcome = 'completed' | 'idle_timeout' | 'error' | 'refused'
 
 export interface DeliveryEnd {
   readonly frontEnd: DeliveryFrontEnd;
-  /** a byte tunnel, or an smtp-mode link (CONNECT … mode=smtp) */
-  readonly mode: 'tunnel' | 'smtp';
+  /** a byte tunnel, an smtp-mode link (CONNECT … mode=smtp), or a relay front-end connection */
+  readonly mode: 'tunnel' | 'smtp' | 'relay';
   readonly outcome: DeliveryOutcome;
   /** the source address, only for a delivery that was open (it passed the egress policy) */
   readonly sourceIp?: string;

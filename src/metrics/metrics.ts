@@ -163,7 +163,7 @@ export class Metrics implements MetricsHooks {
     counted('mtaproxy_smtp_pool_reused_borrows_total', 'Borrows served by an idle pool connection (no new connection)', [], (c, s) => c.inc(s.pool.reused));
     this.#transactions = new Counter({
       name: 'mtaproxy_smtp_transactions_total',
-      help: 'smtp-mode transactions by final reply class, whether the connection carried an earlier one, and who ended it (proxy: 451 from the proxy)',
+      help: 'Transactions over the shared destination connections (smtp mode; the relay front-end, one per destination) by final reply class, whether the connection carried an earlier one, and who ended it (proxy: 451 from the proxy)',
       labelNames: ['reply_class', 'reused', 'ended_by'],
       registers,
     });

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { createSecureContext, type SecureContext } from 'node:tls';
-import { changedDirectives, configWarnings, formatConfigError, type Config } from '../config/parse.js';
+import { changedDirectives, configWarnings, formatConfigError, type Config, type RelayConfig } from '../config/parse.js';
 import { generateSelfSigned, type CertificatePair } from '../config/x509.js';
 import { loadConfigFile } from '../config/load.js';
 import type { Logger } from '../log/logger.js';
@@ -30,6 +30,8 @@ import { TimerWheel } from '../net/wheel.js';
 import { SmtpPool } from '../smtp/pool.js';
 import { serveSocks5 } from './socks5.js';
 import { serveProxyV2 } from './proxy-v2.js';
+import { RelaySession, type RelayContext } from '../relay/session.js';
+import { RelayDns } from '../relay/dns.js';
 import { Metrics } from '../metrics/metrics.js';
 import { MetricsHttp } from '../metrics/http.js';
 import type { MetricsSnapshot } from '../metrics/hooks.js';
@@ -100,6 +102,9 @@ export class Daemon {
   readonly #leaves: LeaveQueue;
   readonly #delivery: DeliveryContext;
   readonly #smtp: SmtpDeliveryContext;
+  readonly #relay: RelayContext;
+  #lastRelay: RelayConfig | null;
+  #relayDns: RelayDns;
   #timers: NodeJS.Timeout[] = [];
   #watchdog: NodeJS.Timeout | null = null;
   #reloading: Promise<ReloadResult> | null = null;
@@ -134,7 +139,7 @@ export class Daemon {
     this.#delivery = {
       egress: () => this.#config.egress,
       sessionId: (name) => this.#sessions.get(name)?.id,
-      derivedMaxConnections: () => this.#config.derivedThrottle.maxConnections,
+      derivedThrottle: () => this.#config.derivedThrottle,
       throttle: this.#throttle,
       tunnels: this.#tunnels,
       pending: new Map(),
@@ -142,6 +147,25 @@ export class Daemon {
       admitted: (socket) => this.#admitted(socket),
       log: this.#log,
       smtp: this.#smtp,
+      metrics: this.#metrics,
+    };
+    this.#relayDns = new RelayDns(opts.config.dnsServers);
+    this.#lastRelay = opts.config.relay;
+    this.#relay = {
+      // a reload that removes [relay] leaves the sessions already open on their config
+      config: () => this.#config.relay ?? (this.#lastRelay as RelayConfig),
+      egress: () => this.#config.egress,
+      dns: () => this.#relayDns,
+      derivedThrottle: () => this.#config.derivedThrottle,
+      tls: () => this.#tls?.context ?? null,
+      pool: this.#smtp.pool,
+      throttle: this.#throttle,
+      wheel,
+      log: this.#log,
+      stopping: () => this.#stopping,
+      sessions: new Set(),
+      stats: { transactions: 0 },
+      admitted: (socket) => this.#admitted(socket),
       metrics: this.#metrics,
     };
   }
@@ -214,6 +238,8 @@ export class Daemon {
     const changed = changedDirectives(this.#config, loaded.config).filter((d) => d !== 'listen' || this.#passed === null);
     const timersChanged = loaded.config.statusIntervalMs !== this.#config.statusIntervalMs || loaded.config.pingIntervalMs !== this.#config.pingIntervalMs;
     this.#config = loaded.config;
+    if (changed.includes('dns_servers')) this.#relayDns = new RelayDns(this.#config.dnsServers);
+    if (this.#config.relay !== null) this.#lastRelay = this.#config.relay;
     this.#smtp.pool.configure(poolLimits(this.#config.smtp), smtpTimeouts(this.#config.smtp, this.#config.egress.connectTimeoutMs));
     this.#log.level = loaded.config.logVerbose ? 'debug' : 'info';
     if (timersChanged) this.#startTimers();
@@ -266,6 +292,8 @@ export class Daemon {
       for (const address of config.socks5?.listen ?? []) endpoints.push({ kind: 'tcp', frontEnd: 'socks5', address });
       for (const address of config.proxyV2?.listen ?? []) endpoints.push({ kind: 'tcp', frontEnd: 'proxy-v2', address });
       for (const address of config.metricsListen) endpoints.push({ kind: 'tcp', frontEnd: 'metrics', address });
+      for (const address of config.relay?.listen ?? []) endpoints.push({ kind: 'tcp', frontEnd: 'relay-smtp', address });
+      for (const address of config.relay?.lmtpListen ?? []) endpoints.push({ kind: 'tcp', frontEnd: 'relay-lmtp', address });
     }
     if (!passed.some((p) => p.frontEnd === 'admin')) endpoints.push(adminEndpoint(config.adminSocket));
     return endpoints;
@@ -381,6 +409,10 @@ export class Daemon {
       socket.resume();
       return;
     }
+    if (endpoint.frontEnd === 'relay-smtp' || endpoint.frontEnd === 'relay-lmtp') {
+      new RelaySession(this.#relay, socket, endpoint.frontEnd === 'relay-lmtp').start();
+      return;
+    }
     if (endpoint.frontEnd === 'proxy-v2') {
       serveProxyV2(socket, { delivery: this.#delivery, log: this.#log, handshakeTimeoutMs });
       socket.resume();
@@ -429,7 +461,7 @@ export class Daemon {
 
   /** What the metrics read at each scrape (metrics/hooks.ts). */
   #metricsSnapshot(): MetricsSnapshot {
-    const openConnections: Record<string, number> = { native: 0, socks5: 0, 'proxy-v2': 0 };
+    const openConnections: Record<string, number> = { native: 0, socks5: 0, 'proxy-v2': 0, ...(this.#config.relay === null ? {} : { 'relay-smtp': 0, 'relay-lmtp': 0 }) };
     for (const frontEnd of this.#frontEndOf.values()) openConnections[frontEnd] = (openConnections[frontEnd] ?? 0) + 1;
     const m = this.#throttle.manager;
     const pool = this.#smtp.pool.snapshot();
@@ -509,6 +541,7 @@ export class Daemon {
     // sockets systemd passes for a front-end the config does not set up
     if (frontEnd === 'socks5' && c.socks5 === null) return 'no [socks5] table in the config';
     if (frontEnd === 'proxy-v2' && c.proxyV2 === null) return 'no [proxy_v2] table in the config';
+    if ((frontEnd === 'relay-smtp' || frontEnd === 'relay-lmtp') && c.relay === null) return 'no [relay] table in the config';
     // PROXY v2 carries no credentials: its own allow list, on top of allow_from
     if (frontEnd === 'proxy-v2' && c.proxyV2?.allowFrom && !c.proxyV2.allowFrom.allows(address)) return 'not in proxy_v2.allow_from';
     return null;
@@ -583,6 +616,7 @@ export class Daemon {
       window: WINDOW,
       sessions: [...this.#sessions.values()].map((s) => s.snapshot()),
       remote: this.#remote(),
+      relay: this.#config.relay === null ? undefined : { connections: this.#relay.sessions.size, inTransaction: [...this.#relay.sessions].filter((x) => x.busy).length, transactions: this.#relay.stats.transactions },
     });
   }
 
@@ -677,16 +711,19 @@ export class Daemon {
     // smtp links close between transactions; idle destination connections QUIT now, busy ones
     // when their transaction ends
     for (const link of [...this.#smtp.links]) link.shutdown();
+    // relay sessions too: a transaction under way finishes first
+    for (const session of [...this.#relay.sessions]) session.shutdown();
     this.#smtp.pool.shutdown();
     // connections still in their handshake: closed, not half-closed (a peer that never sends its
     // FIN must not hold the drain open)
+    const relayBusy = (socket: Socket): boolean => [...this.#relay.sessions].some((s) => s.raw === socket && s.busy);
     for (const socket of this.#connections) {
-      if (!this.#tunnels.has(socket) && !this.#delivery.pending.has(socket)) closeSoon(socket);
+      if (!this.#tunnels.has(socket) && !this.#delivery.pending.has(socket) && !relayBusy(socket)) closeSoon(socket);
     }
     // a control session's 421 notice or a refusal that its peer does not read must not hold the
     // drain either: what is not a tunnel is gone a second later
     const grace = setTimeout(() => {
-      for (const socket of this.#connections) if (!this.#tunnels.has(socket)) socket.destroy();
+      for (const socket of this.#connections) if (!this.#tunnels.has(socket) && !relayBusy(socket)) socket.destroy();
     }, Math.min(1000, deadline));
     grace.unref();
     const started = this.#now();

@@ -110,67 +110,96 @@ export class DataEndScanner {
 
 
 /**
- * Makes every line of a DATA body end in CRLF: a bare LF or a bare CR becomes CRLF (RFC 5321
- * §2.3.8: they are not line ends in SMTP, and destinations differ in how they read them). With
- * every line ending in CRLF, the proxy and the destination agree on where the body ends, so
- * "<LF>.<LF>" and its kin cannot end it early at the destination and smuggle commands onto a
- * shared connection. A CR at the end of a chunk is held until the next byte says what it is.
+ * Makes every line of a DATA body end in CRLF for the destination: a bare LF or a bare CR becomes
+ * CRLF (RFC 5321 §2.3.8: they are not line ends in SMTP, and destinations differ in how they read
+ * them). The end of the body is found in the MTA's own bytes (DataEndScanner on the raw stream:
+ * only its CRLF.CRLF ends it, §4.1.1.4); a line that a bare LF or CR starts for the destination was
+ * not a line to the MTA, so it was not dot-stuffed: it is stuffed here ("." becomes ".."). So the
+ * proxy and the destination agree on where the body ends, and "<LF>.<LF>", "<CR>.<CR>" and their
+ * kin can neither end it early nor smuggle commands onto the connection (SMTP smuggling). A CR at
+ * the end of a chunk is held until the next byte says what it is.
  */
 export class BodyNormalizer {
   #heldCr = false;
-  /** of the last push: output offsets of the bytes it added, and whether a held CR led it */
-  #inserted: number[] = [];
-  #prefix = 0;
+  /** the last output ended in a line break this normalizer made: a leading "." must be stuffed */
+  #stuffNext = false;
+  /** the output line under way: 0 nothing yet, 1 exactly ".", 2 anything else */
+  #line: 0 | 1 | 2 = 0;
 
   push(chunk: Buffer): Buffer {
-    let data = this.#heldCr ? Buffer.concat([Buffer.from('\r'), chunk]) : chunk;
-    this.#prefix = this.#heldCr ? 1 : 0;
+    let data = this.#heldCr ? Buffer.concat([CR, chunk]) : chunk;
     this.#heldCr = false;
     if (data.length > 0 && data[data.length - 1] === 13) {
       this.#heldCr = true;
       data = data.subarray(0, data.length - 1);
     }
-    this.#inserted = [];
+    if (data.length === 0) return data;
     let parts: Buffer[] | null = null;
     let last = 0;
-    let out = 0;
+    /** where the output line under way starts in `data`, and its state before that */
+    let lineStart = 0;
+    let before = this.#line;
+    if (this.#stuffNext) {
+      this.#stuffNext = false;
+      if (data[0] === 46) {
+        parts = [DOT];
+        before = 2;
+      }
+    }
+    const lineState = (end: number): 0 | 1 | 2 => {
+      if (end === lineStart) return before;
+      if (before === 0) return end - lineStart === 1 && data[lineStart] === 46 ? 1 : 2;
+      return 2;
+    };
+    /** a line break is made at `at` (a bare CR or LF): a line that is just "." gets a second dot first */
+    const breakAt = (at: number): void => {
+      if (lineState(at) === 1) {
+        (parts ??= []).push(data.subarray(last, at), DOT);
+        last = at;
+      }
+    };
+    /** the line a made break started begins at `at`: a "." there is stuffed */
+    const startAt = (at: number): void => {
+      lineStart = at;
+      before = 0;
+      if (at === data.length) this.#stuffNext = true;
+      else if (data[at] === 46) {
+        (parts ??= []).push(data.subarray(last, at), DOT);
+        last = at;
+        before = 2;
+      }
+    };
     let cr = data.indexOf(13);
     let lf = data.indexOf(10);
     while (cr !== -1 || lf !== -1) {
       if (cr !== -1 && (lf === -1 || cr < lf)) {
         if (data[cr + 1] === 10) {
-          // CRLF: a line end as it should be
+          // CRLF: a line end as it should be (a "." line here is the MTA's own, dot-stuffed or the end)
+          lineStart = cr + 2;
+          before = 0;
           lf = data.indexOf(10, cr + 2);
           cr = data.indexOf(13, cr + 2);
           continue;
         }
-        // bare CR: CR, then an added LF
+        // bare CR (never the last byte: that one is held): CR, then an added LF
+        breakAt(cr);
         (parts ??= []).push(data.subarray(last, cr + 1), LF);
-        out += cr + 1 - last;
-        this.#inserted.push(out);
-        out += 1;
         last = cr + 1;
+        startAt(cr + 1);
         cr = data.indexOf(13, cr + 1);
       } else {
         // bare LF (a CRLF's LF was skipped above): an added CR, then the LF
-        (parts ??= []).push(data.subarray(last, lf), CR);
-        out += lf - last;
-        this.#inserted.push(out);
-        out += 1;
-        last = lf;
+        breakAt(lf);
+        (parts ??= []).push(data.subarray(last, lf), CR, LF);
+        last = lf + 1;
+        startAt(lf + 1);
         lf = data.indexOf(10, lf + 1);
       }
     }
+    this.#line = lineState(data.length);
     if (parts === null) return data;
     parts.push(data.subarray(last));
     return Buffer.concat(parts);
-  }
-
-  /** Where `offset` of the last push's output is in the chunk that push was given. */
-  rawOffset(offset: number): number {
-    let added = 0;
-    for (const at of this.#inserted) if (at < offset) added++;
-    return Math.max(0, offset - added - this.#prefix);
   }
 
   /** The held CR, if any (the body ended; what follows is commands). */
@@ -183,3 +212,4 @@ export class BodyNormalizer {
 
 const CR = Buffer.from('\r');
 const LF = Buffer.from('\n');
+const DOT = Buffer.from('.');

@@ -36,6 +36,8 @@ export interface StatusSnapshot {
   readonly window: number;
   readonly sessions: readonly SessionSnapshot[];
   readonly remote: { readonly active: number; readonly cached: number };
+  /** the relay front-end, when [relay] is configured: its open connections, those inside a transaction, transactions since start */
+  readonly relay?: { readonly connections: number; readonly inTransaction: number; readonly transactions: number } | undefined;
 }
 
 export type FieldValue = string | number;
@@ -148,6 +150,12 @@ export function statusRecords(s: StatusSnapshot): StatusRecord[] {
       connections_cached: s.remote.cached,
     },
   });
+  if (s.relay !== undefined) {
+    records.push({
+      msg: `relay: connections=${s.relay.connections}(in_transaction=${s.relay.inTransaction}) transactions=${s.relay.transactions}`,
+      fields: { mtaproxy_event: 'status', status_line: 'relay', relay_connections: s.relay.connections, relay_in_transaction: s.relay.inTransaction, relay_transactions: s.relay.transactions },
+    });
+  }
   return records;
 }
 

@@ -8,7 +8,7 @@ export const SD_LISTEN_FDS_START = 3;
  * after its unit ("mtaproxy.socket"), and "unknown" when LISTEN_FDNAMES is missing altogether:
  * both mean the native protocol.
  */
-export type FrontEnd = 'native' | 'admin' | 'socks5' | 'proxy-v2' | 'metrics';
+export type FrontEnd = 'native' | 'admin' | 'socks5' | 'proxy-v2' | 'metrics' | 'relay-smtp' | 'relay-lmtp';
 
 export interface PassedSocket {
   readonly fd: number;
@@ -18,7 +18,7 @@ export interface PassedSocket {
 
 export type Activation = { ok: true; sockets: PassedSocket[] } | { ok: false; error: string } | null;
 
-const FRONT_ENDS: Readonly<Record<string, FrontEnd>> = { native: 'native', unknown: 'native', admin: 'admin', socks5: 'socks5', 'proxy-v2': 'proxy-v2', metrics: 'metrics' };
+const FRONT_ENDS: Readonly<Record<string, FrontEnd>> = { native: 'native', unknown: 'native', admin: 'admin', socks5: 'socks5', 'proxy-v2': 'proxy-v2', metrics: 'metrics', 'relay-smtp': 'relay-smtp', 'relay-lmtp': 'relay-lmtp' };
 
 /** Reads LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES. null: not socket-activated (bind from config). */
 export function parseActivation(env: NodeJS.ProcessEnv, pid: number): Activation {
@@ -36,7 +36,7 @@ export function parseActivation(env: NodeJS.ProcessEnv, pid: number): Activation
     const name = names[i] ?? 'unknown';
     const frontEnd = FRONT_ENDS[name] ?? (name.endsWith('.socket') ? 'native' : undefined);
     if (frontEnd === undefined) {
-      return { ok: false, error: `socket ${i + SD_LISTEN_FDS_START} has FileDescriptorName=${name}; this version serves: native, socks5, proxy-v2, admin, metrics` };
+      return { ok: false, error: `socket ${i + SD_LISTEN_FDS_START} has FileDescriptorName=${name}; this version serves: native, socks5, proxy-v2, admin, metrics, relay-smtp, relay-lmtp` };
     }
     sockets.push({ fd: SD_LISTEN_FDS_START + i, name, frontEnd });
   }

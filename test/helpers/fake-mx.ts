@@ -15,7 +15,7 @@ export interface FakeMx {
   close(): void;
 }
 
-export async function fakeMx(opts: { closeAtMail?: (connection: number, mail: number) => boolean; ehlo?: string[] } = {}): Promise<FakeMx> {
+export async function fakeMx(opts: { closeAtMail?: (connection: number, mail: number) => boolean; ehlo?: string[]; host?: string; port?: number } = {}): Promise<FakeMx> {
   const server = createServer();
   const mx: FakeMx = { port: 0, connections: 0, open: 0, quits: 0, mails: 0, server, close: () => server.close() };
   const ehlo = opts.ehlo ?? ['fake', 'PIPELINING', '8BITMIME'];
@@ -61,7 +61,7 @@ export async function fakeMx(opts: { closeAtMail?: (connection: number, mail: nu
       }
     });
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  await new Promise<void>((r) => server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', r));
   mx.port = (server.address() as AddressInfo).port;
   return mx;
 }

@@ -294,6 +294,7 @@ function masterCf(dir: string, address: string, port: number): string {
     'proxymap  unix - - n - - proxymap',
     'smtp      unix - - n - - smtp',
     'relay     unix - - n - - smtp',
+    'lmtp      unix - - n - - lmtp',
     'showq     unix n - n - - showq',
     'error     unix - - n - - error',
     'retry     unix - - n - - error',

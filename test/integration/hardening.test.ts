@@ -208,10 +208,11 @@ describe('connections before authentication', () => {
   });
 
   it('logs and counts accept failures when the daemon runs out of file descriptors', async () => {
-    const d = await daemon('', { prefix: ['prlimit', '--nofile=48:48', '--'] });
+    // 64: Node's module loader opens the daemon's modules in parallel at start, which 48 no longer covered
+    const d = await daemon('', { prefix: ['prlimit', '--nofile=64:64', '--'] });
     const port = d.port;
     const opened: Socket[] = [];
-    for (let i = 0; i < 60; i++) {
+    for (let i = 0; i < 80; i++) {
       const c = await rawConnect(port).catch(() => null);
       if (c !== null) {
         opened.push(c.socket);
@@ -219,7 +220,7 @@ describe('connections before authentication', () => {
       }
     }
     // refused by the daemon itself, before libuv's silent EMFILE handling would close them
-    await d.waitForLine(/listener: refusing connections: \d+ of 48 file descriptors in use/);
+    await d.waitForLine(/listener: refusing connections: \d+ of 64 file descriptors in use/);
     for (const s of opened) s.destroy();
     await new Promise((r) => setTimeout(r, 200));
     const status = await d.cli(['status']);

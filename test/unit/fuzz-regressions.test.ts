@@ -32,12 +32,25 @@ describe('fuzz regressions', () => {
   });
 
   it('config: an array of n bad entries is located in O(n), not O(n * file size) (3000 took ~1 s)', () => {
-    const entries = Array.from({ length: 3000 }, (_, i) => `  "10.${(i >> 8) & 255}.${i & 255}.1/8",`);
-    const text = `auth_shared_secret = "${SECRET}"\nallow_from = [\n${entries.join('\n')}\n]\n`;
-    const start = performance.now();
-    const r = parseConfig(text, '/etc/mtaproxy/mtaproxy.toml', io);
-    expect(performance.now() - start).toBeLessThan(500);
-    expect(r.ok ? [] : r.errors.map((e) => e.line)).toEqual(entries.map((_, i) => 3 + i));
+    const run = (n: number): { ms: number; lines: number[] } => {
+      const entries = Array.from({ length: n }, (_, i) => `  "10.${(i >> 8) & 255}.${i & 255}.1/8",`);
+      const text = `auth_shared_secret = "${SECRET}"\nallow_from = [\n${entries.join('\n')}\n]\n`;
+      let best = Infinity;
+      let lines: number[] = [];
+      // the fastest of 3: what the machine's load adds is not the algorithm's
+      for (let k = 0; k < 3; k++) {
+        const start = performance.now();
+        const r = parseConfig(text, '/etc/mtaproxy/mtaproxy.toml', io);
+        best = Math.min(best, performance.now() - start);
+        lines = r.ok ? [] : r.errors.map((e) => e.line);
+      }
+      return { ms: best, lines };
+    };
+    const small = run(1000);
+    const large = run(4000);
+    expect(large.lines).toEqual(Array.from({ length: 4000 }, (_, i) => 3 + i));
+    // 4x the entries: linear takes ~4x, quadratic ~16x (scaling, not a speed target)
+    expect(large.ms / Math.max(small.ms, 1)).toBeLessThan(10);
   });
 
   it('admin: a reply whose errors or lines are not arrays of strings is refused, not handed to the CLI', () => {

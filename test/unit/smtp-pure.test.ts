@@ -1,5 +1,6 @@
 // The pure parts of smtp mode: reply parser, command reader, DATA end scanner, EHLO filter, the
 // client's open sequence, the timer wheel, and CONNECT's smtp options. No sockets.
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { parseConnect } from '../../src/egress/policy.js';
 import { TimerWheel } from '../../src/net/wheel.js';
@@ -92,26 +93,68 @@ describe('commands and DATA', () => {
 });
 
 describe('BodyNormalizer', () => {
-  it('makes every line end in CRLF whatever the chunking, so only one end of DATA exists', () => {
+  /** A destination that takes any of CR, LF, CRLF as a line end: where does it see the body end? */
+  const lenientEnd = (out: string): number => {
+    const lines = out.split(/\r\n|\n|\r/);
+    return lines.findIndex((l) => l === '.');
+  };
+  const normalize = (input: string, cut: number): string => {
+    const n = new BodyNormalizer();
+    return Buffer.concat([n.push(Buffer.from(input.slice(0, cut))), n.push(Buffer.from(input.slice(cut))), n.takeHeld()]).toString();
+  };
+
+  it('makes every line end in CRLF and dot-stuffs the lines a bare LF or CR starts, whatever the chunking', () => {
     const input = 'a\n.\nMAIL FROM:<x>\r\nb\rc\r\n\r.\r\r\n.\r\n';
-    const want = 'a\r\n.\r\nMAIL FROM:<x>\r\nb\r\nc\r\n\r\n.\r\n\r\n.\r\n';
-    for (let cut = 0; cut <= input.length; cut++) {
-      const n = new BodyNormalizer();
-      const out = Buffer.concat([n.push(Buffer.from(input.slice(0, cut))), n.push(Buffer.from(input.slice(cut))), n.takeHeld()]).toString();
-      expect(out, `cut at ${cut}`).toBe(want);
-    }
-    // what follows the end of the body is found in the raw bytes, unchanged (commands)
-    for (const [body, rest] of [['x\n.\nNOOP\rMAIL\r\n', 'NOOP\rMAIL\r\n'], ['x\r.\rQ\n', 'Q\n'], ['a\r\n.\r\nQUIT\r', 'QUIT\r'], ['\n\n\n.\r\nZ', 'Z']] as const) {
-      const n = new BodyNormalizer();
-      const raw = Buffer.from(body);
-      const norm = n.push(raw);
-      const end = new DataEndScanner().push(norm);
-      expect(end, body).toBeGreaterThan(0);
-      expect(raw.subarray(n.rawOffset(end)).toString(), body).toBe(rest);
-    }
+    const want = 'a\r\n..\r\nMAIL FROM:<x>\r\nb\r\nc\r\n\r\n..\r\n\r\n.\r\n';
+    for (let cut = 0; cut <= input.length; cut++) expect(normalize(input, cut), `cut at ${cut}`).toBe(want);
     // a clean body is passed through as it is (the same buffer)
     const clean = Buffer.from('x\r\ny\r\n');
     expect(new BodyNormalizer().push(clean)).toBe(clean);
+  });
+
+  it('SMTP smuggling: only the MTA\'s own CRLF.CRLF ends the body, at the proxy and at any destination', () => {
+    const bodies = [
+      'hi\n.\nMAIL FROM:<ceo@bank.example>\nRCPT TO:<v@x>\nDATA\nsmuggled\n.\n\r\n.\r\n',
+      'hi\r.\rMAIL FROM:<ceo@bank.example>\r\n.\r\n',
+      'a\r\n.\nb\n.\r\nc\r.\r\nd\r\n.\r\r\n.\r\n',
+      '\n.\r\n\r\n.\r\n',
+      '.\r\n',
+    ];
+    for (const body of bodies) {
+      const raw = Buffer.from(body);
+      const end = new DataEndScanner().push(raw);
+      // the proxy: the end is the raw body's one CRLF.CRLF (here always the last 5 bytes)
+      expect(end, JSON.stringify(body)).toBe(raw.length);
+      for (let cut = 0; cut <= body.length; cut++) {
+        const out = normalize(body, cut);
+        // a strict destination ends at the first CRLF.CRLF, a lenient one at the first "." line: both at the very end
+        const strictEnd = out.startsWith('.\r\n') ? 3 : out.indexOf('\r\n.\r\n') + 5;
+        expect(strictEnd, JSON.stringify({ body, cut, out })).toBe(out.length);
+        const lines = out.split(/\r\n|\n|\r/);
+        expect(lenientEnd(out), JSON.stringify({ body, cut, out })).toBe(lines.length - 2);
+      }
+    }
+    // any body of a, ".", CR, LF, in any two chunks: the part up to the raw end, normalized, has
+    // exactly one "." line for a destination that takes CR, LF or CRLF as line ends: its last
+    fc.assert(
+      fc.property(fc.array(fc.constantFrom('a', '.', '\r', '\n', '\r\n'), { maxLength: 40 }), fc.nat(), (pieces, c) => {
+        const raw = Buffer.from(`${pieces.join('')}\r\n.\r\n`);
+        const end = new DataEndScanner().push(raw);
+        const part = raw.subarray(0, end).toString();
+        const cut = c % (part.length + 1);
+        const out = normalize(part, cut);
+        const lines = out.split(/\r\n|\n|\r/);
+        return end > 0 && lenientEnd(out) === lines.length - 2 && out.endsWith('\r\n.\r\n') === (out.length > 3) && !/(^|[^\r])\n|\r(?!\n)/.test(out);
+      }),
+      { seed: 42, numRuns: 3000 },
+    );
+    // what follows the end is the MTA's own bytes (commands), unchanged
+    const raw = Buffer.from('a\r\n.\r\nQUIT\r');
+    const end = new DataEndScanner().push(raw);
+    expect(raw.subarray(end).toString()).toBe('QUIT\r');
+    // "<LF>.<LF>" and "<CR>.<CR>" alone never end it
+    expect(new DataEndScanner().push(Buffer.from('x\n.\nNOOP\rMAIL\r\n'))).toBe(-1);
+    expect(new DataEndScanner().push(Buffer.from('x\r.\rQ\n'))).toBe(-1);
   });
 });
 
