@@ -461,11 +461,11 @@ describe('smtp mode review: the DATA body', () => {
     const r = await m.cmd('a\n.\nb\r\n.\nc\n.\r\nd\r\n.\r\n');
     expect(r.code).toBe(250);
     expect(x.messages).toHaveLength(1);
-    // what follows the body's end ("a\n.\n", normalized to CRLF) is commands (§4.7), answered by
-    // the proxy: the six lines get six 502s (they may come in the same write as the 250)
-    const all = await m.waitReplies(12);
-    expect(all.map((y) => y.code)).toEqual([220, 250, 250, 250, 354, 250, 502, 502, 502, 502, 502, 502]);
-    expect(x.lines.some((l) => /: [bcd.]$/.test(l))).toBe(false);
+    // the whole of it was one body (only the MTA's own CRLF.CRLF ends it, RFC 5321 §4.1.1.4):
+    // no line after a bare-LF dot was taken as a command, and the destination got every line
+    await sleep(300);
+    expect(m.replies.map((y) => y.code)).toEqual([220, 250, 250, 250, 354, 250]);
+    expect(x.messages[0]?.body).toMatch(/a\r?\n\.*\r?\nb[\s\S]*c[\s\S]*d/);
   });
 
   finding('SMTP smuggling: a body with "\\n.\\n" toward a destination that accepts bare LF (pre-3.9 Postfix, Exim, sendmail): one message, no smuggled MAIL, and the MTA is told the truth', async () => {

@@ -83,6 +83,7 @@ describe('docs/operations.md and what the daemon logs', () => {
       managerId: '0543b19c', openConnections: 1, handshaking: 0, refusedHandshakeCap: 0, acceptErrors: 0, refusedFds: 0, throttles: 1, window: 16,
       sessions: [{ name: 'server-a', connectedMs: 5000, pingRttMs: 0.25, pingAgeMs: 400, backlog: { ram: 1, bounce: 2, disk: 3 }, forward: flow, back: flow }],
       remote: { active: 1, cached: 1 },
+      relay: { connections: 2, inTransaction: 1, transactions: 7 },
     });
     const missing: string[] = [];
     for (const line of lines) {
