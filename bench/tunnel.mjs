@@ -8,6 +8,8 @@
 //
 //   node bench/tunnel.mjs [--seconds=5] [--paths=NAME,...] [--cpu-prof=DIR] [--svg=FILE] [--smtp-sink]
 //
+//   --rounds=N (default 3): each path's session-rate window in N parts, the paths taking turns
+//
 // Needs: npm run build; root (usesrc clientip needs CAP_NET_ADMIN; without it HAProxy falls back to
 // `source 127.0.0.2`, and the output says so); apt-get install -y haproxy dante-server (a missing
 // peer is skipped). The sink is the Node sink below, run as a child process (so that its CPU is not
@@ -35,10 +37,11 @@ import { ControlClient, openTunnel } from '../dist/client/index.js';
 import { writeRatioChart, cpuSeconds, fdLimit, fmt, freePort, machine, median, printTable, SECRET, sleep, spawnPeer, startProxy, verdict, waitForPort } from './lib.mjs';
 
 const arg = (name, dflt) => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3) ?? dflt;
-const SECONDS = Number(arg('seconds', 5));
+const SECONDS = Number(arg('seconds', 6));
+const ROUNDS = Number(arg('rounds', 3)); // --rounds=N: the session-rate window of each path is cut in N, the paths interleaved
 const LOOPS = 16;
-const RUNS = 5;
-const WARMUP = 10; // sessions of 10 MiB through each path before its MiB/s runs
+const RUNS = Number(arg('bulk-runs', 5)); // --bulk-runs=0: no 10 MiB sessions (for profiling the session rate alone)
+const WARMUP = RUNS === 0 ? 0 : 10; // sessions of 10 MiB through each path before its MiB/s runs
 const SOURCE = '127.0.0.2';
 const SINK_HOST = '127.0.0.1';
 const SINK_PORT = arg('sink', null); // set only in the sink's child process
@@ -160,7 +163,7 @@ async function session(path, data = SMALL) {
 const probe = (path) => Promise.race([session(path), sleep(5000).then(() => Promise.reject(new Error('probe session timed out')))]);
 
 /** LOOPS concurrent session loops for `seconds` (after a warm-up); proxy CPU over the same window. */
-async function sessionRate(path, seconds) {
+async function sessionRate(path, seconds, warmupMs = 2000) {
   let ok = 0;
   let failed = 0;
   let firstError = null;
@@ -178,7 +181,8 @@ async function sessionRate(path, seconds) {
       }
     }
   };
-  await Promise.all(Array.from({ length: LOOPS }, () => loop(performance.now() + 500, false)));
+  // warm-up: the JIT compiles the path's code before the window that counts
+  await Promise.all(Array.from({ length: LOOPS }, () => loop(performance.now() + warmupMs, false)));
   const cpu = () => (path.pid === null ? NaN : cpuSeconds(path.pid));
   if (path.tunnels !== undefined) path.tunnels = path.resumed = 0; // count the measured window only
   const cpu0 = cpu();
@@ -186,7 +190,26 @@ async function sessionRate(path, seconds) {
   await Promise.all(Array.from({ length: LOOPS }, () => loop(t0 + seconds * 1000, true)));
   const elapsed = (performance.now() - t0) / 1000;
   const resumed = path.tunnels === undefined ? null : path.resumed / path.tunnels;
-  return { rate: ok / elapsed, sessions: ok, failed, wrongSource, firstError, cpuUs: ((cpu() - cpu0) * 1e6) / ok, resumed };
+  return { elapsed, sessions: ok, failed, wrongSource, firstError, cpuS: cpu() - cpu0, tunnels: path.tunnels ?? 0, resumedTunnels: path.resumed ?? 0, resumed };
+}
+
+/** ROUNDS rounds, each path in turn for seconds/ROUNDS: load that comes and goes hits every path alike. */
+async function sessionRates(paths, seconds) {
+  const sums = new Map(paths.map((p) => [p.name, { elapsed: 0, sessions: 0, failed: 0, wrongSource: 0, firstError: null, cpuS: 0, tunnels: 0, resumedTunnels: 0 }]));
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const p of paths) {
+      const r = await sessionRate(p, seconds / ROUNDS, round === 0 ? 2000 : 300);
+      const t = sums.get(p.name);
+      for (const k of ['elapsed', 'sessions', 'failed', 'wrongSource', 'cpuS', 'tunnels', 'resumedTunnels']) t[k] += r[k];
+      t.firstError ??= r.firstError;
+      await sleep(100);
+    }
+  }
+  const out = new Map();
+  for (const [name, t] of sums) {
+    out.set(name, { rate: t.sessions / t.elapsed, sessions: t.sessions, failed: t.failed, wrongSource: t.wrongSource, firstError: t.firstError, cpuUs: (t.cpuS * 1e6) / t.sessions, resumed: t.tunnels === 0 ? null : t.resumedTunnels / t.tunnels });
+  }
+  return out;
 }
 
 // ---- the paths ---------------------------------------------------------------------------------
@@ -402,7 +425,7 @@ async function main() {
   // a) then b), one path at a time (they share the loopback and the CPUs)
   const results = new Map();
   const wrong = (ehlo) => (CHECK_SOURCE && !ehlo.includes(`greets ${SOURCE}\r\n`) ? 1 : 0);
-  for (let i = 0; i < 3; i++) await session(paths[0], BIG); // warms the client and the sink up (JIT)
+  for (let i = 0; i < (RUNS === 0 ? 0 : 3); i++) await session(paths[0], BIG); // warms the client and the sink up (JIT)
   for (const p of paths) {
     // and each path: ~100 MiB, so that a JIT-compiled proxy is measured warm, as it runs for days
     let wrongSource = 0;
@@ -419,10 +442,7 @@ async function main() {
     results.set(p.name, { mib: median(runs), mibMin: Math.min(...runs), mibMax: Math.max(...runs), cpuMsPerMib, bulkWrongSource: wrongSource });
   }
   const loadBefore = loadavg()[0];
-  for (const p of paths) {
-    Object.assign(results.get(p.name), await sessionRate(p, SECONDS));
-    await sleep(200);
-  }
+  for (const [name, r] of await sessionRates(paths, SECONDS)) Object.assign(results.get(name), r);
   const loadAfter = loadavg()[0];
 
   const direct = results.get('direct');
@@ -434,7 +454,7 @@ async function main() {
     const r = results.get(name);
     return [name, fmt(r.mib), fmt(r.mibMin), fmt(r.mibMax), ratio(r.mib, ha?.mib), ratio(r.mib, floor?.mib), ratio(r.mib, direct.mib), fmt(r.cpuMsPerMib, 2)];
   }));
-  console.log(`\n## b) whole sessions (connect + setup, EHLO, MAIL, RCPT, 1 KiB DATA, QUIT), ${LOOPS} loops, ${SECONDS}s; load average ${fmt(loadBefore, 2)} before, ${fmt(loadAfter, 2)} after\n`);
+  console.log(`\n## b) whole sessions (connect + setup, EHLO, MAIL, RCPT, 1 KiB DATA, QUIT), ${LOOPS} loops, ${SECONDS}s each in ${ROUNDS} interleaved rounds; load average ${fmt(loadBefore, 2)} before, ${fmt(loadAfter, 2)} after\n`);
   printTable(['path', 'sessions/s', 'failed', 'wrong source', 'proxy CPU µs/session', 'sessions/s vs bare', 'CPU vs bare', 'sessions/s vs HAProxy', 'CPU vs HAProxy'], paths.map(({ name }) => {
     const r = results.get(name);
     const wrongCell = CHECK_SOURCE ? `${r.wrongSource + r.bulkWrongSource} of ${r.sessions + WARMUP + RUNS}` : 'not checked';
