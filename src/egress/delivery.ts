@@ -58,6 +58,20 @@ export interface Delivery {
 
 /** The throttle-manager session that owns all derived throttles. */
 export const DERIVED_OWNER = 'derived';
+/** Derived throttles limit connections only. */
+const DERIVED_MESSAGES_PER_HOUR = 100_000_000;
+
+/** ipaddr.process(address).toString(), remembered ("::ffff:192.0.2.1" -> "192.0.2.1"). */
+const canonicalMemo = new Map<string, string>();
+function canonical(address: string): string {
+  let c = canonicalMemo.get(address);
+  if (c === undefined) {
+    c = ipaddr.process(address).toString();
+    if (canonicalMemo.size >= 4096) canonicalMemo.clear();
+    canonicalMemo.set(address, c);
+  }
+  return c;
+}
 
 export function derivedThrottleKey(sourceIp: string, host: string, port: number): string {
   // "MX.example.com." and "mx.example.com" are one destination, with one limit
@@ -72,8 +86,28 @@ const MAX_EARLY_BYTES = 64 * 1024;
  * The address to connect to, for the source address's family. getaddrinfo (which reads
  * /etc/hosts, as operators expect) has no timeout of its own: bounded here by timeoutMs.
  */
-export async function resolveDestination(req: ConnectRequest, timeoutMs: number): Promise<string | Refusal> {
-  if (ipaddr.isValid(req.host)) return req.host;
+export function resolveDestination(req: ConnectRequest, timeoutMs: number): Promise<string | Refusal> {
+  return isAddress(req.host) ? Promise.resolve(req.host) : resolveName(req, timeoutMs);
+}
+
+/** resolveDestination() without a promise for an address (SOCKS5 and PROXY v2 requests name addresses). */
+function resolveNow(req: ConnectRequest, timeoutMs: number): string | Promise<string | Refusal> {
+  return isAddress(req.host) ? req.host : resolveName(req, timeoutMs);
+}
+
+/** Literal addresses seen: ipaddr's parser is a regex cascade, and a delivery asked it 3-6 times. */
+const addressMemo = new Map<string, boolean>();
+function isAddress(host: string): boolean {
+  let ok = addressMemo.get(host);
+  if (ok === undefined) {
+    ok = ipaddr.isValid(host);
+    if (addressMemo.size >= 4096) addressMemo.clear(); // bounded: hosts are client input
+    addressMemo.set(host, ok);
+  }
+  return ok;
+}
+
+async function resolveName(req: ConnectRequest, timeoutMs: number): Promise<string | Refusal> {
   let timer: NodeJS.Timeout | undefined;
   try {
     const family = ipaddr.process(req.sourceIp).kind() === 'ipv4' ? 4 : 6;
@@ -99,7 +133,11 @@ export function admission(ctx: DeliveryContext, req: ConnectRequest, egress: Egr
   return null;
 }
 
-export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies: DeliveryReplies): void {
+/**
+ * `first`: bytes the front-end read past its handshake (the MTA's first SMTP bytes), kept for the
+ * tunnel as early bytes are. The MTA socket must be flowing or paused with nothing unshifted.
+ */
+export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies: DeliveryReplies, first: Buffer | null = null): void {
   ctx.admitted(mta);
   const { req, who } = d;
   const peer = `${mta.remoteAddress}:${mta.remotePort}`;
@@ -147,8 +185,8 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
     mta.destroy();
   };
   const onGone = (): void => abandon();
-  const early: Buffer[] = [];
-  let earlyBytes = 0;
+  const early: Buffer[] = first === null || first.length === 0 ? [] : [first];
+  let earlyBytes = first?.length ?? 0;
   const onEarly = (chunk: Buffer): void => {
     earlyBytes += chunk.length;
     if (earlyBytes > MAX_EARLY_BYTES) return abandon(`client sent over ${MAX_EARLY_BYTES} bytes before the tunnel was open (an SMTP client waits for the greeting); closed`);
@@ -159,22 +197,24 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
   mta.once('close', onGone);
   mta.on('error', () => {});
   mta.resume();
+  // the tunnel takes over in the same turn (no read can come between): the socket stays
+  // flowing, and what came early is handed to it, not unshifted (a pause, a readStop and a
+  // readStart less per delivery)
   const stopWatching = (): void => {
     mta.removeListener('data', onEarly);
     mta.removeListener('end', onGone);
     mta.removeListener('close', onGone);
-    mta.pause();
-    if (early.length > 0) mta.unshift(Buffer.concat(early));
   };
 
   const open = async (e: EgressConfig): Promise<void> => {
     opening = true;
-    const address = await resolveDestination(req, e.connectTimeoutMs);
+    const resolved = resolveNow(req, e.connectTimeoutMs);
+    const address = typeof resolved === 'string' ? resolved : await resolved;
     if (typeof address !== 'string') return refuse(address);
     const bad = checkDestination(address, req.sourceIp, e);
     if (bad !== null) return refuse(bad);
     // "::ffff:192.0.2.1" is an IPv4 destination: connect to it as one (from an IPv4 source)
-    const target = ipaddr.process(address).toString();
+    const target = canonical(address);
     let remote: Socket;
     try {
       remote = await connectFrom(req.sourceIp, target, req.port, e.connectTimeoutMs);
@@ -195,8 +235,8 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
     replies.connected(local, destination);
     ctx.tunnels.add(mta);
     const open = { ...fields, local, destination, host: req.host };
-    ctx.log.debug(open, `delivery(${who}): ${local} -> ${destination} open (waited ${Math.round(performance.now() - started)}ms)`);
-    splice(mta, remote, e.idleTimeoutMs, (result) => {
+    if (ctx.log.isLevelEnabled('debug')) ctx.log.debug(open, `delivery(${who}): ${local} -> ${destination} open (waited ${Math.round(performance.now() - started)}ms)`);
+    splice(mta, remote, e.idleTimeoutMs, early, (result) => {
       ctx.tunnels.delete(mta);
       releaseSlot();
       ctx.metrics?.delivery({ frontEnd: deliveryFrontEnd(who, d.owner), mode: 'tunnel', outcome: deliveryOutcome(result.outcome), sourceIp: req.sourceIp, bytesUp: result.bytesUp, bytesDown: result.bytesDown });
@@ -215,7 +255,13 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
     refuse(r);
   });
   if (d.owner === null) {
-    ctx.throttle.declare(DERIVED_OWNER, { key: req.throttle, sourceIp: req.sourceIp, maxConnections: ctx.derivedMaxConnections(), maxMessagesPerHour: 100_000_000, mode: 'sum' });
+    // declared while any delivery uses it; declaring it again with the same limits changes nothing
+    // (derived keys contain '>', which no DECLARE can name: nobody else declares them)
+    const max = ctx.derivedMaxConnections();
+    const current = ctx.throttle.manager.limits(req.throttle);
+    if (current === null || current.maxConnections !== max || current.sourceIp !== req.sourceIp) {
+      ctx.throttle.declare(DERIVED_OWNER, { key: req.throttle, sourceIp: req.sourceIp, maxConnections: max, maxMessagesPerHour: DERIVED_MESSAGES_PER_HOUR, mode: 'sum' });
+    }
   }
   const waitMs = Math.min(req.waitMs ?? egress.throttleWaitTimeoutMs, egress.throttleWaitTimeoutMs);
   // heldByDelivery: the slot stays taken until this delivery ends, even if the control session

@@ -81,8 +81,11 @@ function dispatched(s: Socket): number {
   return typeof n === 'number' ? n : 0;
 }
 
-/** Pumps bytes both ways until both directions are done or something fails; reports once. */
-export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, onDone: (result: TunnelResult) => void): void {
+/**
+ * Pumps bytes both ways until both directions are done or something fails; reports once.
+ * `first`: what the client sent before the tunnel was open, written to the remote first.
+ */
+export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, first: readonly Buffer[], onDone: (result: TunnelResult) => void): void {
   const started = performance.now();
   let bytesUp = 0;
   let bytesDown = 0;
@@ -124,7 +127,14 @@ export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, on
       });
     });
   };
-  pump(client, remote, (n) => (bytesUp += n));
+  const countUp = (n: number): number => (bytesUp += n);
+  for (const chunk of first) {
+    const n = chunk.length;
+    remote.write(chunk, (err) => {
+      if (err === null || err === undefined) countUp(n);
+    });
+  }
+  pump(client, remote, countUp);
   pump(remote, client, (n) => (bytesDown += n));
   for (const s of [client, remote]) {
     s.on('error', (err: NodeJS.ErrnoException) => finish(`${s === client ? 'mta' : 'remote'} error ${err.code ?? err.message}`));
@@ -132,5 +142,5 @@ export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, on
   }
   // every byte either way is a read or a write on the client socket, so one timer covers both
   client.setTimeout(idleTimeoutMs, () => finish('idle timeout'));
-  client.resume();
+  client.resume(); // flowing already when the delivery watched it; paused by a front-end otherwise
 }
