@@ -20,12 +20,7 @@ export function connectFrom(sourceIp: string, address: string, port: number, tim
       socket.destroy();
       reject(new EgressError({ code: CONNECT_CODES.connectTimeout, message: `connect to ${address}:${port} timed out after ${timeoutMs}ms` }));
     }, timeoutMs);
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      socket.removeAllListeners('error');
-      resolve(socket);
-    });
-    socket.once('error', (err: NodeJS.ErrnoException) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
       clearTimeout(timer);
       socket.destroy();
       const where = `${address}:${port} from ${sourceIp}`;
@@ -40,6 +35,12 @@ export function connectFrom(sourceIp: string, address: string, port: number, tim
         default:
           return reject(new EgressError({ code: CONNECT_CODES.unreachable, message: `${where}: ${err.code ?? err.message}` }));
       }
+    };
+    socket.once('error', onError);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeListener('error', onError);
+      resolve(socket);
     });
   });
 }
@@ -104,14 +105,35 @@ export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, fi
     onDone({ bytesUp: up, bytesDown: down, durationMs: performance.now() - started, outcome });
   };
 
-  const pump = (from: Socket, to: Socket, count: (n: number) => void): void => {
+  /**
+   * Counts what the kernel took of the writes to `to`: write callbacks come in the order of the
+   * writes, so one callback per direction takes the lengths from a FIFO. The same callback for
+   * every write also lets Node batch the callbacks of a turn into one tick (a new closure per
+   * write cost a process.nextTick each: the largest difference to a bare forwarder in a profile).
+   */
+  const counter = (count: (n: number) => void): { write(to: Socket, chunk: Buffer): void } => {
+    let lengths: number[] = [];
+    let head = 0;
+    const done = (err?: Error | null): void => {
+      const n = lengths[head++] ?? 0;
+      if (head === lengths.length) {
+        lengths = [];
+        head = 0;
+      }
+      if (err === null || err === undefined) count(n);
+    };
+    return {
+      write(to, chunk) {
+        lengths.push(chunk.length);
+        to.write(chunk, done);
+      },
+    };
+  };
+  const pump = (from: Socket, to: Socket, out: { write(to: Socket, chunk: Buffer): void }): void => {
     from.on('data', (chunk: Buffer) => {
       // counted when the kernel took the chunk, not when we read it: what a failing side never
       // got is not in the delivery record (the peer's own kernel buffer is as far as we can see)
-      const n = chunk.length;
-      to.write(chunk, (err) => {
-        if (err === null || err === undefined) count(n);
-      });
+      out.write(to, chunk);
       // A read is up to 64 KiB, the socket's high-water mark 16 KiB: pausing whenever write()
       // says "full" would stop and restart reading on every chunk of a bulk transfer. Pause only
       // past MAX_BUFFERED; 'drain' still comes (write() returned false) once the buffer is empty.
@@ -127,15 +149,10 @@ export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, fi
       });
     });
   };
-  const countUp = (n: number): number => (bytesUp += n);
-  for (const chunk of first) {
-    const n = chunk.length;
-    remote.write(chunk, (err) => {
-      if (err === null || err === undefined) countUp(n);
-    });
-  }
-  pump(client, remote, countUp);
-  pump(remote, client, (n) => (bytesDown += n));
+  const up = counter((n) => (bytesUp += n));
+  for (const chunk of first) up.write(remote, chunk);
+  pump(client, remote, up);
+  pump(remote, client, counter((n) => (bytesDown += n)));
   for (const s of [client, remote]) {
     s.on('error', (err: NodeJS.ErrnoException) => finish(`${s === client ? 'mta' : 'remote'} error ${err.code ?? err.message}`));
     s.on('close', () => finish(ended === 2 ? 'closed' : `${s === client ? 'mta' : 'remote'} closed`));

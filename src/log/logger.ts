@@ -92,9 +92,10 @@ const STDOUT_BATCH_CHARS = 64 * 1024;
 
 /**
  * Lines are written synchronously (nothing may be lost at exit, and a slow reader must not grow a
- * buffer without bound), but batched: one write(2) per event-loop turn for the lines of that turn
- * (a delivery record cost a system call each), at once past STDOUT_BATCH_CHARS, and whatever is
- * left when the process exits.
+ * buffer without bound), but batched: one write(2) for the lines of one event-loop turn (a
+ * delivery record cost a system call each), at once past STDOUT_BATCH_CHARS or for a warning, and
+ * whatever is left when the process exits. (Batching over a few milliseconds would save more,
+ * but readers of the log, the tests among them, expect a line as soon as its event.)
  */
 export function createStdoutSink(fd = 1): LogSink {
   let pending = '';
@@ -113,8 +114,9 @@ export function createStdoutSink(fd = 1): LogSink {
   process.on('exit', flush);
   const add = (record: LogRecord): void => {
     pending += renderLine(record, new Date());
-    // errors at once: a crash may end the process before the next turn
-    if (pending.length >= STDOUT_BATCH_CHARS || record.level >= 50) return flush();
+    // warnings and errors at once: a crash may end the process before the next turn, and a
+    // refusal's line is written before the connection it refuses is closed
+    if (pending.length >= STDOUT_BATCH_CHARS || record.level >= 40) return flush();
     if (!scheduled) {
       scheduled = true;
       setImmediate(flush).unref();
