@@ -88,8 +88,6 @@ function dispatched(s: Socket): number {
  */
 export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, first: readonly Buffer[], onDone: (result: TunnelResult) => void): void {
   const started = performance.now();
-  let bytesUp = 0;
-  let bytesDown = 0;
   let outcome: string | null = null;
   let ended = 0;
 
@@ -98,61 +96,69 @@ export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, fi
   const finish = (why: string): void => {
     if (outcome !== null) return;
     outcome = why;
-    const up = Math.max(bytesUp, (kernelAccepted(remote) ?? 0) - before.up);
-    const down = Math.max(bytesDown, (kernelAccepted(client) ?? 0) - before.down);
+    up.snap();
+    down.snap();
     client.destroy();
     remote.destroy();
-    onDone({ bytesUp: up, bytesDown: down, durationMs: performance.now() - started, outcome });
+    onDone({ bytesUp: up.accepted(), bytesDown: down.accepted(), durationMs: performance.now() - started, outcome });
   };
 
   /**
-   * Counts what the kernel took of the writes to `to`: write callbacks come in the order of the
-   * writes, so one callback per direction takes the lengths from a FIFO. The same callback for
-   * every write also lets Node batch the callbacks of a turn into one tick (a new closure per
-   * write cost a process.nextTick each: the largest difference to a bare forwarder in a profile).
+   * What the kernel took of the writes to `to`, from snapshots of kernelAccepted() (exact while
+   * the handle lives; the last snapshot once it is gone): after each write, and in the callback
+   * of a write queued behind others (it completes later). A write on an empty queue nearly always
+   * completes at once and gets no callback: any callback costs a process.nextTick per write,
+   * which was the largest item of the difference to a bare forwarder in a --cpu-prof profile.
+   * A write libuv could not finish at once, to a destination that then closes before any later
+   * write or the end, is counted as far as the last snapshot saw it.
    */
-  const counter = (count: (n: number) => void): { write(to: Socket, chunk: Buffer): void } => {
-    let lengths: number[] = [];
-    let head = 0;
-    const done = (err?: Error | null): void => {
-      const n = lengths[head++] ?? 0;
-      if (head === lengths.length) {
-        lengths = [];
-        head = 0;
-      }
-      if (err === null || err === undefined) count(n);
+  const counter = (to: Socket, base: number): { write(chunk: Buffer): void; snap(): void; accepted(): number } => {
+    let accepted = 0;
+    const snap = (): void => {
+      const k = kernelAccepted(to);
+      if (k !== null && k - base > accepted) accepted = k - base;
+    };
+    const onWritten = (err?: Error | null): void => {
+      if (err === null || err === undefined) snap();
     };
     return {
-      write(to, chunk) {
-        lengths.push(chunk.length);
-        to.write(chunk, done);
+      write(chunk) {
+        const queued = to.writableLength > 0 || ((to as unknown as SocketInternals)._handle?.writeQueueSize ?? 0) > 0;
+        if (queued) to.write(chunk, onWritten);
+        else to.write(chunk);
+        snap();
       },
+      snap,
+      accepted: () => accepted,
     };
   };
-  const pump = (from: Socket, to: Socket, out: { write(to: Socket, chunk: Buffer): void }): void => {
+  const up = counter(remote, before.up);
+  const down = counter(client, before.down);
+  const pump = (from: Socket, to: Socket, out: ReturnType<typeof counter>): void => {
     from.on('data', (chunk: Buffer) => {
-      // counted when the kernel took the chunk, not when we read it: what a failing side never
-      // got is not in the delivery record (the peer's own kernel buffer is as far as we can see)
-      out.write(to, chunk);
+      out.write(chunk);
       // A read is up to 64 KiB, the socket's high-water mark 16 KiB: pausing whenever write()
       // says "full" would stop and restart reading on every chunk of a bulk transfer. Pause only
       // past MAX_BUFFERED; 'drain' still comes (write() returned false) once the buffer is empty.
       if (to.writableLength >= MAX_BUFFERED) from.pause();
     });
-    to.on('drain', () => from.resume());
+    to.on('drain', () => {
+      out.snap();
+      from.resume();
+    });
     from.on('end', () => {
       // half-close: the other side may still answer (QUIT -> 221). Done once what we wrote to
       // `to` is flushed: destroying earlier would drop the last reply.
       to.end((err?: Error | null) => {
         if (err) return; // the socket's 'error' ends the tunnel
+        out.snap();
         if (++ended === 2) finish('closed');
       });
     });
   };
-  const up = counter((n) => (bytesUp += n));
-  for (const chunk of first) up.write(remote, chunk);
+  for (const chunk of first) up.write(chunk);
   pump(client, remote, up);
-  pump(remote, client, counter((n) => (bytesDown += n)));
+  pump(remote, client, down);
   for (const s of [client, remote]) {
     s.on('error', (err: NodeJS.ErrnoException) => finish(`${s === client ? 'mta' : 'remote'} error ${err.code ?? err.message}`));
     s.on('close', () => finish(ended === 2 ? 'closed' : `${s === client ? 'mta' : 'remote'} closed`));
