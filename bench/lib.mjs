@@ -241,3 +241,20 @@ export function writeRatioChart(file, { title, categories, series, marks = [] })
   out.push('</svg>', '');
   writeFileSync(file, out.join('\n'));
 }
+
+/**
+ * A full garbage collection in another Node process started with --inspect=127.0.0.1:PORT
+ * (HeapProfiler.collectGarbage over the inspector protocol, twice), so that its RSS shows what
+ * it holds, not the garbage of the moment. Blocks until done (a child with Node's WebSocket).
+ */
+export function collectGarbage(inspectPort) {
+  const script = `
+    const list = await (await fetch('http://127.0.0.1:${inspectPort}/json/list')).json();
+    const ws = new WebSocket(list[0].webSocketDebuggerUrl);
+    await new Promise((r, j) => { ws.onopen = r; ws.onerror = j; });
+    for (const id of [1, 2]) {
+      await new Promise((r) => { ws.onmessage = (m) => JSON.parse(m.data).id === id && r(); ws.send(JSON.stringify({ id, method: 'HeapProfiler.collectGarbage' })); });
+    }
+    ws.close();`;
+  execFileSync(process.execPath, ['--experimental-websocket', '--no-warnings', '--input-type=module', '-e', script], { timeout: 30_000 });
+}
