@@ -10,7 +10,7 @@ import type { EgressConfig } from '../config/parse.js';
 import type { Logger } from '../log/logger.js';
 import type { ThrottleService } from '../throttle/service.js';
 import { checkDestination, checkRequest, CONNECT_CODES, parseConnect, type ConnectRequest, type Refusal } from './policy.js';
-import { connectFrom, EgressError, splice } from './tunnel.js';
+import { connectFrom, EgressError, splice, type TunnelResult } from './tunnel.js';
 import { deliverSmtp, type SmtpDeliveryContext } from './smtp-delivery.js';
 import { deliveryFrontEnd, deliveryOutcome, type MetricsHooks } from '../metrics/hooks.js';
 
@@ -133,6 +133,38 @@ export function admission(ctx: DeliveryContext, req: ConnectRequest, egress: Egr
   return null;
 }
 
+const ignore = (): void => {};
+
+/** A delivery's connection slot back; a derived throttle nothing uses any more is forgotten. */
+function releaseLease(ctx: DeliveryContext, d: Delivery, leaseId: number | null): void {
+  if (leaseId !== null) ctx.throttle.release(leaseId);
+  // a derived throttle lives only while deliveries use it
+  const m = ctx.throttle.manager;
+  if (d.owner === null && m.inUse(d.req.throttle) === 0 && m.waiting(d.req.throttle) === 0) ctx.throttle.undeclare(DERIVED_OWNER, d.req.throttle);
+}
+
+/**
+ * The end of an open tunnel: its slot back, the metrics, the one delivery record. Built outside
+ * deliver(), so that the callback an idle tunnel holds keeps these few values, not deliver()'s
+ * whole scope (its handshake closures, replies, timers: ~1 KiB a tunnel, bench/idle.mjs).
+ */
+function tunnelEnd(ctx: DeliveryContext, mta: Socket, d: Delivery, peer: string, leaseId: number | null, local: string, destination: string): (result: TunnelResult) => void {
+  return (result) => {
+    const { req, who } = d;
+    ctx.tunnels.delete(mta);
+    releaseLease(ctx, d, leaseId);
+    ctx.metrics?.delivery({ frontEnd: deliveryFrontEnd(who, d.owner), mode: 'tunnel', outcome: deliveryOutcome(result.outcome), sourceIp: req.sourceIp, bytesUp: result.bytesUp, bytesDown: result.bytesDown });
+    // the fields in the order they always had (destination: where the request's was, now resolved)
+    ctx.log.info(
+      {
+        mtaproxy_event: 'delivery', session: who, peer, source_ip: req.sourceIp, destination, throttle: req.throttle, local, host: req.host,
+        bytes_up: result.bytesUp, bytes_down: result.bytesDown, duration_ms: Math.round(result.durationMs), outcome: result.outcome,
+      },
+      `delivery(${who}): ${local} -> ${destination} throttle=${req.throttle} up=${result.bytesUp} down=${result.bytesDown} ${Math.round(result.durationMs)}ms ${result.outcome}`,
+    );
+  };
+}
+
 /**
  * `first`: bytes the front-end read past its handshake (the MTA's first SMTP bytes), kept for the
  * tunnel as early bytes are. The MTA socket must be flowing or paused with nothing unshifted.
@@ -151,11 +183,8 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
   const fields = { mtaproxy_event: 'delivery', session: who, peer, source_ip: req.sourceIp, destination: `${req.host}:${req.port}`, throttle: req.throttle };
 
   const releaseSlot = (): void => {
-    if (leaseId !== null) ctx.throttle.release(leaseId);
+    releaseLease(ctx, d, leaseId);
     leaseId = null;
-    // a derived throttle lives only while deliveries use it
-    const m = ctx.throttle.manager;
-    if (d.owner === null && m.inUse(req.throttle) === 0 && m.waiting(req.throttle) === 0) ctx.throttle.undeclare(DERIVED_OWNER, req.throttle);
   };
 
   const refuse = (r: Refusal): void => {
@@ -195,7 +224,7 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
   mta.on('data', onEarly);
   mta.once('end', onGone);
   mta.once('close', onGone);
-  mta.on('error', () => {});
+  mta.on('error', ignore);
   mta.resume();
   // the tunnel takes over in the same turn (no read can come between): the socket stays
   // flowing, and what came early is handed to it, not unshifted (a pause, a readStop and a
@@ -234,17 +263,11 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d: Delivery, replies:
     const destination = target.includes(':') ? `[${target}]:${req.port}` : `${target}:${req.port}`;
     replies.connected(local, destination);
     ctx.tunnels.add(mta);
-    const open = { ...fields, local, destination, host: req.host };
-    if (ctx.log.isLevelEnabled('debug')) ctx.log.debug(open, `delivery(${who}): ${local} -> ${destination} open (waited ${Math.round(performance.now() - started)}ms)`);
-    splice(mta, remote, e.idleTimeoutMs, early, (result) => {
-      ctx.tunnels.delete(mta);
-      releaseSlot();
-      ctx.metrics?.delivery({ frontEnd: deliveryFrontEnd(who, d.owner), mode: 'tunnel', outcome: deliveryOutcome(result.outcome), sourceIp: req.sourceIp, bytesUp: result.bytesUp, bytesDown: result.bytesDown });
-      ctx.log.info(
-        { ...open, bytes_up: result.bytesUp, bytes_down: result.bytesDown, duration_ms: Math.round(result.durationMs), outcome: result.outcome },
-        `delivery(${who}): ${local} -> ${destination} throttle=${req.throttle} up=${result.bytesUp} down=${result.bytesDown} ${Math.round(result.durationMs)}ms ${result.outcome}`,
-      );
-    });
+    if (ctx.log.isLevelEnabled('debug')) ctx.log.debug({ ...fields, local, destination, host: req.host }, `delivery(${who}): ${local} -> ${destination} open (waited ${Math.round(performance.now() - started)}ms)`);
+    // what the tunnel keeps for its lifetime is only what its end needs (tunnelEnd's scope, not this one)
+    const lease = leaseId;
+    leaseId = null;
+    splice(mta, remote, e.idleTimeoutMs, early.splice(0), tunnelEnd(ctx, mta, d, peer, lease, local, destination));
   };
 
   const egress = ctx.egress();

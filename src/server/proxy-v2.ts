@@ -45,6 +45,8 @@ export function serveProxyV2(socket: Socket, ctx: ProxyV2Context): void {
     clearTimeout(timer);
     socket.removeListener('data', onData);
     socket.removeListener('end', onEnd);
+    // nothing of the handshake's scope stays with the socket (an idle tunnel holds it for hours)
+    socket.removeListener('close', onClose);
   };
 
   /** No delivery was attempted: log why and close at once (nothing can be said to the client). */
@@ -106,5 +108,6 @@ export function serveProxyV2(socket: Socket, ctx: ProxyV2Context): void {
 
   socket.on('data', onData);
   socket.on('end', onEnd);
-  socket.on('close', () => clearTimeout(timer));
+  const onClose = (): void => clearTimeout(timer);
+  socket.on('close', onClose);
 }

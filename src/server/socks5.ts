@@ -48,6 +48,7 @@ function accountsOf(config: Socks5Config): AccountTable<Socks5User> {
 type Step = 'greeting' | 'auth' | 'request' | 'done';
 
 const EMPTY = Buffer.alloc(0);
+const ignore = (): void => {};
 
 export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
   const peer = `${socket.remoteAddress}:${socket.remotePort}`;
@@ -65,6 +66,10 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
     clearTimeout(timer);
     socket.removeListener('data', onData);
     socket.removeListener('end', onEnd);
+    // nothing of the negotiation's scope stays with the socket (an idle tunnel holds it for hours);
+    // the daemon's own 'error' listener stays
+    socket.removeListener('close', onClose);
+    socket.removeListener('error', ignore);
   };
 
   /** Ends the negotiation: an optional last message, a log line with the reason, close. */
@@ -203,6 +208,7 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
 
   socket.on('data', onData);
   socket.on('end', onEnd);
-  socket.on('error', () => {});
-  socket.on('close', () => clearTimeout(timer));
+  const onClose = (): void => clearTimeout(timer);
+  socket.on('error', ignore);
+  socket.on('close', onClose);
 }
