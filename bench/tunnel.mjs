@@ -140,6 +140,7 @@ const SMALL = SINK_PORT === null ? body(1024) : null;
 
 /** One whole session carrying `data`: resolves with the sink's EHLO reply and the DATA phase MiB/s. */
 async function session(path, data = SMALL) {
+  path.total = (path.total ?? 0) + 1; // every session through the path, warm-ups included (--cpu-prof: per session)
   const smtp = new Smtp(await path.open());
   try {
     await smtp.cmd(null, 220);
@@ -521,6 +522,7 @@ async function main() {
   // SIGTERM: the daemon exits by itself, so --cpu-prof writes its profile
   await proxy.stop();
   await plain.stop();
+  if (CPU_PROF !== null) for (const p of paths) console.log(`# ${p.name}: ${p.total} sessions in all (node bench/cpuprofile.mjs FILE --per=${p.total} --vs=OTHER --vs-per=N)`);
   if (CPU_PROF !== null) console.log(`# CPU profiles in ${CPU_PROF} (TLS proxy, with SOCKS5 and PROXY v2: pid ${proxy.pid}; plaintext ${plain.pid}; bare forwarder ${bare.pid}): node bench/cpuprofile.mjs FILE`);
 }
 
