@@ -212,7 +212,7 @@ export function writeRatioChart(file, { title, categories, series, marks = [] })
   const left = 170, right = 60, top = 48, barH = 12, gap = 3, groupGap = 14;
   const finite = series.flatMap((s) => s.values).filter(Number.isFinite);
   const max = Math.max(1.5, ...finite, ...marks) * 1.08;
-  const width = 760;
+  const width = 840;
   const plot = width - left - right;
   const groupH = series.length * (barH + gap) + groupGap;
   const height = top + categories.length * groupH + 24;
@@ -220,7 +220,7 @@ export function writeRatioChart(file, { title, categories, series, marks = [] })
   const out = [`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`,
     `<rect width="100%" height="100%" fill="#fff"/>`, `<text x="8" y="16" font-size="13" font-weight="bold">${xmlEscape(title)}</text>`];
   series.forEach((s, i) => {
-    const lx = left + i * 190;
+    const lx = left + i * 215;
     out.push(`<rect x="${lx}" y="26" width="10" height="10" fill="${colors[i % colors.length]}"/><text x="${lx + 14}" y="35">${xmlEscape(s.label)}</text>`);
   });
   for (const v of [1, ...marks]) {
