@@ -2,6 +2,10 @@
 // bench run can say where the proxy's CPU went (bench/tunnel.mjs --cpu-prof=DIR writes them).
 //
 //   node bench/cpuprofile.mjs FILE.cpuprofile [--top=25]
+//   node bench/cpuprofile.mjs FILE.cpuprofile --per=N --vs=OTHER.cpuprofile --vs-per=M [--top=40]
+// The second form compares two profiles per unit of work (N and M sessions each, e.g. mtaproxy's
+// and the bare forwarder's from one bench/tunnel.mjs --bulk-runs=0 --cpu-prof run): self µs per
+// session of each function in both, sorted by the difference: where the extra cost goes.
 import { readFileSync } from 'node:fs';
 
 const file = process.argv[2];
@@ -9,7 +13,37 @@ if (file === undefined) {
   console.error('usage: node bench/cpuprofile.mjs FILE.cpuprofile [--top=25]');
   process.exit(2);
 }
-const top = Number(process.argv.find((a) => a.startsWith('--top='))?.slice(6) ?? 25);
+const opt = (name) => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
+const top = Number(opt('top') ?? 25);
+if (opt('vs') !== undefined) {
+  compare(file, Number(opt('per') ?? 1), opt('vs'), Number(opt('vs-per') ?? 1));
+  process.exit(0);
+}
+
+/** Self time per function (µs), not idle. */
+function selfByFunction(path) {
+  const p = JSON.parse(readFileSync(path, 'utf8'));
+  const nodes = new Map(p.nodes.map((n) => [n.id, n]));
+  const m = new Map();
+  for (let i = 0; i < p.samples.length; i++) {
+    const cf = nodes.get(p.samples[i]).callFrame;
+    if (cf.functionName === '(idle)') continue;
+    const k = `${cf.functionName || '(anonymous)'} ${cf.url.replace(/^.*\/(dist|node_modules)\//, '$1/').replace(/^node:/, '')}:${cf.lineNumber + 1}`;
+    m.set(k, (m.get(k) ?? 0) + (p.timeDeltas[i + 1] ?? 0));
+  }
+  return m;
+}
+
+function compare(a, perA, b, perB) {
+  const A = selfByFunction(a);
+  const B = selfByFunction(b);
+  const rows = [...new Set([...A.keys(), ...B.keys()])].map((k) => [k, (A.get(k) ?? 0) / perA, (B.get(k) ?? 0) / perB]);
+  const sum = (i) => rows.reduce((t, r) => t + r[i], 0);
+  console.log(`# self µs per unit, not idle: ${a}: ${sum(1).toFixed(0)}; ${b}: ${sum(2).toFixed(0)}\n`);
+  console.log('      A        B    A - B  function');
+  rows.sort((x, y) => y[1] - y[2] - (x[1] - x[2]));
+  for (const [k, x, y] of rows.slice(0, top)) console.log(`${x.toFixed(1).padStart(7)}  ${y.toFixed(1).padStart(7)}  ${(x - y).toFixed(1).padStart(7)}  ${k}`);
+}
 const profile = JSON.parse(readFileSync(file, 'utf8'));
 const byId = new Map(profile.nodes.map((n) => [n.id, n]));
 const parent = new Map();

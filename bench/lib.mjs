@@ -199,3 +199,62 @@ export function fdLimit() {
 }
 
 export const verdict = (ok) => (ok ? 'PASS' : 'MISS');
+
+const xmlEscape = (s) => String(s).replace(/[<>&"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;' })[c]);
+
+/**
+ * Writes a grouped horizontal bar chart of ratios as an SVG file: one group per category (a path),
+ * one bar per series, the value printed at its end, dashed lines at 1.0 and at each of `marks`.
+ * Non-finite values (a reference that did not run) are drawn as "n/a".
+ */
+export function writeRatioChart(file, { title, categories, series, marks = [] }) {
+  const colors = ['#2b6cb0', '#c05621', '#2f855a', '#6b46c1'];
+  const left = 170, right = 60, top = 48, barH = 12, gap = 3, groupGap = 14;
+  const finite = series.flatMap((s) => s.values).filter(Number.isFinite);
+  const max = Math.max(1.5, ...finite, ...marks) * 1.08;
+  const width = 840;
+  const plot = width - left - right;
+  const groupH = series.length * (barH + gap) + groupGap;
+  const height = top + categories.length * groupH + 24;
+  const x = (v) => left + (plot * v) / max;
+  const out = [`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`,
+    `<rect width="100%" height="100%" fill="#fff"/>`, `<text x="8" y="16" font-size="13" font-weight="bold">${xmlEscape(title)}</text>`];
+  series.forEach((s, i) => {
+    const lx = left + i * 215;
+    out.push(`<rect x="${lx}" y="26" width="10" height="10" fill="${colors[i % colors.length]}"/><text x="${lx + 14}" y="35">${xmlEscape(s.label)}</text>`);
+  });
+  for (const v of [1, ...marks]) {
+    out.push(`<line x1="${x(v).toFixed(1)}" y1="${top - 4}" x2="${x(v).toFixed(1)}" y2="${height - 20}" stroke="${v === 1 ? '#333' : '#999'}" stroke-dasharray="${v === 1 ? '' : '4 3'}"/>`);
+    out.push(`<text x="${x(v).toFixed(1)}" y="${height - 8}" text-anchor="middle">${v}×</text>`);
+  }
+  categories.forEach((c, ci) => {
+    const gy = top + ci * groupH;
+    out.push(`<text x="${left - 6}" y="${gy + (series.length * (barH + gap)) / 2 + 4}" text-anchor="end">${xmlEscape(c)}</text>`);
+    series.forEach((s, si) => {
+      const v = s.values[ci];
+      const y = gy + si * (barH + gap);
+      if (!Number.isFinite(v)) return void out.push(`<text x="${left + 4}" y="${y + barH - 2}" fill="#666">n/a</text>`);
+      out.push(`<rect x="${left}" y="${y}" width="${Math.max(1, x(v) - left).toFixed(1)}" height="${barH}" fill="${colors[si % colors.length]}"/>`);
+      out.push(`<text x="${(x(v) + 4).toFixed(1)}" y="${y + barH - 2}">${v.toFixed(2)}×</text>`);
+    });
+  });
+  out.push('</svg>', '');
+  writeFileSync(file, out.join('\n'));
+}
+
+/**
+ * A full garbage collection in another Node process started with --inspect=127.0.0.1:PORT
+ * (HeapProfiler.collectGarbage over the inspector protocol, twice), so that its RSS shows what
+ * it holds, not the garbage of the moment. Blocks until done (a child with Node's WebSocket).
+ */
+export function collectGarbage(inspectPort) {
+  const script = `
+    const list = await (await fetch('http://127.0.0.1:${inspectPort}/json/list')).json();
+    const ws = new WebSocket(list[0].webSocketDebuggerUrl);
+    await new Promise((r, j) => { ws.onopen = r; ws.onerror = j; });
+    for (const id of [1, 2]) {
+      await new Promise((r) => { ws.onmessage = (m) => JSON.parse(m.data).id === id && r(); ws.send(JSON.stringify({ id, method: 'HeapProfiler.collectGarbage' })); });
+    }
+    ws.close();`;
+  execFileSync(process.execPath, ['--experimental-websocket', '--no-warnings', '--input-type=module', '-e', script], { timeout: 30_000 });
+}

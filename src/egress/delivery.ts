@@ -11,7 +11,7 @@ import { derivedDeclaration, derivedThrottleKey } from '../throttle/derived.js';
 import type { Logger } from '../log/logger.js';
 import type { ThrottleService } from '../throttle/service.js';
 import { checkDestination, checkRequest, CONNECT_CODES, parseConnect, type ConnectRequest, type Refusal } from './policy.js';
-import { connectFrom, EgressError, splice } from './tunnel.js';
+import { connectFrom, EgressError, splice, type TunnelResult } from './tunnel.js';
 import { deliverSmtp, type SmtpDeliveryContext } from './smtp-delivery.js';
 import { deliveryFrontEnd, deliveryOutcome, type MetricsHooks } from '../metrics/hooks.js';
 
@@ -60,6 +60,18 @@ export interface Delivery {
 /** The throttle-manager session that owns all derived throttles. */
 export const DERIVED_OWNER = 'derived';
 
+/** ipaddr.process(address).toString(), remembered ("::ffff:192.0.2.1" -> "192.0.2.1"). */
+const canonicalMemo = new Map<string, string>();
+function canonical(address: string): string {
+  let c = canonicalMemo.get(address);
+  if (c === undefined) {
+    c = ipaddr.process(address).toString();
+    if (canonicalMemo.size >= 4096) canonicalMemo.clear();
+    canonicalMemo.set(address, c);
+  }
+  return c;
+}
+
 export { derivedThrottleKey };
 
 /** Bytes a client may send before its tunnel is open (kept for the tunnel); more is a protocol error. */
@@ -69,8 +81,28 @@ const MAX_EARLY_BYTES = 64 * 1024;
  * The address to connect to, for the source address's family. getaddrinfo (which reads
  * /etc/hosts, as operators expect) has no timeout of its own: bounded here by timeoutMs.
  */
-export async function resolveDestination(req: ConnectRequest, timeoutMs: number): Promise<string | Refusal> {
-  if (ipaddr.isValid(req.host)) return req.host;
+export function resolveDestination(req: ConnectRequest, timeoutMs: number): Promise<string | Refusal> {
+  return isAddress(req.host) ? Promise.resolve(req.host) : resolveName(req, timeoutMs);
+}
+
+/** resolveDestination() without a promise for an address (SOCKS5 and PROXY v2 requests name addresses). */
+function resolveNow(req: ConnectRequest, timeoutMs: number): string | Promise<string | Refusal> {
+  return isAddress(req.host) ? req.host : resolveName(req, timeoutMs);
+}
+
+/** Literal addresses seen: ipaddr's parser is a regex cascade, and a delivery asked it 3-6 times. */
+const addressMemo = new Map<string, boolean>();
+function isAddress(host: string): boolean {
+  let ok = addressMemo.get(host);
+  if (ok === undefined) {
+    ok = ipaddr.isValid(host);
+    if (addressMemo.size >= 4096) addressMemo.clear(); // bounded: hosts are client input
+    addressMemo.set(host, ok);
+  }
+  return ok;
+}
+
+async function resolveName(req: ConnectRequest, timeoutMs: number): Promise<string | Refusal> {
   let timer: NodeJS.Timeout | undefined;
   try {
     const family = ipaddr.process(req.sourceIp).kind() === 'ipv4' ? 4 : 6;
@@ -96,7 +128,43 @@ export function admission(ctx: DeliveryContext, req: ConnectRequest, egress: Egr
   return null;
 }
 
-export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies: DeliveryReplies): void {
+const ignore = (): void => {};
+
+/** A delivery's connection slot back; a derived throttle nothing uses any more is forgotten. */
+function releaseLease(ctx: DeliveryContext, d: Delivery, leaseId: number | null): void {
+  if (leaseId !== null) ctx.throttle.release(leaseId);
+  // a derived throttle lives only while deliveries use it
+  const m = ctx.throttle.manager;
+  if (d.owner === null && m.inUse(d.req.throttle) === 0 && m.waiting(d.req.throttle) === 0) ctx.throttle.undeclare(DERIVED_OWNER, d.req.throttle);
+}
+
+/**
+ * The end of an open tunnel: its slot back, the metrics, the one delivery record. Built outside
+ * deliver(), so that the callback an idle tunnel holds keeps these few values, not deliver()'s
+ * whole scope (its handshake closures, replies, timers: ~1 KiB a tunnel, bench/idle.mjs).
+ */
+function tunnelEnd(ctx: DeliveryContext, mta: Socket, d: Delivery, peer: string, leaseId: number | null, local: string, destination: string): (result: TunnelResult) => void {
+  return (result) => {
+    const { req, who } = d;
+    ctx.tunnels.delete(mta);
+    releaseLease(ctx, d, leaseId);
+    ctx.metrics?.delivery({ frontEnd: deliveryFrontEnd(who, d.owner), mode: 'tunnel', outcome: deliveryOutcome(result.outcome), sourceIp: req.sourceIp, bytesUp: result.bytesUp, bytesDown: result.bytesDown });
+    // the fields in the order they always had (destination: where the request's was, now resolved)
+    ctx.log.info(
+      {
+        mtaproxy_event: 'delivery', session: who, peer, source_ip: req.sourceIp, destination, throttle: req.throttle, local, host: req.host,
+        bytes_up: result.bytesUp, bytes_down: result.bytesDown, duration_ms: Math.round(result.durationMs), outcome: result.outcome,
+      },
+      `delivery(${who}): ${local} -> ${destination} throttle=${req.throttle} up=${result.bytesUp} down=${result.bytesDown} ${Math.round(result.durationMs)}ms ${result.outcome}`,
+    );
+  };
+}
+
+/**
+ * `first`: bytes the front-end read past its handshake (the MTA's first SMTP bytes), kept for the
+ * tunnel as early bytes are. The MTA socket must be flowing or paused with nothing unshifted.
+ */
+export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies: DeliveryReplies, first: Buffer | null = null): void {
   ctx.admitted(mta);
   // a delivery that declares no throttle takes the derived one of its destination, whose key a
   // [derived_throttle] rule may name (shared with native MTAs that declare it)
@@ -114,11 +182,8 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
   const fields = { mtaproxy_event: 'delivery', session: who, peer, source_ip: req.sourceIp, destination: `${req.host}:${req.port}`, throttle: req.throttle };
 
   const releaseSlot = (): void => {
-    if (leaseId !== null) ctx.throttle.release(leaseId);
+    releaseLease(ctx, d, leaseId);
     leaseId = null;
-    // a derived throttle lives only while deliveries use it
-    const m = ctx.throttle.manager;
-    if (d.owner === null && m.inUse(req.throttle) === 0 && m.waiting(req.throttle) === 0) ctx.throttle.undeclare(DERIVED_OWNER, req.throttle);
   };
 
   const refuse = (r: Refusal): void => {
@@ -148,8 +213,8 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
     mta.destroy();
   };
   const onGone = (): void => abandon();
-  const early: Buffer[] = [];
-  let earlyBytes = 0;
+  const early: Buffer[] = first === null || first.length === 0 ? [] : [first];
+  let earlyBytes = first?.length ?? 0;
   const onEarly = (chunk: Buffer): void => {
     earlyBytes += chunk.length;
     if (earlyBytes > MAX_EARLY_BYTES) return abandon(`client sent over ${MAX_EARLY_BYTES} bytes before the tunnel was open (an SMTP client waits for the greeting); closed`);
@@ -158,24 +223,26 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
   mta.on('data', onEarly);
   mta.once('end', onGone);
   mta.once('close', onGone);
-  mta.on('error', () => {});
+  mta.on('error', ignore);
   mta.resume();
+  // the tunnel takes over in the same turn (no read can come between): the socket stays
+  // flowing, and what came early is handed to it, not unshifted (a pause, a readStop and a
+  // readStart less per delivery)
   const stopWatching = (): void => {
     mta.removeListener('data', onEarly);
     mta.removeListener('end', onGone);
     mta.removeListener('close', onGone);
-    mta.pause();
-    if (early.length > 0) mta.unshift(Buffer.concat(early));
   };
 
   const open = async (e: EgressConfig): Promise<void> => {
     opening = true;
-    const address = await resolveDestination(req, e.connectTimeoutMs);
+    const resolved = resolveNow(req, e.connectTimeoutMs);
+    const address = typeof resolved === 'string' ? resolved : await resolved;
     if (typeof address !== 'string') return refuse(address);
     const bad = checkDestination(address, req.sourceIp, e);
     if (bad !== null) return refuse(bad);
     // "::ffff:192.0.2.1" is an IPv4 destination: connect to it as one (from an IPv4 source)
-    const target = ipaddr.process(address).toString();
+    const target = canonical(address);
     let remote: Socket;
     try {
       remote = await connectFrom(req.sourceIp, target, req.port, e.connectTimeoutMs);
@@ -195,17 +262,11 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
     const destination = target.includes(':') ? `[${target}]:${req.port}` : `${target}:${req.port}`;
     replies.connected(local, destination);
     ctx.tunnels.add(mta);
-    const open = { ...fields, local, destination, host: req.host };
-    ctx.log.debug(open, `delivery(${who}): ${local} -> ${destination} open (waited ${Math.round(performance.now() - started)}ms)`);
-    splice(mta, remote, e.idleTimeoutMs, (result) => {
-      ctx.tunnels.delete(mta);
-      releaseSlot();
-      ctx.metrics?.delivery({ frontEnd: deliveryFrontEnd(who, d.owner), mode: 'tunnel', outcome: deliveryOutcome(result.outcome), sourceIp: req.sourceIp, bytesUp: result.bytesUp, bytesDown: result.bytesDown });
-      ctx.log.info(
-        { ...open, bytes_up: result.bytesUp, bytes_down: result.bytesDown, duration_ms: Math.round(result.durationMs), outcome: result.outcome },
-        `delivery(${who}): ${local} -> ${destination} throttle=${req.throttle} up=${result.bytesUp} down=${result.bytesDown} ${Math.round(result.durationMs)}ms ${result.outcome}`,
-      );
-    });
+    if (ctx.log.isLevelEnabled('debug')) ctx.log.debug({ ...fields, local, destination, host: req.host }, `delivery(${who}): ${local} -> ${destination} open (waited ${Math.round(performance.now() - started)}ms)`);
+    // what the tunnel keeps for its lifetime is only what its end needs (tunnelEnd's scope, not this one)
+    const lease = leaseId;
+    leaseId = null;
+    splice(mta, remote, e.idleTimeoutMs, early.splice(0), tunnelEnd(ctx, mta, d, peer, lease, local, destination));
   };
 
   const egress = ctx.egress();
@@ -215,7 +276,14 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
     cancelWait?.();
     refuse(r);
   });
-  if (derived !== null) ctx.throttle.declare(DERIVED_OWNER, derived);
+  if (derived !== null) {
+    // declared while any delivery uses it; declaring it again with the same limits changes nothing
+    // (a rule's named key may have native declarations too: then it is declared again, harmlessly)
+    const current = ctx.throttle.manager.limits(req.throttle);
+    if (current === null || current.maxConnections !== derived.maxConnections || current.maxMessagesPerHour !== derived.maxMessagesPerHour || current.sourceIp !== derived.sourceIp || current.mode !== derived.mode) {
+      ctx.throttle.declare(DERIVED_OWNER, derived);
+    }
+  }
   const waitMs = Math.min(req.waitMs ?? egress.throttleWaitTimeoutMs, egress.throttleWaitTimeoutMs);
   // heldByDelivery: the slot stays taken until this delivery ends, even if the control session
   // that declared the throttle goes away or is replaced meanwhile (the tunnel is still open)

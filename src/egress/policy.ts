@@ -133,16 +133,43 @@ export function checkRequest(req: ConnectRequest, egress: EgressConfig): Refusal
  * a private address past the policy).
  */
 export function checkDestination(address: string, sourceIp: string, egress: EgressConfig): Refusal | null {
-  if (!ipaddr.isValid(address)) return { code: CONNECT_CODES.unreachable, message: `"${address}" is not an address` };
-  const dest = ipaddr.process(address);
-  if (dest.kind() !== ipaddr.process(sourceIp).kind()) {
-    return { code: CONNECT_CODES.destinationNotAllowed, message: `destination ${address} is ${dest.kind()} but source ${sourceIp} is not` };
+  const dest = addressFacts(address);
+  if (dest === null) return { code: CONNECT_CODES.unreachable, message: `"${address}" is not an address` };
+  const source = addressFacts(sourceIp);
+  if (dest.kind !== source?.kind) {
+    return { code: CONNECT_CODES.destinationNotAllowed, message: `destination ${address} is ${dest.kind} but source ${sourceIp} is not` };
   }
-  if (!egress.allowPrivateDestinations && dest.range() !== 'unicast') {
+  if (!egress.allowPrivateDestinations && dest.range !== 'unicast') {
     return {
       code: CONNECT_CODES.destinationNotAllowed,
-      message: `destination ${address} is ${dest.range()}; set egress.allow_private_destinations = true to allow it`,
+      message: `destination ${address} is ${dest.range}; set egress.allow_private_destinations = true to allow it`,
     };
   }
   return null;
+}
+
+interface AddressFacts {
+  readonly kind: 'ipv4' | 'ipv6';
+  readonly range: string;
+}
+
+/**
+ * ipaddr.process(address)'s family and range, or null if not an address; remembered, as each
+ * delivery asks for its source and its destination (ipaddr parses with a cascade of regexes).
+ * The memo is bounded: addresses come from clients.
+ */
+const factsMemo = new Map<string, AddressFacts | null>();
+function addressFacts(address: string): AddressFacts | null {
+  let f = factsMemo.get(address);
+  if (f === undefined) {
+    if (ipaddr.isValid(address)) {
+      const a = ipaddr.process(address);
+      f = { kind: a.kind(), range: a.range() };
+    } else {
+      f = null;
+    }
+    if (factsMemo.size >= 4096) factsMemo.clear();
+    factsMemo.set(address, f);
+  }
+  return f;
 }

@@ -210,5 +210,7 @@ export function proxyV2Target(h: ProxyV2Header): ProxyV2Target | { readonly code
     return { code: 'unsupported_family', message: `${what} header: only TCP over IPv4 (0x11) or IPv6 (0x21) names an egress source and destination` };
   }
   if (h.destination.port === 0) return { code: 'bad_port', message: `destination port 0 (${h.destination.address}:0)` };
-  return { sourceIp: ipaddr.process(h.source.address).toString(), host: ipaddr.process(h.destination.address).toString(), port: h.destination.port };
+  // decoded IPv4 addresses are canonical already (ipv4() above); IPv6 ones may be IPv4-mapped
+  const canonical = (address: string): string => (h.family === 'inet' ? address : ipaddr.process(address).toString());
+  return { sourceIp: canonical(h.source.address), host: canonical(h.destination.address), port: h.destination.port };
 }

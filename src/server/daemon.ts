@@ -402,7 +402,7 @@ export class Daemon {
       this.#frontEndOf.delete(socket);
       this.#admitted(socket);
     });
-    this.#log.debug({ mtaproxy_event: 'connection', peer: address, front_end: endpoint.frontEnd }, `listener: ${endpoint.frontEnd} connection from ${address}:${socket.remotePort}`);
+    if (this.#log.isLevelEnabled('debug')) this.#log.debug({ mtaproxy_event: 'connection', peer: address, front_end: endpoint.frontEnd }, `listener: ${endpoint.frontEnd} connection from ${address}:${socket.remotePort}`);
     const { socks5, handshakeTimeoutMs } = this.#config;
     if (endpoint.frontEnd === 'socks5' && socks5 !== null) {
       serveSocks5(socket, { config: socks5, delivery: this.#delivery, log: this.#log, handshakeTimeoutMs });

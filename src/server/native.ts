@@ -201,6 +201,9 @@ export function serveNative(socket: Socket, ctx: NativeContext, opts: NativeOpti
           const name = state.name;
           state = { step: 'delivery' };
           socket.removeListener('data', onData);
+          // nothing of the handshake's scope stays with the socket (an idle tunnel holds it for hours)
+          socket.removeListener('close', onClose);
+          socket.removeListener('end', onEnd);
           socket.pause();
           if (splitter.buffered > 0 || pendingLines > 0) {
             return reject('sent data after CONNECT before the reply', '501 send nothing after CONNECT until its reply', name);
@@ -273,12 +276,14 @@ export function serveNative(socket: Socket, ctx: NativeContext, opts: NativeOpti
     }
   };
 
-  socket.on('data', onData);
-  socket.on('close', () => clearTimeout(timer));
+  const onClose = (): void => clearTimeout(timer);
   // the listener allows half-open connections (for tunnels); before that, a FIN ends it all
-  socket.on('end', () => {
+  const onEnd = (): void => {
     if (state.step === 'session') state.session.end('MTA closed its side');
     else if (state.step !== 'delivery') socket.end();
-  });
+  };
+  socket.on('data', onData);
+  socket.on('close', onClose);
+  socket.on('end', onEnd);
   socket.write(`${greetingLine(serverNonce)}\n`);
 }

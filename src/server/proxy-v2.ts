@@ -32,10 +32,12 @@ export function refusalGreeting(port: number, r: Refusal): string | null {
   return `421 4.4.0 mtaproxy refused the connection: ${text}\r\n`;
 }
 
+const EMPTY = Buffer.alloc(0);
+
 export function serveProxyV2(socket: Socket, ctx: ProxyV2Context): void {
   const peer = `${socket.remoteAddress}:${socket.remotePort}`;
   // never more than one header (decodeProxyV2 bounds it) plus the rest of the read that ended it
-  let received: Buffer = Buffer.alloc(0);
+  let received: Buffer = EMPTY;
   let finished = false;
 
   const finish = (): void => {
@@ -43,6 +45,8 @@ export function serveProxyV2(socket: Socket, ctx: ProxyV2Context): void {
     clearTimeout(timer);
     socket.removeListener('data', onData);
     socket.removeListener('end', onEnd);
+    // nothing of the handshake's scope stays with the socket (an idle tunnel holds it for hours)
+    socket.removeListener('close', onClose);
   };
 
   /** No delivery was attempted: log why and close at once (nothing can be said to the client). */
@@ -70,9 +74,8 @@ export function serveProxyV2(socket: Socket, ctx: ProxyV2Context): void {
     const target = proxyV2Target(header);
     if ('code' in target) return refuse(target.code, target.message);
     finish();
-    // the tunnel reads from here on: keep what followed the header in this read for it
-    socket.pause();
-    if (received.length > header.length) socket.unshift(received.subarray(header.length));
+    // the delivery reads from here on (in this turn: nothing is missed); what followed the header
+    // in this read is handed to it
     const req: ConnectRequest = {
       sourceIp: target.sourceIp,
       host: target.host,
@@ -92,14 +95,19 @@ export function serveProxyV2(socket: Socket, ctx: ProxyV2Context): void {
         closeSoon(socket);
       },
     };
-    ctx.log.debug(
-      { mtaproxy_event: 'proxy_v2_header', peer, source_ip: req.sourceIp, destination: `${req.host}:${req.port}`, tlvs: header.tlvs.length, early_bytes: received.length - header.length },
-      `proxy-v2: ${peer}: header ${req.sourceIp} -> ${req.host}:${req.port}`,
-    );
-    deliver(ctx.delivery, socket, { who: 'proxy-v2', req, owner: null }, replies);
+    if (ctx.log.isLevelEnabled('debug')) {
+      ctx.log.debug(
+        { mtaproxy_event: 'proxy_v2_header', peer, source_ip: req.sourceIp, destination: `${req.host}:${req.port}`, tlvs: header.tlvs.length, early_bytes: received.length - header.length },
+        `proxy-v2: ${peer}: header ${req.sourceIp} -> ${req.host}:${req.port}`,
+      );
+    }
+    const first = received.length > header.length ? received.subarray(header.length) : null;
+    received = EMPTY; // the closure outlives the handshake (the 'close' listener): keep no bytes
+    deliver(ctx.delivery, socket, { who: 'proxy-v2', req, owner: null }, replies, first);
   };
 
   socket.on('data', onData);
   socket.on('end', onEnd);
-  socket.on('close', () => clearTimeout(timer));
+  const onClose = (): void => clearTimeout(timer);
+  socket.on('close', onClose);
 }

@@ -47,11 +47,14 @@ function accountsOf(config: Socks5Config): AccountTable<Socks5User> {
 
 type Step = 'greeting' | 'auth' | 'request' | 'done';
 
+const EMPTY = Buffer.alloc(0);
+const ignore = (): void => {};
+
 export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
   const peer = `${socket.remoteAddress}:${socket.remotePort}`;
   const config = ctx.config;
   let step: Step = 'greeting';
-  let received: Buffer = Buffer.alloc(0);
+  let received: Buffer = EMPTY;
   let user: Socks5User | null = null;
   /** the source address a KumoMTA-style BIND chose for the CONNECT that follows */
   let boundSource: string | null = null;
@@ -63,6 +66,10 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
     clearTimeout(timer);
     socket.removeListener('data', onData);
     socket.removeListener('end', onEnd);
+    // nothing of the negotiation's scope stays with the socket (an idle tunnel holds it for hours);
+    // the daemon's own 'error' listener stays
+    socket.removeListener('close', onClose);
+    socket.removeListener('error', ignore);
   };
 
   /** Ends the negotiation: an optional last message, a log line with the reason, close. */
@@ -131,7 +138,7 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
       }
       boundSource = request.host;
       socket.write(encodeReply(REP.succeeded, { ip: request.host, port: 0 }));
-      ctx.log.debug({ mtaproxy_event: 'socks5_bind', peer, session: who(), source_ip: request.host }, `socks5: ${peer}: source ${request.host} chosen by BIND`);
+      if (ctx.log.isLevelEnabled('debug')) ctx.log.debug({ mtaproxy_event: 'socks5_bind', peer, session: who(), source_ip: request.host }, `socks5: ${peer}: source ${request.host} chosen by BIND`);
       return true; // the CONNECT follows
     }
     const sourceIp = sourceFor();
@@ -140,8 +147,10 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
       return false;
     }
     stop();
-    socket.pause();
-    if (received.length > 0) socket.unshift(received);
+    // the delivery reads from here on (in this turn: nothing is missed); what followed the
+    // request in this read is handed to it
+    const first = received.length > 0 ? received : null;
+    received = EMPTY; // the closure outlives the negotiation (the 'close' listener): keep no bytes
     const req = { sourceIp, host: request.host, port: request.port, throttle: derivedThrottleKey(sourceIp, request.host, request.port), waitMs: null, smtp: null };
     const replies: DeliveryReplies = {
       connected: (local) => socket.write(encodeReply(REP.succeeded, splitHostPort(local))),
@@ -152,7 +161,7 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
         closeSoon(socket);
       },
     };
-    deliver(ctx.delivery, socket, { who: who(), req, owner: null }, replies);
+    deliver(ctx.delivery, socket, { who: who(), req, owner: null }, replies, first);
     return false;
   };
 
@@ -199,6 +208,7 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
 
   socket.on('data', onData);
   socket.on('end', onEnd);
-  socket.on('error', () => {});
-  socket.on('close', () => clearTimeout(timer));
+  const onClose = (): void => clearTimeout(timer);
+  socket.on('error', ignore);
+  socket.on('close', onClose);
 }

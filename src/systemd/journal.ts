@@ -54,5 +54,8 @@ export function createJournaldSink(identifier = 'mtaproxy'): LogSink {
       const record = decodeRecord(line);
       journal[journalMethod(record.level)](record.msg, journalFields(record.fields));
     },
+    record(record) {
+      journal[journalMethod(record.level)](record.msg, journalFields(record.fields));
+    },
   };
 }

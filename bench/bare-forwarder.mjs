@@ -1,0 +1,84 @@
+// The bare Node PROXY v2 forwarder: the floor no Node proxy can go below. It reads a PROXY v2
+// header (TCP over IPv4 or IPv6), connects to the header's destination from the header's source
+// address, and pumps bytes both ways with a hand-written write/drain loop (half-close passed on).
+// Nothing else: no policy, no throttle, no record, no timeouts, no metrics. bench/tunnel.mjs and
+// bench/idle.mjs run it as the reference for mtaproxy's front-ends.
+//
+//   node bench/bare-forwarder.mjs [--listen=127.0.0.1:0]    prints "listening HOST:PORT" once bound
+import { connect, createServer } from 'node:net';
+
+const SIGNATURE = Buffer.from('0d0a0d0a000d0a515549540a', 'hex');
+const MAX_HEADER = 16 + 216 + 1024;
+const BACKPRESSURE = 128 * 1024; // as mtaproxy's tunnel: pause the reader past this much unsent
+
+/** The header at the start of buf: { length, source, destination, port } | 'incomplete' | null (invalid). */
+function parseHeader(buf) {
+  if (buf.length < 16) return buf.subarray(0, 12).equals(SIGNATURE.subarray(0, Math.min(12, buf.length))) ? 'incomplete' : null;
+  if (!buf.subarray(0, 12).equals(SIGNATURE) || buf[12] !== 0x21) return null; // version 2, command PROXY
+  const length = 16 + buf.readUInt16BE(14);
+  if (length > MAX_HEADER) return null;
+  if (buf.length < length) return 'incomplete';
+  if (buf[13] === 0x11 && length >= 16 + 12) {
+    const ip = (at) => `${buf[at]}.${buf[at + 1]}.${buf[at + 2]}.${buf[at + 3]}`;
+    return { length, source: ip(16), destination: ip(20), port: buf.readUInt16BE(26) };
+  }
+  if (buf[13] === 0x21 && length >= 16 + 36) {
+    const ip = (at) => Array.from({ length: 8 }, (_, i) => buf.readUInt16BE(at + 2 * i).toString(16)).join(':');
+    return { length, source: ip(16), destination: ip(32), port: buf.readUInt16BE(50) };
+  }
+  return null;
+}
+
+/** Writes from `from` to `to` until `from` ends; then half-closes `to`. Calls done() once `to` is finished. */
+function pump(from, to, done) {
+  from.on('data', (chunk) => {
+    to.write(chunk);
+    if (to.writableLength >= BACKPRESSURE) from.pause();
+  });
+  to.on('drain', () => from.resume());
+  from.on('end', () => to.end(done));
+}
+
+function serve(client) {
+  let received = null;
+  const onData = (chunk) => {
+    received = received === null ? chunk : Buffer.concat([received, chunk]);
+    const h = parseHeader(received);
+    if (h === 'incomplete') return;
+    client.removeListener('data', onData);
+    if (h === null) return void client.destroy();
+    client.pause();
+    const rest = received.subarray(h.length);
+    received = null;
+    const remote = connect({ host: h.destination, port: h.port, localAddress: h.source, allowHalfOpen: true, noDelay: true });
+    let finished = 0;
+    const close = () => {
+      client.destroy();
+      remote.destroy();
+    };
+    remote.once('connect', () => {
+      if (rest.length > 0) remote.write(rest);
+      pump(client, remote, () => ++finished === 2 && close());
+      pump(remote, client, () => ++finished === 2 && close());
+      client.resume();
+    });
+    remote.on('error', close);
+    remote.on('close', close);
+    client.on('close', close);
+  };
+  client.on('data', onData);
+  client.on('error', () => client.destroy());
+}
+
+const listen = process.argv.find((a) => a.startsWith('--listen='))?.slice(9) ?? '127.0.0.1:0';
+const at = listen.lastIndexOf(':');
+const server = createServer({ allowHalfOpen: true, noDelay: true }, serve);
+server.on('error', (err) => {
+  console.error(`bare-forwarder: ${err.message}`);
+  process.exit(1);
+});
+server.listen({ host: listen.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(listen.slice(at + 1)), backlog: 4096 }, () => {
+  const a = server.address();
+  console.log(`listening ${a.address}:${a.port}`);
+});
+process.on('SIGTERM', () => process.exit(0));

@@ -1,0 +1,58 @@
+// The logger's direct path (plain fields handed to the sink without pino's JSON) must give the
+// sinks exactly what the JSON path gives them: decodeRecord() of pino's own line.
+import { describe, expect, it } from 'vitest';
+import { pino } from 'pino';
+import { createLogger, decodeRecord, plainRecord, type LogRecord } from '../../src/log/logger.js';
+
+/** What the sink got through pino's JSON (write only) and through the direct path (record). */
+function both(call: (log: ReturnType<typeof createLogger>) => void): { viaJson: LogRecord[]; direct: LogRecord[] } {
+  const viaJson: LogRecord[] = [];
+  const direct: LogRecord[] = [];
+  call(createLogger({ write: (line) => viaJson.push(decodeRecord(line)) }, true));
+  call(createLogger({ write: (line) => direct.push({ ...decodeRecord(line), viaWrite: true } as LogRecord), record: (r) => direct.push(r) }, true));
+  return { viaJson, direct };
+}
+
+describe('logger direct path', () => {
+  const samples: [Record<string, unknown>, string][] = [
+    [{ mtaproxy_event: 'delivery', session: 'proxy-v2', peer: '127.0.0.1:4000', bytes_up: 123, duration_ms: 0, outcome: 'closed' }, 'delivery(proxy-v2): 127.0.0.2:5 -> 127.0.0.1:25 up=123'],
+    [{ mtaproxy_event: 'x', evil: 'a\x1b[2Jb\u202e\r\n', 'k\x00ey': 1 }, 'msg with \x07 bell and %s %d'],
+    [{ a: undefined, b: null, c: true, d: NaN, e: Infinity, f: -0, g: 1.5e300 }, ''],
+  ];
+  for (const [fields, msg] of samples) {
+    it(`gives the same record as pino's JSON: ${msg.slice(0, 30) || '(empty message)'}`, () => {
+      const { viaJson, direct } = both((log) => {
+        log.info(fields, msg);
+        log.warn(fields, msg);
+        log.debug(fields, msg);
+      });
+      expect(viaJson).toHaveLength(3);
+      expect(direct).toEqual(viaJson);
+      expect(direct.some((r) => 'viaWrite' in r)).toBe(false);
+    });
+  }
+
+  it('leaves errors, nested objects, format arguments and other prototypes to pino', () => {
+    const err = new Error('boom'); // one stack for both loggers
+    const { viaJson, direct } = both((log) => {
+      log.info({ err }, 'with an error');
+      log.info({ nested: { a: 1 } }, 'nested');
+      log.info({ a: 1 }, 'format %s', 'arg');
+      log.info('only a message');
+      log.info(Object.assign(Object.create({ inherited: 1 }), { own: 2 }), 'prototype');
+    });
+    expect(direct.map(({ viaWrite: _, ...r }: LogRecord & { viaWrite?: boolean }) => r)).toEqual(viaJson);
+    expect(direct.every((r) => 'viaWrite' in r)).toBe(true);
+  });
+
+  it('plainRecord refuses what JSON would change', () => {
+    expect(plainRecord(30, { a: 1n }, 'x')).toBeNull();
+    expect(plainRecord(30, { a: [1] }, 'x')).toBeNull();
+    expect(plainRecord(30, { a: () => 1 }, 'x')).toBeNull();
+    expect(plainRecord(30, null, 'x')).toBeNull();
+    // the same as pino, which is the reference
+    const line: string[] = [];
+    pino({ base: null }, { write: (l: string) => line.push(l) }).info({ a: 'b' }, 'm');
+    expect(plainRecord(30, { a: 'b' }, 'm')).toEqual(decodeRecord(line[0] ?? ''));
+  });
+});
