@@ -7,7 +7,7 @@ import { lookup } from 'node:dns/promises';
 import type { Socket } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import type { DerivedThrottleConfig, EgressConfig } from '../config/parse.js';
-import { derivedDeclaration, derivedThrottleKey } from '../throttle/derived.js';
+import { derivedDeclaration, derivedThrottleKey, UNLIMITED_MESSAGES_PER_HOUR } from '../throttle/derived.js';
 import type { Logger } from '../log/logger.js';
 import type { ThrottleService } from '../throttle/service.js';
 import { checkDestination, checkRequest, CONNECT_CODES, parseConnect, type ConnectRequest, type Refusal } from './policy.js';
@@ -133,9 +133,12 @@ const ignore = (): void => {};
 /** A delivery's connection slot back; a derived throttle nothing uses any more is forgotten. */
 function releaseLease(ctx: DeliveryContext, d: Delivery, leaseId: number | null): void {
   if (leaseId !== null) ctx.throttle.release(leaseId);
-  // a derived throttle lives only while deliveries use it
+  // a derived throttle lives only while deliveries use it, unless it limits messages (the relay
+  // counts them): forgetting it would refill its bucket (the relay bounds how many it keeps)
   const m = ctx.throttle.manager;
-  if (d.owner === null && m.inUse(d.req.throttle) === 0 && m.waiting(d.req.throttle) === 0) ctx.throttle.undeclare(DERIVED_OWNER, d.req.throttle);
+  if (d.owner === null && m.inUse(d.req.throttle) === 0 && m.waiting(d.req.throttle) === 0 && (m.limits(d.req.throttle)?.maxMessagesPerHour ?? UNLIMITED_MESSAGES_PER_HOUR) >= UNLIMITED_MESSAGES_PER_HOUR) {
+    ctx.throttle.undeclare(DERIVED_OWNER, d.req.throttle);
+  }
 }
 
 /**

@@ -466,7 +466,8 @@ export class RelaySession {
         tx.domains.set(domainKey, failure);
         dest = failure;
       } else {
-        const key = route.hosts.map((h) => h.name).join(',');
+        // the same MX hosts are one destination, whatever order equal preferences were shuffled in
+        const key = route.hosts.map((h) => h.name).sort().join(',');
         const known = tx.dests.get(key);
         if (known !== undefined) dest = known;
         else if (!this.#lmtp && tx.dests.size > 0) {

@@ -69,8 +69,8 @@ describe.skipIf(unavailable !== null)(`relay front-end${unavailable === null ? '
     b = await destination('127.0.0.21', port);
     dropper = await fakeMx({ host: '127.0.0.22', port });
     dns = await startDns({
-      mx: { 'a.test': [[10, 'mx-a.test']], 'a-alias.test': [[5, 'mx-a.test']], 'b.test': [[10, 'mx-b.test']], 'limited.test': [[10, 'mx-limited.test']], 'shared.test': [[10, 'mx-shared.test']], 'drop.test': [[10, 'mx-drop.test']], 'nullmx.test': [[0, '.']] },
-      hosts: { 'mx-a.test': '127.0.0.20', 'mx-b.test': '127.0.0.21', 'mx-limited.test': '127.0.0.20', 'mx-shared.test': '127.0.0.20', 'mx-drop.test': '127.0.0.22' },
+      mx: { 'a.test': [[10, 'mx-a.test']], 'a-alias.test': [[5, 'mx-a.test']], 'b.test': [[10, 'mx-b.test']], 'limited.test': [[10, 'mx-limited.test']], 'shared.test': [[10, 'mx-shared.test']], 'eq1.test': [[10, 'mx-a.test'], [10, 'mx-a2.test']], 'eq2.test': [[10, 'mx-a2.test'], [10, 'mx-a.test']], 'drop.test': [[10, 'mx-drop.test']], 'nullmx.test': [[0, '.']] },
+      hosts: { 'mx-a.test': '127.0.0.20', 'mx-b.test': '127.0.0.21', 'mx-limited.test': '127.0.0.20', 'mx-shared.test': '127.0.0.20', 'mx-a2.test': '127.0.0.20', 'mx-drop.test': '127.0.0.22' },
     });
     daemon = await startDaemon({
       extra: [
@@ -163,6 +163,14 @@ describe.skipIf(unavailable !== null)(`relay front-end${unavailable === null ? '
     expect(sent.accepted).toEqual(['one@a.test', 'three@a-alias.test']);
     expect(sent.rejectedErrors?.[0]?.response).toMatch(/^452 4\.5\.3 mtaproxy relay: b\.test is another destination/);
     expect(a.transactions[before]?.to).toEqual(['one@a.test', 'three@a-alias.test']);
+  });
+
+  it('SMTP: domains with the same MX hosts of equal preference are one destination, however they were shuffled', async () => {
+    // each lookup shuffles equal preferences (RFC 5321 §5.1): six transactions, each must take both
+    for (let i = 0; i < 6; i++) {
+      const sent = await send(smtpPort, 's@x.test', [`e${i}@eq1.test`, `f${i}@eq2.test`]);
+      expect(sent.accepted).toEqual([`e${i}@eq1.test`, `f${i}@eq2.test`]);
+    }
   });
 
   it('LMTP: one transaction spans destinations, with a reply per recipient after the body', async () => {
