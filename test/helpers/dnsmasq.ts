@@ -46,13 +46,20 @@ async function startOnce(o: DnsOptions, port: number): Promise<DnsServer> {
   const args = ['-k', `--port=${port}`, '--listen-address=127.0.0.1', '--bind-interfaces', '--no-resolv', '--no-hosts', '--conf-file=/dev/null', '--pid-file=', `--local=/${o.localDomain ?? 'test'}/`, '--log-facility=-', '--cache-size=0'];
   for (const [domain, records] of Object.entries(o.mx ?? {})) for (const [pref, host] of records) args.push(`--mx-host=${domain},${host},${pref}`);
   for (const [name, ip] of Object.entries(o.hosts ?? {})) args.push(`--host-record=${name},${ip}`);
-  const proc: ChildProcess = spawn(DNSMASQ, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // under a tiny sh supervisor holding a pipe from this process: if the test worker dies without
+  // stop(), the pipe closes and dnsmasq is killed (it must not outlive the tests)
+  const supervisor = `exec 3<&0; "$0" "$@" </dev/null & pid=$!; (read -r _ <&3; kill "$pid" 2>/dev/null) & wait "$pid"`;
+  const proc: ChildProcess = spawn('/bin/sh', ['-c', supervisor, DNSMASQ, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout?.on('data', (c: Buffer) => (out += c.toString()));
   proc.stderr?.on('data', (c: Buffer) => (out += c.toString()));
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`dnsmasq did not start: ${out}`)), 5000);
+    const t = setTimeout(() => {
+      clearInterval(check);
+      proc.stdin?.end();
+      reject(new Error(`dnsmasq did not start: ${out}`));
+    }, 5000);
     const check = setInterval(() => {
       if (/started, version/.test(out)) {
         clearInterval(check);
@@ -70,7 +77,8 @@ async function startOnce(o: DnsOptions, port: number): Promise<DnsServer> {
     server: `127.0.0.1:${port}`,
     port,
     async stop() {
-      proc.kill('SIGTERM');
+      // closing the pipe makes the supervisor kill dnsmasq; the supervisor then exits
+      proc.stdin?.end();
       await exited;
     },
   };
