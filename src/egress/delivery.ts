@@ -279,14 +279,9 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
     cancelWait?.();
     refuse(r);
   });
-  if (derived !== null) {
-    // declared while any delivery uses it; declaring it again with the same limits changes nothing
-    // (a rule's named key may have native declarations too: then it is declared again, harmlessly)
-    const current = ctx.throttle.manager.limits(req.throttle);
-    if (current === null || current.maxConnections !== derived.maxConnections || current.maxMessagesPerHour !== derived.maxMessagesPerHour || current.sourceIp !== derived.sourceIp || current.mode !== derived.mode) {
-      ctx.throttle.declare(DERIVED_OWNER, derived);
-    }
-  }
+  // declared while any delivery uses it (a rule's named key with native declarations too is
+  // declared again each time, harmlessly)
+  if (derived !== null) ctx.throttle.declareIfChanged(DERIVED_OWNER, derived);
   const waitMs = Math.min(req.waitMs ?? egress.throttleWaitTimeoutMs, egress.throttleWaitTimeoutMs);
   // heldByDelivery: the slot stays taken until this delivery ends, even if the control session
   // that declared the throttle goes away or is replaced meanwhile (the tunnel is still open)

@@ -6,6 +6,7 @@
 // destination fails mid-transaction the MTA gets a 4xx from the proxy, which says so.
 import type { Socket } from 'node:net';
 import { closeSoon } from '../net/close.js';
+import { OutputGate } from '../net/backpressure.js';
 import type { Logger } from '../log/logger.js';
 import type { TimerWheel, WheelTimer } from '../net/wheel.js';
 import type { ThrottleService } from '../throttle/service.js';
@@ -56,8 +57,6 @@ export interface SmtpLinkResult {
 
 /** Bytes of pipelined commands the link buffers before it stops reading the MTA. */
 const MAX_PIPELINED = 64 * 1024;
-/** Replies the MTA has not read, past which the link stops reading its commands. */
-const OUTPUT_HIGH_WATER = 64 * 1024;
 
 const local = {
   ok: (text = '2.0.0 OK'): Buffer => formatReply(250, [text]),
@@ -98,7 +97,12 @@ export class SmtpLink {
   #dataSent = false;
   /** the MTA half-closed: its buffered commands are still answered, then the link ends */
   #ended = false;
-  #waitingDrain = false;
+  readonly #output = new OutputGate();
+  readonly #resumeAfterDrain = (): void => {
+    if (this.#isClosed()) return;
+    this.#mta.resume();
+    this.#pump();
+  };
   /** command lines read ahead for a pipelined group but not part of it: handled next, in order */
   #held: string[] = [];
   /** replies written in this turn of the event loop go out together (one write, one TLS record) */
@@ -225,19 +229,7 @@ export class SmtpLink {
     if (this.#busy || this.#phase !== 'command') return;
     for (;;) {
       // an MTA that does not read its replies is not read either (bounded output, as sessions)
-      if (this.#mta.writableLength > OUTPUT_HIGH_WATER) {
-        this.#mta.pause();
-        if (!this.#waitingDrain) {
-          this.#waitingDrain = true;
-          this.#mta.once('drain', () => {
-            this.#waitingDrain = false;
-            if (this.#isClosed()) return;
-            this.#mta.resume();
-            this.#pump();
-          });
-        }
-        return;
-      }
+      if (this.#output.full(this.#mta, this.#resumeAfterDrain)) return;
       let line: string | null;
       try {
         line = this.#nextLine();

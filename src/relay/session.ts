@@ -15,6 +15,7 @@ import type { DerivedThrottleConfig, EgressConfig, RelayConfig } from '../config
 import { derivedDeclaration } from '../throttle/derived.js';
 import type { Logger } from '../log/logger.js';
 import { closeSoon } from '../net/close.js';
+import { OutputGate } from '../net/backpressure.js';
 import type { TimerWheel, WheelTimer } from '../net/wheel.js';
 import { closesConnection } from '../smtp/client.js';
 import { BodyNormalizer, CommandLineTooLong, CommandReader, DataEndScanner, parseCommand, type Command } from '../smtp/command.js';
@@ -53,7 +54,6 @@ export interface RelayContext {
 
 /** Bytes of pipelined commands buffered before the session stops reading the MTA. */
 const MAX_PIPELINED = 64 * 1024;
-const OUTPUT_HIGH_WATER = 64 * 1024;
 const MAX_AUTH_FAILURES = 3;
 /** throttles the relay keeps declared (each (source IP, MX host) it delivered to) */
 const MAX_RELAY_THROTTLES = 100_000;
@@ -117,7 +117,12 @@ export class RelaySession {
   #draining = false;
   #ended = false;
   #transactions = 0;
-  #waitingDrain = false;
+  readonly #output = new OutputGate();
+  readonly #resumeAfterDrain = (): void => {
+    if (this.#isClosed()) return;
+    this.#socket.resume();
+    this.#pump();
+  };
   /** an AUTH exchange waits for the MTA's next line */
   #authWaiter: ((line: string | null) => void) | null = null;
   /** the raw socket this session was accepted on (the daemon's handle for it) */
@@ -219,19 +224,7 @@ export class RelaySession {
   #pump(): void {
     if (this.#busy || this.#phase !== 'command') return;
     for (;;) {
-      if (this.#socket.writableLength > OUTPUT_HIGH_WATER) {
-        this.#socket.pause();
-        if (!this.#waitingDrain) {
-          this.#waitingDrain = true;
-          this.#socket.once('drain', () => {
-            this.#waitingDrain = false;
-            if (this.#isClosed()) return;
-            this.#socket.resume();
-            this.#pump();
-          });
-        }
-        return;
-      }
+      if (this.#output.full(this.#socket, this.#resumeAfterDrain)) return;
       let line: string | null;
       try {
         line = this.#reader.next(this.#pending.length === 0 ? undefined : Buffer.concat(this.#pending.splice(0)));
@@ -614,13 +607,13 @@ export class RelaySession {
   #declare(declaration: Declaration): string | null {
     const throttle = declaration.key;
     const m = this.#ctx.throttle.manager;
-    // declared again each time, as SOCKS5 deliveries do: a reload's new limits apply at once
+    // declared again (if changed) each time, as SOCKS5 deliveries are: a reload's new limits apply at once
     if (m.limits(throttle) === null && m.throttleCount >= MAX_RELAY_THROTTLES) {
       // idle per-destination throttles go first (their message counts start again if used later)
       for (const key of [...m.keys()]) if (key.includes('>') && m.inUse(key) === 0 && m.waiting(key) === 0) this.#ctx.throttle.undeclare(DERIVED_OWNER, key);
       if (m.throttleCount >= MAX_RELAY_THROTTLES) return `too many throttles (${MAX_RELAY_THROTTLES}) are in use; try again later`;
     }
-    this.#ctx.throttle.declare(DERIVED_OWNER, declaration);
+    this.#ctx.throttle.declareIfChanged(DERIVED_OWNER, declaration);
     return null;
   }
 

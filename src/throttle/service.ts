@@ -25,6 +25,16 @@ export class ThrottleService {
     return warning;
   }
 
+  /**
+   * declare() unless the throttle's effective limits already are these: a derived throttle is
+   * declared again by every delivery that uses it, and an unchanged one costs nothing then.
+   */
+  declareIfChanged(session: string, d: Declaration): void {
+    const c = this.manager.limits(d.key);
+    if (c !== null && c.maxConnections === d.maxConnections && c.maxMessagesPerHour === d.maxMessagesPerHour && c.sourceIp === d.sourceIp && c.mode === d.mode) return;
+    this.declare(session, d);
+  }
+
   setBacklog(session: string, backlog: number): void {
     this.manager.setBacklog(session, backlog);
   }
