@@ -57,8 +57,14 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   return address.port;
 }
 
+/** Temp dirs made by tempDir() in this test file; test/helpers/cleanup.ts removes them after it. */
+export const madeTempDirs: string[] = [];
+
+/** A fresh temp dir, removed after the test file (a daemon's stop() removes its own at once). */
 export function tempDir(): string {
-  return mkdtempSync(join(tmpdir(), 'mtaproxy-test-'));
+  const dir = mkdtempSync(join(tmpdir(), 'mtaproxy-test-'));
+  madeTempDirs.push(dir);
+  return dir;
 }
 
 /** Collects a child's stdout and stderr lines; waitForLine resolves with the first (now or later) matching line. */
