@@ -239,7 +239,8 @@ export class SmtpLink {
     if (this.#isClosed()) return;
     this.#touch();
     if (this.#phase === 'body') return this.#body(chunk);
-    if (this.#phase === 'chunk') return this.#chunkData(chunk);
+    // a chunk's first octets may still wait in the reader (until #chunkBegin): these come after them
+    if (this.#phase === 'chunk' && !this.#busy) return this.#chunkData(chunk);
     this.#pendingChunks.push(chunk);
     this.#pump();
   }
