@@ -305,6 +305,40 @@ describe('smtp mode: BDAT relayed to a destination that offers CHUNKING', () => 
     expect((await m.cmd('QUIT\r\n')).code).toBe(221);
   });
 
+  it('a pipelined MAIL, RCPTs and BDAT in one write: the group ends before BDAT, every reply in order', async () => {
+    const x = await mkDest();
+    const d = await proxy([x.port]);
+    await mtaControl(d);
+    const m = await link(d, '127.0.0.1', x.port);
+    await m.cmd('EHLO mta.example\r\n');
+    const n = m.replies.length;
+    const body = Buffer.from('Subject: p\r\n\r\nRCPT TO:<not-a-command@x>\r\n.\r\n', 'latin1');
+    m.send(Buffer.concat([Buffer.from('MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\n'), bdat(body.subarray(0, 9)), bdat(body.subarray(9), true), Buffer.from('NOOP\r\n')]));
+    const r = await m.waitReplies(n + 6);
+    expect(r.slice(n).map((q) => q.text)).toEqual(['250 2.1.0 sender ok', '250 2.1.5 recipient ok', '250 2.1.5 recipient ok', '250 2.0.0 9 octets received', '250 2.0.0 queued as 1', '250 2.0.0 OK']);
+    expect(x.messages[0]?.data.equals(body)).toBe(true);
+    expect(x.messages[0]?.to).toEqual(['RCPT TO:<b@example.net>', 'RCPT TO:<c@example.net>']);
+  });
+
+  it('no reply to a chunk within data_done_timeout: 451 from the proxy, and that connection is not reused', async () => {
+    const x = await mkDest({ chunkReply: ({ data }) => (data.includes('hang') ? null : undefined) as string | null });
+    const d = await proxy([x.port], 'data_done_timeout = "1s"\n');
+    await mtaControl(d);
+    const m = await link(d, '127.0.0.1', x.port);
+    await m.cmd('EHLO mta.example\r\n');
+    await m.cmd('MAIL FROM:<a@example.com>\r\n');
+    await m.cmd('RCPT TO:<b@example.net>\r\n');
+    const t0 = Date.now();
+    expect((await m.cmd(bdat('please hang\r\n', true))).text).toMatch(/^451 4\.4\.2 mtaproxy: the destination connection failed during this transaction \(destination did not answer within 1000ms\)/);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1000);
+    expect(await until(() => x.open === 0)).toBe(true);
+    expect((await m.cmd('RSET\r\n')).code).toBe(250);
+    await m.cmd('MAIL FROM:<a@example.com>\r\n');
+    await m.cmd('RCPT TO:<b@example.net>\r\n');
+    expect((await m.cmd(bdat('fine\r\n', true))).text).toBe('250 2.0.0 queued as 1');
+    expect(x.connections).toBe(2);
+  });
+
   it('outside a transaction 503, a syntax error 501, after the octets: nothing in them is read as a command', async () => {
     const x = await mkDest();
     const d = await proxy([x.port]);
