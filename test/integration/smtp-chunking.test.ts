@@ -29,6 +29,8 @@ interface BdatOpts {
   dropAfter?: number;
   /** stop reading once this many octets of chunk data arrived in a transaction */
   stallAfter?: number;
+  /** send this reply as soon as this many octets of a chunk arrived, before the chunk is complete */
+  early?: { at: number; reply: string };
   /** close connection n once its first transaction is done (while idle in the pool) */
   closeAfterFirst?: (conn: number) => boolean;
 }
@@ -79,6 +81,10 @@ async function bdatDest(opts: BdatOpts = {}): Promise<BdatDest> {
           buf = buf.subarray(take);
           if (opts.dropAfter !== undefined && txOctets >= opts.dropAfter) return void sock.destroy();
           if (opts.stallAfter !== undefined && txOctets >= opts.stallAfter) return void sock.pause();
+          if (opts.early !== undefined && chunk.got >= opts.early.at && chunk.got < chunk.size) {
+            sock.write(opts.early.reply);
+            opts = { ...opts, early: undefined };
+          }
           if (chunk.got < chunk.size) return;
           const data = Buffer.concat(chunk.parts);
           const { size, last } = chunk;
@@ -432,6 +438,40 @@ describe('smtp mode: BDAT relayed to a destination that offers CHUNKING', () => 
     expect(x.octets).toBeLessThan(big.length / 2);
     expect(x.messages).toEqual([]);
   }, 60_000);
+
+  it('a destination that answers before the chunk is complete broke the protocol: 451 after the chunk, never its 250', async () => {
+    const x = await mkDest({ early: { at: 100, reply: '250 2.0.0 queued early\r\n' } });
+    const d = await proxy([x.port]);
+    await mtaControl(d);
+    const m = await link(d, '127.0.0.1', x.port);
+    await m.cmd('EHLO mta.example\r\n');
+    await m.cmd('MAIL FROM:<a@example.com>\r\n');
+    await m.cmd('RCPT TO:<b@example.net>\r\n');
+    const n = m.replies.length;
+    const chunk = Buffer.alloc(50_000, 'NOOP\r\n');
+    m.send(Buffer.concat([Buffer.from(`BDAT ${chunk.length} LAST\r\n`), chunk.subarray(0, 1000)]));
+    await until(() => x.open === 0);
+    m.send(Buffer.concat([chunk.subarray(1000), Buffer.from('RSET\r\n')]));
+    const r = await m.waitReplies(n + 2);
+    expect(r[n]?.text).toMatch(/^451 4\.4\.2 mtaproxy: the destination connection failed during this transaction \(unexpected reply from the destination: 250 2\.0\.0 queued early\)/);
+    expect(r[n + 1]?.text).toBe('250 2.0.0 OK');
+    expect(m.replies.length).toBe(n + 2);
+  });
+
+  it('a 421 to a chunk ends the transaction: passed back, that connection retired, the rest of the message 451 until RSET', async () => {
+    const x = await mkDest({ chunkReply: ({ n }) => (n === 0 ? '421 4.3.2 shutting down\r\n' : undefined) as string | null });
+    const d = await proxy([x.port]);
+    await mtaControl(d);
+    const m = await link(d, '127.0.0.1', x.port);
+    await m.cmd('EHLO mta.example\r\n');
+    await m.cmd('MAIL FROM:<a@example.com>\r\n');
+    await m.cmd('RCPT TO:<b@example.net>\r\n');
+    expect((await m.cmd(bdat('one\r\n'))).text).toBe('421 4.3.2 shutting down');
+    expect((await m.cmd(bdat('two\r\nQUIT\r\n', true))).text).toMatch(/^451 4\.4\.2 mtaproxy: this transaction already failed/);
+    expect(await until(() => x.open === 0)).toBe(true);
+    expect((await m.cmd('RSET\r\n')).text).toBe('250 2.0.0 OK');
+    expect(x.lines.filter((l) => l.startsWith('1: BDAT'))).toEqual(['1: BDAT 5']);
+  });
 
   it('the MTA disconnecting mid-chunk: the destination connection is destroyed and never sees the chunk complete', async () => {
     const x = await mkDest();
