@@ -1,7 +1,7 @@
 // An smtp-mode delivery (docs/protocol.md §4.7): the MTA's link is a virtual SMTP session for
 // (source, destination, EHLO name, TLS policy). The proxy answers greeting, EHLO and QUIT itself,
 // borrows a destination connection from the shared pool for each transaction (MAIL FROM to the
-// final reply of DATA, or RSET) and gives it back right after, relaying every transaction command
+// final reply of DATA or BDAT LAST, or RSET) and gives it back right after, relaying every transaction command
 // and the destination's replies verbatim. Never a 250 the destination did not give: when the
 // destination fails mid-transaction the MTA gets a 4xx from the proxy, which says so.
 import type { Socket } from 'node:net';
@@ -11,7 +11,7 @@ import type { Logger } from '../log/logger.js';
 import type { TimerWheel, WheelTimer } from '../net/wheel.js';
 import type { ThrottleService } from '../throttle/service.js';
 import type { MetricsHooks } from '../metrics/hooks.js';
-import { BodyNormalizer, CommandLineTooLong, CommandReader, DataEndScanner, isPathCommand, parseCommand, type Command } from '../smtp/command.js';
+import { BodyNormalizer, ChunkCounter, CommandLineTooLong, CommandReader, DataEndScanner, isPathCommand, parseBdat, parseCommand, type Command } from '../smtp/command.js';
 import { closesConnection } from '../smtp/client.js';
 import { DestinationConnection } from '../smtp/connection.js';
 import { ehloForMta } from '../smtp/ehlo.js';
@@ -63,13 +63,27 @@ const local = {
   noTransaction: (): Buffer => formatReply(503, ['5.5.1 mtaproxy: no transaction (send MAIL first)']),
   notOffered: (verb: string): Buffer => formatReply(502, [`5.5.1 mtaproxy: ${verb} is not offered on this link`]),
   syntax: (): Buffer => formatReply(501, ['5.5.4 mtaproxy: syntax error in parameters']),
+  bdatSyntax: (): Buffer => formatReply(501, ['5.5.4 mtaproxy: syntax: BDAT <chunk-size> [LAST]']),
+  /** the borrowed connection's EHLO has no CHUNKING (another server behind the address): octets consumed, nothing sent */
+  noChunking: (): Buffer => formatReply(451, ['4.3.3 mtaproxy: the destination connection of this transaction does not offer CHUNKING; the chunk was not sent, send RSET and retry']),
   lost: (why: string): Buffer => formatReply(451, [`4.4.2 mtaproxy: the destination connection failed during this transaction (${why}); nothing was delivered by this transaction`]),
   broken: (): Buffer => formatReply(451, ['4.4.2 mtaproxy: this transaction already failed at the destination; send RSET']),
   /** the proxy could not start the transaction (no token, no connection): 451, the link stays */
   busy: (message: string): Buffer => formatReply(451, [`4.4.5 mtaproxy: ${message}`]),
 };
 
-type Phase = 'command' | 'body' | 'closed';
+type Phase = 'command' | 'body' | 'chunk' | 'closed';
+
+/** A BDAT chunk being read from the MTA (RFC 3030): relayed to `conn`, or consumed and answered `reply`. */
+interface Chunk {
+  readonly counter: ChunkCounter;
+  readonly last: boolean;
+  /** the destination connection the command line and octets go to; null: consumed, then `reply` */
+  readonly conn: DestinationConnection | null;
+  readonly reply: Buffer | null;
+  /** the destination's side is full: the MTA is paused until it drains */
+  blocked: boolean;
+}
 
 export class SmtpLink {
   readonly #ctx: SmtpLinkContext;
@@ -89,7 +103,11 @@ export class SmtpLink {
   #bodyLost: string | null = null;
   #idle: WheelTimer | null = null;
   #transactions = 0;
-  #tx: { started: number; rcptOk: number; rcptTotal: number } | null = null;
+  #tx: { started: number; rcptOk: number; rcptTotal: number; bytes: number } | null = null;
+  /** the BDAT chunk being read (phase 'chunk') */
+  #chunk: Chunk | null = null;
+  /** the destination refused a BDAT chunk of the open transaction (RFC 3030 §2: RSET before anything else) */
+  #chunkFailed: Reply | null = null;
   #last: { connection: number; reused: boolean; tls: string; cipher: string; local: string; transactions: number } | null = null;
   #pendingChunks: Buffer[] = [];
   #draining = false;
@@ -123,6 +141,7 @@ export class SmtpLink {
       // its last body must reach it, or it sends the message again); mid-body it is an abort
       this.#ended = true;
       if (this.#phase === 'body') return this.#close('mta closed during DATA');
+      if (this.#phase === 'chunk') return this.#close('mta closed during BDAT');
       this.#pump();
     });
     m.on('close', () => this.#close('mta closed'));
@@ -220,6 +239,8 @@ export class SmtpLink {
     if (this.#isClosed()) return;
     this.#touch();
     if (this.#phase === 'body') return this.#body(chunk);
+    // a chunk's first octets may still wait in the reader (until #chunkBegin): these come after them
+    if (this.#phase === 'chunk' && !this.#busy) return this.#chunkData(chunk);
     this.#pendingChunks.push(chunk);
     this.#pump();
   }
@@ -262,6 +283,7 @@ export class SmtpLink {
         () => {
           this.#busy = false;
           if (this.#isClosed()) return this.#afterClose();
+          if (this.#phase === 'chunk') return this.#chunkBegin();
           this.#mta.resume();
           if (this.#phase === 'body') {
             // the body may have begun in the DATA command's read, or arrived while it waited
@@ -293,6 +315,7 @@ export class SmtpLink {
         return this.#write(formatReply(250, ehloForMta(this.#o.ehlo, this.#o.extensions)));
       case 'MAIL':
         if (!isPathCommand(cmd)) return this.#write(local.syntax());
+        if (this.#chunkFailed !== null) await this.#endTransaction('MAIL after a refused BDAT');
         if (this.#conn !== null) return this.#relay(cmd);
         return this.#mail([cmd]);
       case 'RCPT':
@@ -303,10 +326,15 @@ export class SmtpLink {
         if (this.#broken) return this.#write(local.broken());
         if (this.#conn === null) return this.#write(local.noTransaction());
         return this.#data(cmd);
+      case 'BDAT':
+        // only on a link that offered CHUNKING; elsewhere BDAT is an unknown command (its octets are commands)
+        if (!this.#o.extensions.has('CHUNKING')) return this.#write(local.notOffered('BDAT'));
+        return this.#bdat(cmd);
       case 'RSET':
         this.#broken = false;
         if (this.#conn === null) return this.#write(local.ok('2.0.0 OK'));
-        return this.#relay(cmd, (r) => this.#finish(r, r.code === 250, 'RSET'));
+        // after a refused chunk the transaction's record keeps the refusal's code
+        return this.#relay(cmd, (r) => this.#finish(this.#chunkFailed ?? r, r.code === 250, this.#chunkFailed === null ? 'RSET' : 'RSET after a refused BDAT', this.#tx?.bytes ?? 0));
       case 'NOOP':
         if (this.#conn === null) return this.#write(local.ok('2.0.0 OK'));
         return this.#relay(cmd);
@@ -350,6 +378,7 @@ export class SmtpLink {
   async #pipelined(group: readonly Command[]): Promise<void> {
     const first = group[0];
     if (first === undefined) return;
+    if (first.verb === 'MAIL' && this.#chunkFailed !== null) await this.#endTransaction('MAIL after a refused BDAT');
     if (first.verb === 'MAIL' && this.#conn === null) return this.#mail(group);
     const conn = this.#conn;
     if (conn === null) return;
@@ -449,7 +478,7 @@ export class SmtpLink {
         // reused: the connection carried an earlier transaction (the CONNECT's borrow was none)
         this.#reused = conn.uses > 0;
         conn.uses++;
-        this.#tx = { started, rcptOk: 0, rcptTotal: 0 };
+        this.#tx = { started, rcptOk: 0, rcptTotal: 0, bytes: 0 };
         if (sent.some((c) => c.verb === 'DATA')) this.#dataSent = true;
       } else {
         this.#ctx.throttle.refundMessage(this.#o.throttle);
@@ -614,6 +643,111 @@ export class SmtpLink {
     });
   }
 
+  /**
+   * BDAT (RFC 3030): the command line as the MTA sent it and exactly <chunk-size> octets after it
+   * go to the destination unchanged (length-delimited: no dot-stuffing, no end to look for), then
+   * its reply comes back. What the proxy answers itself (no transaction, a failed one, a
+   * connection without CHUNKING) comes after the chunk's octets were read and dropped, so they
+   * are never read as commands. One BDAT at a time: the next command is read after the reply.
+   */
+  #bdat(cmd: Command): Promise<void> | void {
+    const args = parseBdat(cmd.args);
+    if (args === null) return this.#write(local.bdatSyntax());
+    // a line read ahead of a BDAT would be chunk data read as a command: never
+    if (this.#held.length > 0) throw new Error('command lines were read past a BDAT command');
+    const conn = this.#conn;
+    const reply = this.#broken ? local.broken() : conn === null ? local.noTransaction() : !conn.chunking ? local.noChunking() : null;
+    const c: Chunk = { counter: new ChunkCounter(args.size), last: args.last, conn: reply === null ? conn : null, reply, blocked: false };
+    this.#chunk = c;
+    if (c.conn !== null) this.#chunkOut(c, c.conn, Buffer.from(`${cmd.line}\r\n`, 'latin1'));
+    if (args.size === 0) return this.#chunkEnd(c);
+    this.#phase = 'chunk';
+  }
+
+  /** The chunk's octets that came with (or while) its BDAT command line, then the rest as it comes. */
+  #chunkBegin(): void {
+    const rest = Buffer.concat([this.#reader.takePending(), ...this.#pendingChunks.splice(0)]);
+    if (rest.length > 0) this.#chunkData(rest);
+    // complete already: #chunkData went on to the reply
+    if (this.#phase !== 'chunk') return;
+    if (this.#ended) return this.#close('mta closed during BDAT');
+    if (this.#chunk?.blocked !== true) this.#mta.resume();
+  }
+
+  /** Octets from the MTA in phase 'chunk': the chunk's go on, what follows it is commands again. */
+  #chunkData(raw: Buffer): void {
+    const c = this.#chunk;
+    if (c === null) return;
+    const { part, rest } = c.counter.take(raw);
+    if (c.conn !== null && part.length > 0) this.#chunkOut(c, c.conn, part);
+    if (rest === null) return;
+    this.#phase = 'command';
+    if (rest.length > 0) this.#pendingChunks.push(rest);
+    this.#busy = true;
+    this.#mta.pause();
+    this.#chunkEnd(c).then(
+      () => {
+        this.#busy = false;
+        if (this.#isClosed()) return this.#afterClose();
+        this.#mta.resume();
+        this.#pump();
+      },
+      (err: unknown) => {
+        this.#ctx.log.error({ mtaproxy_event: 'smtp_link', session: this.#o.who, err: String(err) }, `smtp(${this.#o.who}): internal error ${String(err)}`);
+        this.#write(formatReply(421, ['4.3.0 mtaproxy: internal error']));
+        this.#close('internal error');
+      },
+    );
+  }
+
+  /** Writes to the destination; while its side is full the MTA is not read (the DATA body's backpressure). */
+  #chunkOut(c: Chunk, conn: DestinationConnection, part: Buffer): void {
+    if (conn.dead) return;
+    if (conn.writeBody(part, this.#ctx.pool.timeouts.dataBlockMs) || c.blocked) return;
+    c.blocked = true;
+    this.#mta.pause();
+    // on drain, or once the connection died (dataBlockMs): the rest of the chunk is still read
+    conn.drainOnce(() => {
+      c.blocked = false;
+      if (this.#phase === 'chunk' && this.#chunk === c && !this.#busy) this.#mta.resume();
+    });
+  }
+
+  /** The chunk is all read: the proxy's own answer, or the destination's reply to it. */
+  async #chunkEnd(c: Chunk): Promise<void> {
+    if (this.#chunk === c) this.#chunk = null;
+    const conn = c.conn;
+    if (conn === null) return this.#write(c.reply ?? local.noTransaction());
+    const tx = this.#tx;
+    if (tx !== null) tx.bytes += c.counter.size;
+    const bytes = tx?.bytes ?? c.counter.size;
+    // the destination died, stalled or timed out during the chunk: never a reply of its own
+    if (conn.dead) return this.#lost(new Error(conn.deadReason ?? 'destination connection lost'), bytes);
+    let reply: Reply;
+    try {
+      reply = await conn.awaitReply(this.#ctx.pool.timeouts.dataDoneMs);
+    } catch (err) {
+      return this.#lost(err as Error, bytes);
+    }
+    this.#write(reply.raw);
+    if (closesConnection(reply)) {
+      if (c.last) conn.transactions++;
+      this.#finish(reply, false, 'BDAT', bytes);
+      // the rest of the message (more chunks) gets the proxy's 451 until RSET
+      if (!c.last) this.#broken = true;
+      return;
+    }
+    if (reply.code < 200 || reply.code >= 300) {
+      // RFC 3030 §2: the transaction failed and its state at the destination is indeterminate;
+      // it stays open until the MTA's RSET (or MAIL, EHLO, QUIT: the proxy sends RSET first)
+      this.#chunkFailed = reply;
+      return;
+    }
+    if (!c.last) return;
+    conn.transactions++;
+    this.#finish(reply, true, 'BDAT', bytes);
+  }
+
   async #afterBody(bytes: number): Promise<void> {
     const conn = this.#conn;
     if (conn === null) return;
@@ -636,6 +770,7 @@ export class SmtpLink {
     this.#record(conn, reply, how, bytes);
     this.#conn = null;
     this.#tx = null;
+    this.#chunkFailed = null;
     this.#ctx.pool.giveBack(conn, reusable);
   }
 
@@ -648,6 +783,7 @@ export class SmtpLink {
     this.#record(conn, null, `lost: ${err.message}`, bytes);
     this.#conn = null;
     this.#tx = null;
+    this.#chunkFailed = null;
     this.#broken = true;
     this.#ctx.pool.giveBack(conn, false);
   }
@@ -690,13 +826,14 @@ export class SmtpLink {
     try {
       reply = await conn.command('RSET', this.#ctx.pool.timeouts.commandMs);
     } catch (err) {
-      this.#record(conn, null, `RSET before ${why} failed: ${(err as Error).message}`, 0);
+      this.#record(conn, null, `RSET before ${why} failed: ${(err as Error).message}`, this.#tx?.bytes ?? 0);
       this.#conn = null;
       this.#tx = null;
+      this.#chunkFailed = null;
       this.#ctx.pool.giveBack(conn, false);
       return;
     }
-    this.#finish(reply, reply.code === 250, `RSET before ${why}`);
+    this.#finish(this.#chunkFailed ?? reply, reply.code === 250, `RSET before ${why}`, this.#tx?.bytes ?? 0);
   }
 
   /** The MTA went away while `conn` was its: reusable only outside a body, after an RSET. */
@@ -725,6 +862,8 @@ export class SmtpLink {
   #close(why: string): void {
     if (this.#phase === 'closed') return;
     const inBody = this.#phase === 'body';
+    const chunk = this.#phase === 'chunk' ? this.#chunk : null;
+    this.#chunk = null;
     this.#phase = 'closed';
     this.#idle?.cancel();
     this.#idle = null;
@@ -736,6 +875,11 @@ export class SmtpLink {
         // connection is destroyed and the partial message dropped by the destination
         this.#record(conn, null, `mta gone mid-DATA (${why})`, this.#scanner?.bytes ?? 0);
         conn.destroy('the MTA left during DATA');
+        this.#ctx.pool.giveBack(conn, false);
+      } else if (chunk !== null && chunk.conn === conn) {
+        // the same for half a BDAT chunk: the destination must never count its last octet
+        this.#record(conn, null, `mta gone mid-BDAT (${why})`, (this.#tx?.bytes ?? 0) + chunk.counter.size - chunk.counter.left);
+        conn.destroy('the MTA left during a BDAT chunk');
         this.#ctx.pool.giveBack(conn, false);
       } else if (this.#busy) {
         // a command is in flight on it: when its reply comes, #afterClose gives it back

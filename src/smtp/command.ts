@@ -213,3 +213,65 @@ export class BodyNormalizer {
 const CR = Buffer.from('\r');
 const LF = Buffer.from('\n');
 const DOT = Buffer.from('.');
+
+/**
+ * RFC 3030 §2: chunk sizes above this are refused (501) before any octet is read. Far above any
+ * destination's message size limit; it only keeps the count an exact integer.
+ */
+export const MAX_BDAT_CHUNK = 2 ** 40;
+
+export interface BdatArgs {
+  /** octets that follow the command line */
+  readonly size: number;
+  /** "LAST": the chunk ends the message */
+  readonly last: boolean;
+}
+
+/**
+ * The arguments of "BDAT <chunk-size> [LAST]" (RFC 3030 §2: chunk-size is 1*DIGIT, end-marker
+ * "LAST", case-insensitive as SMTP keywords are), or null for a syntax error or a size above
+ * MAX_BDAT_CHUNK. Exactly one space between the parts, nothing else on the line.
+ */
+export function parseBdat(args: string): BdatArgs | null {
+  const m = /^([0-9]{1,13})(?: (LAST))?$/i.exec(args);
+  if (m === null || m[1] === undefined) return null;
+  const size = Number(m[1]);
+  if (size > MAX_BDAT_CHUNK) return null;
+  return { size, last: m[2] !== undefined };
+}
+
+/**
+ * Counts the octets of one BDAT chunk as they arrive: each read is split into the part that
+ * belongs to the chunk and, once the chunk is complete, what follows it (command lines again).
+ * Length-delimited: nothing in the chunk is looked at, so "<CRLF>.<CRLF>" or lines that look like
+ * commands are chunk data like any other bytes. Never copies.
+ */
+export class ChunkCounter {
+  readonly size: number;
+  #left: number;
+
+  constructor(size: number) {
+    this.size = size;
+    this.#left = size;
+  }
+
+  /** octets of the chunk not yet seen */
+  get left(): number {
+    return this.#left;
+  }
+
+  get done(): boolean {
+    return this.#left === 0;
+  }
+
+  /** `part`: the chunk's octets in `chunk`; `rest`: what follows the chunk, null while it goes on. */
+  take(chunk: Buffer): { part: Buffer; rest: Buffer | null } {
+    if (chunk.length < this.#left) {
+      this.#left -= chunk.length;
+      return { part: chunk, rest: null };
+    }
+    const n = this.#left;
+    this.#left = 0;
+    return { part: chunk.subarray(0, n), rest: chunk.subarray(n) };
+  }
+}

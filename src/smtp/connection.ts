@@ -265,6 +265,11 @@ export class DestinationConnection {
     return this.extensions.has('PIPELINING');
   }
 
+  /** True if the destination offered CHUNKING (RFC 3030): BDAT chunks may be sent with writeBody. */
+  get chunking(): boolean {
+    return this.extensions.has('CHUNKING');
+  }
+
   /**
    * Sends a group of command lines in one write (RFC 2920 §3.1: only to a destination that
    * offered PIPELINING, and DATA only last) and returns one promise per line for its reply, in

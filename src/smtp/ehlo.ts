@@ -18,10 +18,11 @@ export function parseEhlo(reply: Reply): Extensions {
 
 /**
  * Extensions relayed to the MTA when the destination offers them: each changes only what the MTA
- * may send in MAIL/RCPT/DATA, which the proxy passes through unchanged. BDAT (CHUNKING,
- * BINARYMIME) is not relayed: the MTA uses DATA.
+ * may send in MAIL/RCPT/DATA/BDAT, which the proxy passes through unchanged. CHUNKING (RFC 3030):
+ * the proxy relays BDAT chunks length-delimited, byte for byte; BINARYMIME (MAIL's BODY=BINARYMIME)
+ * needs BDAT, so it is offered only with CHUNKING.
  */
-export const RELAYED_EXTENSIONS = ['SIZE', '8BITMIME', 'PIPELINING', 'SMTPUTF8', 'ENHANCEDSTATUSCODES', 'DSN'] as const;
+export const RELAYED_EXTENSIONS = ['SIZE', '8BITMIME', 'PIPELINING', 'SMTPUTF8', 'ENHANCEDSTATUSCODES', 'DSN', 'CHUNKING', 'BINARYMIME'] as const;
 
 /** The EHLO reply for the MTA: the destination's first line, then the relayed extensions it offers. */
 export function ehloForMta(reply: Reply, ext: Extensions): string[] {
@@ -29,6 +30,7 @@ export function ehloForMta(reply: Reply, ext: Extensions): string[] {
   for (const name of RELAYED_EXTENSIONS) {
     const params = ext.get(name);
     if (params === undefined) continue;
+    if (name === 'BINARYMIME' && !ext.has('CHUNKING')) continue;
     lines.push(params === '' ? name : `${name} ${params}`);
   }
   return lines;

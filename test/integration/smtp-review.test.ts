@@ -275,7 +275,9 @@ async function until(f: () => boolean, timeoutMs = 5000): Promise<boolean> {
 
 describe('smtp mode review: the virtual session (RFC 5321)', () => {
   it('greeting, EHLO capabilities, HELO, local replies, ordering errors, case', async () => {
-    const x = await mkDest();
+    // a destination offering STARTTLS and AUTH (never relayed) and no CHUNKING (relayed only when
+    // the destination offers it: test/integration/smtp-chunking.test.ts)
+    const x = await mkDest({ ehlo: ['dest.example hello', 'PIPELINING', 'STARTTLS', 'AUTH PLAIN LOGIN', '8BITMIME', 'SIZE 50000000'] });
     const d = await proxy([x.port]);
     await mtaControl(d);
     const m = await link(d, x.port);
@@ -290,6 +292,7 @@ describe('smtp mode review: the virtual session (RFC 5321)', () => {
     expect((await m.cmd('DATA\r\n')).code).toBe(503);
     expect((await m.cmd('RSET\r\n')).code).toBe(250);
     expect((await m.cmd('NOOP\r\n')).code).toBe(250);
+    // BDAT on a link that did not offer CHUNKING is an unknown command (no octets are consumed)
     for (const c of ['VRFY a', 'EXPN a', 'HELP', 'STARTTLS', 'AUTH PLAIN x', 'BDAT 1 LAST', 'TURN', 'X']) expect((await m.cmd(`${c}\r\n`)).code, c).toBe(502);
     expect((await m.cmd('mail from:<a@example.com>\r\n')).code).toBe(250);
     expect((await m.cmd('rcpt to:<b@example.net>\r\n')).code).toBe(250);
@@ -1060,6 +1063,7 @@ describe('smtp mode review: fuzz', () => {
       t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
       return (((t ^ (t >>> 14)) >>> 0) % n);
     };
+    // mkDest offers no CHUNKING: 'BDAT 10' is a 502 here, its "octets" are read as commands
     const pieces = ['EHLO a', 'HELO b', 'MAIL FROM:<a@example.com>', 'MAIL FROM:<>', 'MAIL FROM:<a@example.com> SIZE=10 BODY=8BITMIME', 'MAIL', 'MAIL FROM:a@b',
       'RCPT TO:<b@example.net>', 'RCPT TO:<reject@example.net>', 'RCPT', 'DATA', 'RSET', 'NOOP', 'NOOP x', 'XMTAPROXY', 'VRFY x', 'BDAT 10', '', ' ', '.', '..', 'rcpt to:<c@example.net>',
       '\u00ff\u00fe', 'MAIL FROM:<\u00e9@x>', 'DATA DATA', 'x'.repeat(600)];

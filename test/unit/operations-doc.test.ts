@@ -35,7 +35,7 @@ function tableRows(heading: string): Map<string, string[]> {
 /** `FIELD` tokens (upper-case, backticked) of a cell; `REASON=handshake_cap` counts as REASON. */
 const fieldTokens = (cell: string): string[] => [...cell.matchAll(/`([A-Z][A-Z0-9_]*)(?:=[^`]*)?`/g)].map((m) => m[1] ?? '');
 /** Values written in capitals in the field column (not fields): */
-const VALUES = new Set(['EMFILE', 'DATA', 'RSET']);
+const VALUES = new Set(['EMFILE', 'DATA', 'BDAT', 'RSET']);
 
 const records = loggedRecords(join(ROOT, 'src'));
 const fieldsByEvent = new Map<string, Set<string>>();

@@ -164,7 +164,7 @@ describe('EHLO', () => {
     const ext = parseEhlo(r);
     expect(ext.get('AUTH')).toBe('PLAIN LOGIN');
     expect(ext.get('SIZE')).toBe('35882577');
-    expect(ehloForMta(r, ext)).toEqual(['mx.example at your service', 'SIZE 35882577', '8BITMIME', 'PIPELINING', 'SMTPUTF8', 'ENHANCEDSTATUSCODES']);
+    expect(ehloForMta(r, ext)).toEqual(['mx.example at your service', 'SIZE 35882577', '8BITMIME', 'PIPELINING', 'SMTPUTF8', 'ENHANCEDSTATUSCODES', 'CHUNKING']);
   });
 });
 
