@@ -60,7 +60,7 @@ const DESTINATION = arg('destination', 'postfix');
 const POSTFIX_TUNING = arg('postfix-tuning', 'on') !== 'off';
 const MX_TUNING = { max_use: '10000', receive_override_options: 'no_address_mappings, no_header_body_checks, no_unknown_recipient_checks, no_milters' };
 // (b)'s MTAs resume TLS sessions with the destination, as Postfix's smtp(8) does with
-// smtp_tls_session_cache_database (set in Debian's default main.cf); --mta-tls-resume=off: every
+// smtp_tls_session_cache_database (which Debian's TLS setup, /usr/share/postfix/main.cf.tls, sets); --mta-tls-resume=off: every
 // STARTTLS a full handshake
 const MTA_TLS_RESUME = arg('mta-tls-resume', 'on') !== 'off';
 // the MTA <-> proxy link is TLS, the daemon's default (--link-tls=off: tls = false, a trusted network)

@@ -92,7 +92,7 @@ export class PipeliningClient {
   /**
    * Greeting, EHLO, and STARTTLS + EHLO again if `starttls` (the socket becomes TLS); `session`
    * resumes a TLS session from an earlier connection (Postfix's smtp_tls_session_cache_database,
-   * set in Debian's default main.cf: a real MTA resumes to a destination it delivered to before).
+   * which Debian's TLS setup sets: a real MTA resumes to a destination it delivered to before).
    */
   async open(name, { starttls = false, session = null } = {}) {
     await this.#expect(220, 'greeting');
