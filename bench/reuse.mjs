@@ -19,6 +19,9 @@
 //
 //   npm run build && node bench/reuse.mjs [--messages=2000] [--per-connection=1,10] [--client=pipelining,nodemailer]
 //     [--rounds=1] [--destination=postfix|smtp-server] [--only=a|b] [--cpu-prof=DIR] (the proxy writes a V8 profile there: node bench/cpuprofile.mjs FILE)
+//     [--postfix-tuning=on|off] (on: Postfix tuned as a high-volume MX, below) [--mta-tls-resume=on|off] (on: (b)'s
+//     pipelining MTAs resume their TLS sessions, as Postfix's smtp(8) with a session cache does; nodemailer never does)
+//     [--link-tls=on|off] (off: the MTA <-> proxy link in plaintext, tls = false) [--mtas=3]
 //
 // Needs root and Debian's postfix (apt-get install postfix, preseeded "No configuration" as in
 // README's test command); the Postfix instance is the tests' harness (test/helpers/postfix.ts),
@@ -44,11 +47,24 @@ const PER_CONNECTION = arg('per-connection', '1,10').split(',').map(Number);
 const CLIENTS = arg('client', 'pipelining,nodemailer').split(',');
 const CPU_PROF = arg('cpu-prof', null);
 const ONLY = arg('only', null); // 'a' or 'b': one path (with --cpu-prof, to profile it alone)
-const MTAS = 3;
+const MTAS = Number(arg('mtas', 3));
 const LIMIT = 2;
 const SOURCE = '127.0.0.2';
 
 const DESTINATION = arg('destination', 'postfix');
+// Postfix as a high-volume MX is tuned (--postfix-tuning=off: the tests' plain instance): its
+// daemons live on (max_use: by default cleanup, smtpd, trivial-rewrite and discard exit after 100
+// clients, and every message is a client of cleanup), and cleanup skips the address mappings and
+// header/body checks a receiving MX that hands mail to a content filter leaves to it (there are
+// none configured here, but it still asks trivial-rewrite to canonicalize every address)
+const POSTFIX_TUNING = arg('postfix-tuning', 'on') !== 'off';
+const MX_TUNING = { max_use: '10000', receive_override_options: 'no_address_mappings, no_header_body_checks, no_unknown_recipient_checks, no_milters' };
+// (b)'s MTAs resume TLS sessions with the destination, as Postfix's smtp(8) does with
+// smtp_tls_session_cache_database (which Debian's TLS setup, /usr/share/postfix/main.cf.tls, sets); --mta-tls-resume=off: every
+// STARTTLS a full handshake
+const MTA_TLS_RESUME = arg('mta-tls-resume', 'on') !== 'off';
+// the MTA <-> proxy link is TLS, the daemon's default (--link-tls=off: tls = false, a trusted network)
+const LINK_TLS = arg('link-tls', 'on') !== 'off';
 
 const tmp = mkdtempSync(join(tmpdir(), 'mtaproxy-reuse-'));
 let pf;
@@ -65,12 +81,12 @@ if (DESTINATION === 'smtp-server') {
     console.error(`bench/reuse.mjs: ${why}`);
     process.exit(2);
   }
-  pf = await startPostfix({ address: '127.0.0.13', connectionLimit: LIMIT, delivery: 'discard', mainCf: { service_throttle_time: '1s' } });
+  pf = await startPostfix({ address: '127.0.0.13', connectionLimit: LIMIT, delivery: 'discard', mainCf: { service_throttle_time: '1s', ...(POSTFIX_TUNING ? MX_TUNING : {}) } });
   destinationPid = Number(readFileSync(join(pf.dir, 'queue/pid/master.pid'), 'utf8').trim());
 }
 const DEST_NAME = DESTINATION === 'smtp-server' ? 'smtp-server' : 'Postfix';
-const proxy = await startProxy({ ports: [pf.port], sourceIps: [SOURCE], throttleWaitTimeout: '60s', extra: '[smtp]\nidle_timeout = "60s"', nodeArgs: CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`] });
-const proxyOpts = { host: '127.0.0.1', port: proxy.port, secret: SECRET };
+const proxy = await startProxy({ ports: [pf.port], sourceIps: [SOURCE], throttleWaitTimeout: '60s', extra: `${LINK_TLS ? '' : 'tls = false\n'}[smtp]\nidle_timeout = "60s"`, nodeArgs: CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`] });
+const proxyOpts = { host: '127.0.0.1', port: proxy.port, secret: SECRET, ...(LINK_TLS ? {} : { tls: false }) };
 const controls = [];
 for (let i = 0; i < MTAS; i++) {
   const c = await ControlClient.connect({ ...proxyOpts, name: `mta-${i}` });
@@ -80,12 +96,15 @@ for (let i = 0; i < MTAS; i++) {
 }
 
 const body = 'Subject: reuse bench\r\nFrom: <a@src.test>\r\n\r\nA small message.\r\n';
+/** Each MTA's TLS session with the destination (its session cache), for the next STARTTLS. */
+const mtaSessions = new Map();
 /** An MTA's SMTP client on an open socket: { send(n), quit() }. */
-async function mtaClient(kind, socket, starttls) {
+async function mtaClient(kind, socket, starttls, mta) {
   if (kind === 'pipelining') {
     const c = new PipeliningClient(socket);
-    await c.open('mail.src.test', { starttls });
-    return { send: (n) => c.send('a@src.test', [`r${n}@${pf.domain}`], body), quit: () => c.quit() };
+    await c.open('mail.src.test', { starttls, session: MTA_TLS_RESUME ? (mtaSessions.get(mta) ?? null) : null });
+    if (starttls && c.tlsSession !== null) mtaSessions.set(mta, c.tlsSession);
+    return { send: (n) => c.send('a@src.test', [`r${n}@${pf.domain}`], body), quit: () => c.quit({ waitReply: !starttls }) };
   }
   const conn = new SMTPConnection({ connection: socket, name: 'mail.src.test', ...(starttls ? { requireTLS: true, tls: { rejectUnauthorized: false } } : { ignoreTLS: true }) });
   await new Promise((resolve, reject) => {
@@ -139,7 +158,14 @@ async function run(name, perMta, messages) {
     slotMs: (LIMIT * seconds * 1000) / n,
     sendMs: sendMs.reduce((x, y) => x + y, 0) / Math.max(1, sendMs.length),
     sends: sendMs.length,
+    sendTimes: sendMs,
   };
+}
+
+function quantiles(times) {
+  const v = [...times].sort((x, y) => x - y);
+  const q = (f) => v[Math.min(v.length - 1, Math.floor(f * v.length))] ?? 0;
+  return { p50: q(0.5), p99: q(0.99) };
 }
 
 /** Rounds of one path summed into one row. */
@@ -154,6 +180,8 @@ function sum(rounds) {
     cpu: { proxy: w((r) => r.cpu.proxy), postfix: w((r) => r.cpu.postfix), bench: w((r) => r.cpu.bench) },
     slotMs: (LIMIT * seconds * 1000) / n,
     sendMs: add((r) => r.sendMs * r.sends) / Math.max(1, add((r) => r.sends)),
+    // a shared machine's stalls show in the tail: p50 and p99 of the MTAs' transaction times
+    sendQ: quantiles(rounds.flatMap((r) => r.sendTimes)),
     rounds,
   };
 }
@@ -167,7 +195,7 @@ for (const kind of CLIENTS) {
       name: '(a) smtp mode, shared connections',
       perMta: async (i, count) => {
         const l = await openTunnel({ ...proxyOpts, name: `mta-${i}`, source: SOURCE, destination: { host: pf.host, port: pf.port }, throttle: 'dest', waitMs: 60_000, smtp: { ehlo: 'mail.src.test' } });
-        const c = await mtaClient(kind, l.socket, false);
+        const c = await mtaClient(kind, l.socket, false, i);
         for (let n = 0; n < count; n++) await timed(c, n);
         await c.quit();
       },
@@ -178,9 +206,20 @@ for (const kind of CLIENTS) {
       paths.push({
         name: `(b) tunnels, ${per} msg/connection`,
         perMta: async (i, count) => {
-          for (let sent = 0; sent < count; ) {
+          for (let sent = 0, refused = 0; sent < count; ) {
             const t = await openTunnel({ ...proxyOpts, name: `mta-${i}`, source: SOURCE, destination: { host: pf.host, port: pf.port }, throttle: 'dest', waitMs: 60_000 });
-            const c = await mtaClient(kind, t.socket, true);
+            let c;
+            try {
+              c = await mtaClient(kind, t.socket, true, i);
+            } catch (err) {
+              // Postfix counts a connection until its smtpd has told anvil it is gone, a moment
+              // after the proxy saw it close and gave its throttle slot to the next tunnel: the
+              // 421 an MTA then gets (Postfix's table counts it as refused) is retried, as an
+              // MTA would retry the destination, here at once and at most 100 times per MTA
+              t.socket.destroy();
+              if ((err.reply?.code ?? err.responseCode) !== 421 || ++refused > 100) throw err;
+              continue;
+            }
             for (let k = 0; k < per && sent < count; k++, sent++) await timed(c, sent);
             await c.quit();
           }
@@ -195,13 +234,14 @@ for (const kind of CLIENTS) {
 }
 
 const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
-console.log(`\n# bench/reuse.mjs: ${MESSAGES} messages from ${MTAS} MTAs to one ${DESTINATION === 'smtp-server' ? 'smtp-server (bench/smtp-dest.mjs)' : 'Postfix'} (${LIMIT} connections per client IP, STARTTLS), ${machine()}, load average at the end ${load}`);
+const setup = [DESTINATION === 'postfix' ? `Postfix tuning ${POSTFIX_TUNING ? 'on' : 'off'}` : null, `MTA TLS resumption ${MTA_TLS_RESUME ? 'on' : 'off'}`, `MTA link ${LINK_TLS ? 'TLS' : 'plaintext'}`].filter((x) => x !== null).join(', ');
+console.log(`\n# bench/reuse.mjs: ${MESSAGES} messages from ${MTAS} MTAs to one ${DESTINATION === 'smtp-server' ? 'smtp-server (bench/smtp-dest.mjs)' : 'Postfix'} (${LIMIT} connections per client IP, STARTTLS), ${setup}, ${machine()}, load average at the end ${load}`);
 let allOk = true;
 for (const { kind, results } of tables) {
   console.log(`\n## MTA client: ${kind === 'pipelining' ? 'pipelining (bench/smtp-client.mjs: MAIL+RCPT+DATA in one write, RFC 2920)' : "nodemailer SMTPConnection (one command at a time)"}\n`);
   printTable(
-    ['path', 'msgs/s', 'delivered', 'connections', 'TLS handshakes (resumed)', 'msgs per TLS handshake', `refused by ${DEST_NAME}`, 'failed MTAs', 'proxy CPU ms/msg', `${DEST_NAME} CPU ms/msg`, 'MTAs CPU ms/msg', 'connection ms/msg', 'MTA ms/transaction'],
-    results.map((r) => [r.name, fmt(r.rate), String(r.transactions), String(r.connections), `${r.tls} (${r.resumed})`, fmt(r.transactions / Math.max(1, r.tls), 1), String(r.refused), String(r.failed), fmt(r.cpu.proxy, 2), fmt(r.cpu.postfix, 2), fmt(r.cpu.bench, 2), fmt(r.slotMs, 2), fmt(r.sendMs, 2)]),
+    ['path', 'msgs/s', 'delivered', 'connections', 'TLS handshakes (resumed)', 'msgs per TLS handshake', `refused by ${DEST_NAME}`, 'failed MTAs', 'proxy CPU ms/msg', `${DEST_NAME} CPU ms/msg`, 'MTAs CPU ms/msg', 'connection ms/msg', 'MTA ms/transaction', 'p50 / p99'],
+    results.map((r) => [r.name, fmt(r.rate), String(r.transactions), String(r.connections), `${r.tls} (${r.resumed})`, fmt(r.transactions / Math.max(1, r.tls), 1), String(r.refused), String(r.failed), fmt(r.cpu.proxy, 2), fmt(r.cpu.postfix, 2), fmt(r.cpu.bench, 2), fmt(r.slotMs, 2), fmt(r.sendMs, 2), `${fmt(r.sendQ.p50, 1)} / ${fmt(r.sendQ.p99, 1)}`]),
   );
   // in (b) a transaction on an open connection is all (a) can save on, besides the connection's
   // setup: if (a)'s transactions cost what (b)'s do, (a) reaches (b)'s connection time per message

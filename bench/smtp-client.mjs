@@ -84,8 +84,17 @@ export class PipeliningClient {
     this.extensions = new Map(r.lines.slice(1).map((l) => { const [k, ...v] = l.split(' '); return [k.toUpperCase(), v.join(' ')]; }));
   }
 
-  /** Greeting, EHLO, and STARTTLS + EHLO again if `starttls` (the socket becomes TLS). */
-  async open(name, { starttls = false } = {}) {
+  /** the TLS session of the last STARTTLS (a TLS 1.3 ticket), for `open(…, { session })` next time */
+  tlsSession = null;
+  /** the last STARTTLS resumed a session */
+  tlsResumed = false;
+
+  /**
+   * Greeting, EHLO, and STARTTLS + EHLO again if `starttls` (the socket becomes TLS); `session`
+   * resumes a TLS session from an earlier connection (Postfix's smtp_tls_session_cache_database,
+   * which Debian's TLS setup sets: a real MTA resumes to a destination it delivered to before).
+   */
+  async open(name, { starttls = false, session = null } = {}) {
     await this.#expect(220, 'greeting');
     this.#socket.write(`EHLO ${name}\r\n`);
     this.#ehloReply(await this.#expect(250, 'EHLO'));
@@ -98,7 +107,8 @@ export class PipeliningClient {
     raw.removeAllListeners('close');
     raw.removeAllListeners('error');
     this.#buf = '';
-    const tls = tlsConnect({ socket: raw, rejectUnauthorized: false });
+    const tls = tlsConnect({ socket: raw, rejectUnauthorized: false, ...(session !== null ? { session } : {}) });
+    tls.on('session', (s) => { this.tlsSession = s; });
     await new Promise((resolve, reject) => {
       const t = setTimeout(() => {
         tls.destroy();
@@ -109,6 +119,7 @@ export class PipeliningClient {
       tls.once('close', () => { clearTimeout(t); reject(new SmtpClientError('closed during the TLS handshake')); });
     });
     tls.removeAllListeners('error');
+    this.tlsResumed = tls.isSessionReused();
     this.#attach(tls);
     tls.write(`EHLO ${name}\r\n`);
     this.#ehloReply(await this.#expect(250, 'EHLO after STARTTLS'));
@@ -137,9 +148,13 @@ export class PipeliningClient {
     return this.#expect(250, 'end of DATA');
   }
 
-  async quit() {
+  /**
+   * QUIT; `waitReply: false` does not wait for the 221 (Postfix's smtp_skip_quit_response = yes,
+   * its default: the connection is done once QUIT is sent).
+   */
+  async quit({ waitReply = true } = {}) {
     this.#socket.write('QUIT\r\n');
-    await this.#reply().catch(() => {});
+    if (waitReply) await this.#reply().catch(() => {});
     this.#socket.end();
   }
 }

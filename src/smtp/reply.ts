@@ -28,7 +28,20 @@ export class ReplyError extends Error {
   }
 }
 
-const REPLY_LINE = /^([2-5][0-9][0-9])(?:([- ])(.*))?$/s;
+const isDigit = (b: number | undefined): boolean => b !== undefined && b >= 48 && b <= 57;
+
+/**
+ * The code of the reply line `data[start, end)` ("NNN", "NNN text" or "NNN-text", the first digit
+ * 2 to 5), or -1 if it is not one: read from the bytes, no regex and no string per line.
+ */
+function lineCode(data: Buffer, start: number, end: number): number {
+  const a = data[start] as number;
+  const b = data[start + 1];
+  const c = data[start + 2];
+  if (end - start < 3 || a < 50 || a > 53 || !isDigit(b) || !isDigit(c)) return -1;
+  if (end - start > 3 && data[start + 3] !== 45 && data[start + 3] !== 32) return -1;
+  return (a - 48) * 100 + ((b as number) - 48) * 10 + ((c as number) - 48);
+}
 
 /** Splits a destination's byte stream into replies; throws ReplyError on garbage or excess. */
 export class ReplyParser {
@@ -56,17 +69,15 @@ export class ReplyParser {
     for (let nl = data.indexOf(10, start); nl !== -1; nl = data.indexOf(10, start)) {
       const end = nl > start && data[nl - 1] === 13 ? nl - 1 : nl;
       if (end - start > MAX_REPLY_LINE) throw new ReplyError('MTAPROXY_SMTP_REPLY_TOO_LONG', `reply line longer than ${MAX_REPLY_LINE} bytes`);
-      const line = data.toString('latin1', start, end);
-      const m = REPLY_LINE.exec(line);
-      if (m === null) throw new ReplyError('MTAPROXY_SMTP_REPLY_SYNTAX', `not an SMTP reply line: "${printable(line)}"`);
-      const code = Number(m[1]);
+      const code = lineCode(data, start, end);
+      if (code === -1) throw new ReplyError('MTAPROXY_SMTP_REPLY_SYNTAX', `not an SMTP reply line: "${printable(data.toString('latin1', start, end))}"`);
       if (this.#lines.length > 0 && code !== this.#code) {
         throw new ReplyError('MTAPROXY_SMTP_REPLY_SYNTAX', `reply code changed within a multi-line reply (${this.#code} then ${code})`);
       }
       this.#code = code;
-      this.#lines.push(m[3] ?? '');
+      this.#lines.push(end - start > 4 ? data.toString('latin1', start + 4, end) : '');
       if (this.#lines.length > MAX_REPLY_LINES) throw new ReplyError('MTAPROXY_SMTP_REPLY_TOO_LONG', `reply of more than ${MAX_REPLY_LINES} lines`);
-      if (m[2] === '-') {
+      if (end - start > 3 && data[start + 3] === 45) {
         this.#parts.push(data.subarray(start, nl + 1));
         this.#partBytes += nl + 1 - start;
         if (this.#partBytes > MAX_REPLY_BYTES) throw new ReplyError('MTAPROXY_SMTP_REPLY_TOO_LONG', `reply of more than ${MAX_REPLY_BYTES} bytes`);
