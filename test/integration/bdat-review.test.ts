@@ -58,6 +58,8 @@ type ChunkAction = string | 'close' | { delayMs: number; reply: string } | undef
 
 interface Script {
   ehlo: string[];
+  /** at MAIL on this connection: 'drop' closes it without a reply, '421' answers 421 and closes */
+  onMail?(conn: DestConn): 'drop' | '421' | undefined;
   /** the greeting comes this late */
   greetingDelayMs?: number;
   /** after `n` octets of a chunk of this size have arrived, destroy the connection */
@@ -201,6 +203,16 @@ async function recordingDestination(): Promise<Dest> {
           reply(e.map((l, k) => `250${k === e.length - 1 ? ' ' : '-'}${l}`).join('\r\n'));
         } else if (verb === 'MAIL') {
           const m = /<([^>]*)>/.exec(line)?.[1] ?? '';
+          const die = dest.script.onMail?.(conn);
+          if (die !== undefined) {
+            if (die === '421') {
+              reply(`421 4.3.2 ${tag()} idle too long, closing`);
+              chain = chain.then(() => void sock.end());
+            } else sock.destroy();
+            buf = Buffer.alloc(0);
+            sock.removeAllListeners('data');
+            return;
+          }
           if (from !== null) reply(`503 5.5.1 ${tag()} nested MAIL`);
           else if (m.startsWith('refuse')) reply(`550 5.7.1 ${tag()} sender refused`);
           else {
@@ -1016,6 +1028,41 @@ describe('BDAT relaying in smtp mode (review), recording destination', () => {
     expect(r[5]).toMatch(/^503 /);
     const line = await d.waitForLine(/smtp\(server-log\): .* bytes=13 RSET after a refused BDAT -> /);
     expect(line).toMatch(/ -> 554 /);
+  });
+
+  for (const how of ['drop', '421'] as const) {
+    it(`a cached connection that ${how === 'drop' ? 'dies' : 'answers 421'} at a pipelined MAIL with BDAT behind it: MAIL, RCPT and the chunk go to a new connection, the MTA sees only its replies`, async () => {
+      fresh();
+      const m = await open();
+      await hello(m);
+      const first = dest.byEhlo(ehlo)[0];
+      dest.script = { ehlo: DEFAULT_EHLO, onMail: (c) => (c === first ? how : undefined) };
+      m.write(Buffer.concat([Buffer.from('MAIL FROM:<a@src.example>\r\nRCPT TO:<b@dst.example>\r\n'), bdat('RSET\r\nsurvivor\r\n', true)]));
+      const r = await m.until(5);
+      await m.settle(300);
+      expect(m.replies.slice(2)).toEqual([expect.stringMatching(/sender ok$/), expect.stringMatching(/<b@dst\.example> ok$/), expect.stringMatching(/ 16 octets queued/)]);
+      const conns = dest.byEhlo(ehlo);
+      expect(conns).toHaveLength(2);
+      expect(dest.delivered.filter((x) => x.conn === conns[1]?.id).map((x) => x.body.toString())).toEqual(['RSET\r\nsurvivor\r\n']);
+      expect(conns[0]?.lines.some((l) => /^BDAT/.test(l))).toBe(false);
+      expect(r[2]).not.toMatch(/^421/);
+    });
+  }
+
+  it('a refused MAIL with a pipelined BDAT, destination without PIPELINING: the proxy answers the rest 503, octets never commands', async () => {
+    fresh();
+    dest.script = { ehlo: ['rec.example', 'CHUNKING', '8BITMIME'] };
+    const m = await open();
+    await hello(m);
+    m.write(Buffer.concat([Buffer.from('MAIL FROM:<refuse@src.example>\r\nRCPT TO:<b@dst.example>\r\n'), bdat('QUIT\r\nRSET\r\n', true), Buffer.from('NOOP\r\n')]));
+    const r = await m.until(6);
+    await m.settle(300);
+    expect(m.replies).toHaveLength(6);
+    expect(r[2]).toMatch(/^550 5\.7\.1 #\d+ sender refused$/);
+    expect(r[3]).toBe('503 5.5.1 mtaproxy: no transaction (send MAIL first)');
+    expect(r[4]).toBe('503 5.5.1 mtaproxy: no transaction (send MAIL first)');
+    expect(r[5]).toBe('250 2.0.0 OK');
+    expect(dest.byEhlo(ehlo)[0]?.lines.slice(1)).toEqual(['MAIL FROM:<refuse@src.example>']);
   });
 
   it('a multi-line reply to a chunk passes through verbatim', async () => {
