@@ -1065,6 +1065,24 @@ describe('BDAT relaying in smtp mode (review), recording destination', () => {
     expect(dest.byEhlo(ehlo)[0]?.lines.slice(1)).toEqual(['MAIL FROM:<refuse@src.example>']);
   });
 
+  it('the MTA vanishes while the reply to its complete BDAT LAST is pending: the record tells what the destination answered', async () => {
+    fresh();
+    dest.script = { ehlo: DEFAULT_EHLO, onChunk: (_c, ch) => (ch.last ? { delayMs: 500, reply: `250 2.0.0 #${++dest.serial} queued anyway` } : undefined) };
+    const m = await open('server-gone');
+    await hello(m);
+    m.write('MAIL FROM:<a@src.example>\r\nRCPT TO:<b@dst.example>\r\n');
+    await m.until(4);
+    m.write(bdat('complete', true));
+    await sleep(150);
+    m.socket.destroy();
+    await sleep(900);
+    const conn = dest.byEhlo(ehlo)[0];
+    // the destination took the message (its 250 went out on the connection)
+    expect(conn?.sent.at(-1)).toMatch(/queued anyway$/);
+    const line = await d.waitForLine(/smtp\(server-gone\): .* bytes=8 /);
+    expect(line).toMatch(/ -> 250 /);
+  });
+
   it('a multi-line reply to a chunk passes through verbatim', async () => {
     fresh();
     dest.script = { ehlo: DEFAULT_EHLO, onChunk: (_c, ch) => (ch.last ? `250-2.0.0 #${++dest.serial} first line\r\n250-2.0.0 second line\r\n250 2.0.0 queued as MULTI` : undefined) };
