@@ -1083,6 +1083,26 @@ describe('BDAT relaying in smtp mode (review), recording destination', () => {
     expect(line).toMatch(/ -> 250 /);
   });
 
+  it('an MTA that vanishes mid-chunk frees the connection slot: with a limit of 1, the next MTA is served at once', async () => {
+    fresh();
+    const a = await open('server-a', 1);
+    await hello(a);
+    a.write('MAIL FROM:<a@src.example>\r\nRCPT TO:<b@dst.example>\r\nBDAT 1000 LAST\r\nonly part of it');
+    await a.until(4);
+    await sleep(100);
+    a.socket.destroy();
+    const t0 = Date.now();
+    const b = await open('server-b', 1);
+    await hello(b);
+    b.write(Buffer.concat([Buffer.from('MAIL FROM:<b@src.example>\r\nRCPT TO:<c@dst.example>\r\n'), bdat('served', true)]));
+    const r = await b.until(5, 8000);
+    expect(r[4]).toMatch(/ 6 octets queued/);
+    // well under the 10 s throttle_wait_timeout: the slot was given back, not leaked
+    expect(Date.now() - t0).toBeLessThan(5000);
+    const conns = dest.byEhlo(ehlo);
+    expect(dest.delivered.filter((x) => conns.some((c) => c.id === x.conn)).map((x) => x.body.toString())).toEqual(['served']);
+  });
+
   it('a multi-line reply to a chunk passes through verbatim', async () => {
     fresh();
     dest.script = { ehlo: DEFAULT_EHLO, onChunk: (_c, ch) => (ch.last ? `250-2.0.0 #${++dest.serial} first line\r\n250-2.0.0 second line\r\n250 2.0.0 queued as MULTI` : undefined) };
@@ -1281,6 +1301,23 @@ describe('BDAT, timeouts and shutdown (review)', () => {
     expect(r2[9]).toMatch(/ 5 octets queued/);
     expect(dest.byEhlo('stall.review.example')).toHaveLength(2);
   }, 30_000);
+
+  it('an MTA idle between two chunks past egress.idle_timeout: 421, and the half message is never delivered nor met by the next link', async () => {
+    const m = await start('idle_timeout = "1s"\n[smtp]\nidle_timeout = "30s"\n', 'idle.review.example');
+    m.write(Buffer.concat([Buffer.from('MAIL FROM:<a@src.example>\r\nRCPT TO:<b@dst.example>\r\n'), bdat('HALF-')]));
+    await m.until(5);
+    await m.closed;
+    expect(m.replies[5]).toMatch(/^421 4\.4\.2 mtaproxy: no command for 1000ms/);
+    if (d === undefined) throw new Error('no daemon');
+    const m2 = await mtaLink(d, { name: 'server-a', throttle: 'slow', ehlo: 'idle.review.example', port: dest.port });
+    links.push(m2);
+    await hello(m2);
+    m2.write(Buffer.concat([Buffer.from('MAIL FROM:<b@src.example>\r\nRCPT TO:<c@dst.example>\r\n'), bdat('clean', true)]));
+    const r = await m2.until(5);
+    expect(r[4]).toMatch(/ 5 octets queued/);
+    const conns = dest.byEhlo('idle.review.example');
+    expect(dest.delivered.filter((x) => conns.some((c) => c.id === x.conn)).map((x) => [x.from, x.body.toString()])).toEqual([['b@src.example', 'clean']]);
+  }, 20_000);
 
   it('SIGTERM between two chunks: the transaction finishes first (the destination\'s 250), then 421 4.3.2', async () => {
     const m = await start('[smtp]\nidle_timeout = "30s"\n', 'term.review.example');
