@@ -60,6 +60,8 @@ interface Script {
   ehlo: string[];
   /** at MAIL on this connection: 'drop' closes it without a reply, '421' answers 421 and closes */
   onMail?(conn: DestConn): 'drop' | '421' | undefined;
+  /** the reply to MAIL comes this late */
+  mailDelayMs?: number;
   /** the greeting comes this late */
   greetingDelayMs?: number;
   /** after `n` octets of a chunk of this size have arrived, destroy the connection */
@@ -217,7 +219,7 @@ async function recordingDestination(): Promise<Dest> {
           else if (m.startsWith('refuse')) reply(`550 5.7.1 ${tag()} sender refused`);
           else {
             from = m;
-            reply(`250 2.1.0 ${tag()} sender ok`);
+            reply(`250 2.1.0 ${tag()} sender ok`, dest.script.mailDelayMs ?? 0);
           }
         } else if (verb === 'RCPT') {
           const m = /<([^>]*)>/.exec(line)?.[1] ?? '';
@@ -1101,6 +1103,20 @@ describe('BDAT relaying in smtp mode (review), recording destination', () => {
     expect(Date.now() - t0).toBeLessThan(5000);
     const conns = dest.byEhlo(ehlo);
     expect(dest.delivered.filter((x) => conns.some((c) => c.id === x.conn)).map((x) => x.body.toString())).toEqual(['served']);
+  });
+
+  it('while MAIL waits for a slow destination, RCPT, BDAT and 200 KB of octets without a CRLF arrive: they wait, and are a chunk, not an over-long line', async () => {
+    fresh();
+    dest.script = { ehlo: DEFAULT_EHLO, mailDelayMs: 600 };
+    const m = await open();
+    await hello(m);
+    m.write('MAIL FROM:<a@src.example>\r\n');
+    await sleep(100);
+    const octets = Buffer.alloc(200_000, 0x78);
+    m.write(Buffer.concat([Buffer.from('RCPT TO:<b@dst.example>\r\n'), bdat(octets, true)]));
+    const r = await m.until(5, 8000);
+    expect(r.slice(2)).toEqual([expect.stringMatching(/sender ok$/), expect.stringMatching(/<b@dst\.example> ok$/), expect.stringMatching(/ 200000 octets queued/)]);
+    expect(dest.delivered.find((x) => x.conn === dest.byEhlo(ehlo)[0]?.id)?.body.equals(octets)).toBe(true);
   });
 
   it('a multi-line reply to a chunk passes through verbatim', async () => {
