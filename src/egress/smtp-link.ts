@@ -108,6 +108,8 @@ export class SmtpLink {
   #chunk: Chunk | null = null;
   /** the destination refused a BDAT chunk of the open transaction (RFC 3030 §2: RSET before anything else) */
   #chunkFailed: Reply | null = null;
+  /** the MTA's last hello was HELO: no extensions were offered, so no BDAT */
+  #helo = false;
   #last: { connection: number; reused: boolean; tls: string; cipher: string; local: string; transactions: number } | null = null;
   #pendingChunks: Buffer[] = [];
   #draining = false;
@@ -311,6 +313,8 @@ export class SmtpLink {
       case 'HELO':
         await this.#endTransaction('EHLO');
         this.#broken = false;
+        // HELO offers no extensions (RFC 5321 §4.1.1.1): BDAT is not offered after it
+        this.#helo = cmd.verb === 'HELO';
         if (cmd.verb === 'HELO') return this.#write(formatReply(250, [this.#o.ehlo.lines[0] ?? 'mtaproxy']));
         return this.#write(formatReply(250, ehloForMta(this.#o.ehlo, this.#o.extensions)));
       case 'MAIL':
@@ -328,7 +332,7 @@ export class SmtpLink {
         return this.#data(cmd);
       case 'BDAT':
         // only on a link that offered CHUNKING; elsewhere BDAT is an unknown command (its octets are commands)
-        if (!this.#o.extensions.has('CHUNKING')) return this.#write(local.notOffered('BDAT'));
+        if (!this.#o.extensions.has('CHUNKING') || this.#helo) return this.#write(local.notOffered('BDAT'));
         return this.#bdat(cmd);
       case 'RSET':
         this.#broken = false;
@@ -740,7 +744,8 @@ export class SmtpLink {
     if (reply.code < 200 || reply.code >= 300) {
       // RFC 3030 §2: the transaction failed and its state at the destination is indeterminate;
       // it stays open until the MTA's RSET (or MAIL, EHLO, QUIT: the proxy sends RSET first)
-      this.#chunkFailed = reply;
+      // the first refusal is the transaction's cause; later chunks' replies (503 bad sequence) are not
+      this.#chunkFailed ??= reply;
       return;
     }
     if (!c.last) return;

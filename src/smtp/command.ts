@@ -233,8 +233,9 @@ export interface BdatArgs {
  * MAX_BDAT_CHUNK. Exactly one space between the parts, nothing else on the line.
  */
 export function parseBdat(args: string): BdatArgs | null {
-  const m = /^([0-9]{1,13})(?: (LAST))?$/i.exec(args);
-  if (m === null || m[1] === undefined) return null;
+  // chunk-size ::= 1*DIGIT (RFC 3030 §3): leading zeros are allowed, the bound is on the value
+  const m = /^0*([0-9]+)(?: (LAST))?$/i.exec(args);
+  if (m === null || m[1] === undefined || m[1].length > 16) return null;
   const size = Number(m[1]);
   if (size > MAX_BDAT_CHUNK) return null;
   return { size, last: m[2] !== undefined };

@@ -1016,12 +1016,12 @@ describe('BDAT relaying in smtp mode (review), recording destination', () => {
     expect(dest.byEhlo(ehlo)[0]?.lines.filter((l) => /^(BDAT|QUIT)/i.test(l))).toEqual(['BDAT 5 LAST']);
   }, 20_000);
 
-  // BUG (minor, log): docs/operations.md says the smtp_transaction record's CODE is, "after a
+  // was a bug (minor, log; now fixed): docs/operations.md says the smtp_transaction record's CODE is, "after a
   // refused chunk, that refusal". With more chunks pipelined behind the refused one, each later
   // reply (the destination's 503 "bad sequence", RFC 3030 §2) replaces it (smtp-link.ts
   // #chunkEnd: `this.#chunkFailed = reply`), so the record says 503 instead of the 554 that
   // refused the message. Keeping the first refusal (`??=`) would log the real cause.
-  it.fails('the transaction record keeps the code of the refusal, not of a later chunk\'s 503', async () => {
+  it('the transaction record keeps the code of the refusal, not of a later chunk\'s 503', async () => {
     fresh();
     dest.script = { ehlo: DEFAULT_EHLO, onChunk: (_c, ch) => (ch.data.toString() === 'REFUSE-ME' ? `554 5.6.0 #${++dest.serial} refused` : undefined) };
     const m = await open('server-log');
@@ -1236,11 +1236,10 @@ describe('BDAT relaying in smtp mode (review), recording destination', () => {
     expect(m.replies.slice(4)).toEqual([expect.stringMatching(/ 7 octets queued/), expect.stringMatching(/^221 /)]);
   });
 
-  // BUG (minor): RFC 3030 §3 chunk-size ::= 1*DIGIT, so "BDAT 00000000000006 LAST" is a valid
-  // 6-octet chunk. The proxy caps the size at 13 digits (docs/protocol.md §4.7) and answers 501
-  // without reading the 6 octets, which it then reads as a command ("NOOP" here). The cap should
-  // be on the value (2^40), not on the number of digits. Real clients do not send leading zeros.
-  it.fails('BDAT with a valid chunk-size of more than 13 digits (leading zeros) is relayed as a chunk', async () => {
+  // was a bug: RFC 3030 §3 chunk-size ::= 1*DIGIT, so "BDAT 00000000000006 LAST" is a valid
+  // 6-octet chunk; the proxy capped the digits at 13, answered 501 without reading the 6 octets
+  // and read them as a command ("NOOP" here). The cap is on the value (2^40) now.
+  it('BDAT with a valid chunk-size of more than 13 digits (leading zeros) is relayed as a chunk', async () => {
     fresh();
     const m = await open();
     await hello(m);
@@ -1250,6 +1249,23 @@ describe('BDAT relaying in smtp mode (review), recording destination', () => {
     const r = await m.settle(400);
     expect(r).toHaveLength(5);
     expect(r[4]).toMatch(/ 6 octets queued/);
+  });
+
+  // HELO offers no extensions (RFC 5321 §4.1.1.1): a client that said HELO may not use BDAT, and
+  // the proxy does not relay it (was relayed: the review found the docs and the code disagreed)
+  it('after HELO, BDAT is not offered: 502, nothing reaches the destination', async () => {
+    fresh();
+    const m = await open();
+    m.write('HELO mta.example\r\n');
+    await m.until(2);
+    m.write('MAIL FROM:<a@src.example>\r\nRCPT TO:<b@dst.example>\r\n');
+    await m.until(4);
+    m.write('BDAT 4 LAST\r\nRSET\r\n');
+    const r = await m.settle(400);
+    expect(r[4]).toMatch(/^502 5\.5\.1 mtaproxy: BDAT is not offered/);
+    // the 4 "octets" were the RSET line: BDAT was not a chunk on this link
+    expect(r[5]).toMatch(/^250 /);
+    expect(r).toHaveLength(6);
   });
 });
 

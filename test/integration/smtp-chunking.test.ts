@@ -372,7 +372,7 @@ describe('smtp mode: BDAT relayed to a destination that offers CHUNKING', () => 
     // the destination answers what it answers to more chunks (RFC 3030 §2): relayed
     expect((await m.cmd(bdat('third\r\n', true))).text).toBe('554 5.5.0 earlier chunk failed');
     expect((await m.cmd('RSET\r\n')).text).toBe('250 2.0.0 reset');
-    await d.waitForLine(/smtp\(mta1\): .* bytes=22 RSET after a refused BDAT -> 554 5\.5\.0/);
+    await d.waitForLine(/smtp\(mta1\): .* bytes=22 RSET after a refused BDAT -> 552 5\.3\.4/);
     // a refused BDAT LAST, then straight to MAIL: the proxy sends RSET first
     await m.cmd('MAIL FROM:<a@example.com>\r\n');
     await m.cmd('RCPT TO:<b@example.net>\r\n');

@@ -23,8 +23,8 @@ describe('parseBdat (review)', () => {
     }
   });
 
-  // BUG (minor): chunk-size is 1*DIGIT; the limit should be on the value, not on 13 digits
-  it.fails('takes a valid size written with more than 13 digits (leading zeros)', () => {
+  // was a bug: chunk-size is 1*DIGIT; the limit is on the value, not on 13 digits
+  it('takes a valid size written with more than 13 digits (leading zeros)', () => {
     expect(parseBdat('00000000000006 LAST')).toEqual({ size: 6, last: true });
   });
 });
