@@ -119,9 +119,10 @@ async function floorClient(port) {
     }
     buffered = data.slice(start);
   });
+  // batched as ControlClient does (and ioredis's autopipelining): one write per burst of calls
   let outbox = '';
   const send = (line) => {
-    if (outbox === '') queueMicrotask(() => { socket.write(outbox); outbox = ''; });
+    if (outbox === '') process.nextTick(() => { socket.write(outbox); outbox = ''; });
     outbox += line;
   };
   return {
