@@ -73,12 +73,19 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
     const maxWait = s.services.egress().throttleWaitTimeoutMs;
     // the callback may run at once (granted or refused) or later; a session that closes meanwhile
     // needs no canceller: its leave answers the waits to nobody (reply() is a no-op once closed)
-    s.waitingTags.add(tag);
+    // a request answered at once (the common case) never enters waitingTags
+    let answered = false;
+    let waiting = false;
     s.services.throttle.acquire(s.id, a.key, a.kind, Math.min(a.waitMs ?? maxWait, maxWait), (outcome) => {
-      s.waitingTags.delete(tag);
+      answered = true;
+      if (waiting) s.waitingTags.delete(tag);
       if (outcome.ok) s.reply(tag, 250, a.kind === 'connection' ? `lease ${outcome.lease.id}` : 'message');
       else s.reply(tag, outcome.code, outcome.message);
     });
+    if (!answered) {
+      waiting = true;
+      s.waitingTags.add(tag);
+    }
   },
   RELEASE: (s, tag, args) => {
     const id = Number(args[0]);
@@ -149,6 +156,8 @@ export class ControlSession {
   #log: Logger;
   #now: () => number;
   #lastHeard: number;
+  /** a line arrived since the last tick() */
+  #heard = false;
   #lastPing: number;
   #rttMs: number | null = null;
   #rttAt: number | null = null;
@@ -203,7 +212,8 @@ export class ControlSession {
   /** Lines read from the socket after the handshake, in order. */
   handleLine(line: string): void {
     if (this.#closed) return;
-    this.#lastHeard = this.#now();
+    // the clock is read by the liveness tick, not per line: heard since the last tick counts as heard then
+    this.#heard = true;
     // Every line is handled as it arrives; reading never stops because requests wait. (Holding
     // back waiting ACQUIREs once stopped the RELEASEs behind them, which were what would have
     // freed the slots.) Waiting ACQUIREs are bounded per session instead: MAX_WAITING_ACQUIRES.
@@ -261,6 +271,10 @@ export class ControlSession {
    */
   tick(pingIntervalMs: number): void {
     const now = this.#now();
+    if (this.#heard) {
+      this.#heard = false;
+      this.#lastHeard = now;
+    }
     const silent = now - this.#lastHeard;
     if (silent > 2 * pingIntervalMs) {
       this.fail(`no traffic for ${(silent / 1000).toFixed(1)}s (ping timeout)`, 421);
