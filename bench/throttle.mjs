@@ -3,6 +3,7 @@
 // ZREM) driven by this same Node process through ioredis, at 1, 16 and 64 operations in flight.
 //
 //   node bench/throttle.mjs [--seconds=2] [--only=REGEX] [--levels=1,16,64] [--cpu-prof=DIR] [--no-queue]
+//        [--daemon-node-args=--trace-gc,--max-semi-space-size=4] [--keep-logs=DIR]  (the daemons' Node flags; their logs kept)
 //
 // Needs: npm run build; redis-server on PATH (apt-get install redis-server, built with TLS);
 // ioredis (devDependency); openssl (a throwaway certificate for Redis's TLS port).
@@ -19,7 +20,7 @@
 // --cpu-prof=DIR: the daemons run under node --cpu-prof (run this script itself under
 // `node --cpu-prof --cpu-prof-dir=DIR` for the client side); --only: just the variants whose name matches.
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { copyFileSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { loadavg } from 'node:os';
@@ -66,31 +67,41 @@ function syscalls(pid) {
  * ops/s, latency percentiles of whole operations (acquire + release) in ms, and CPU µs per
  * operation of this process and of the server process `serverPid`.
  */
+// latencies go to a preallocated typed array: a growing JS array of numbers made this process's
+// own scavenges (4-7 ms each) part of every variant's p99
+let LATENCIES = new Float64Array(1 << 21);
 async function measure(inFlight, seconds, op, serverPid) {
   const warmEnd = performance.now() + 300;
+  let count = 0;
   const loop = async (until, record) => {
     for (;;) {
       const t0 = performance.now();
       if (t0 >= until) return;
       await op();
-      if (record !== null) record.push(performance.now() - t0);
+      if (record) {
+        if (count === LATENCIES.length) {
+          const bigger = new Float64Array(LATENCIES.length * 2);
+          bigger.set(LATENCIES);
+          LATENCIES = bigger;
+        }
+        LATENCIES[count++] = performance.now() - t0;
+      }
     }
   };
-  await Promise.all(Array.from({ length: inFlight }, () => loop(warmEnd, null)));
-  const latencies = [];
+  await Promise.all(Array.from({ length: inFlight }, () => loop(warmEnd, false)));
   const server0 = cpuSeconds(serverPid);
   const client0 = process.cpuUsage();
   const sys0 = syscalls(serverPid);
   const csys0 = syscalls(process.pid);
   const start = performance.now();
   const end = start + seconds * 1000;
-  await Promise.all(Array.from({ length: inFlight }, () => loop(end, latencies)));
+  await Promise.all(Array.from({ length: inFlight }, () => loop(end, true)));
   const elapsed = (performance.now() - start) / 1000;
   const client = process.cpuUsage(client0);
   const server = cpuSeconds(serverPid) - server0;
   const sys1 = syscalls(serverPid);
   const csys1 = syscalls(process.pid);
-  latencies.sort((a, b) => a - b);
+  const latencies = LATENCIES.subarray(0, count).sort();
   const n = latencies.length;
   return {
     ops: n / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), n,
@@ -139,7 +150,7 @@ async function main() {
   console.log(`# throttle bench: ${machine()}, ${SECONDS}s per cell; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   // ---- peers: mtaproxy (TLS and plaintext listeners), redis-server (plaintext and TLS ports), the Node floor; all on loopback
   const metricsPorts = [await freePort(), await freePort()];
-  const nodeArgs = CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`];
+  const nodeArgs = [...(CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`]), ...(arg('daemon-node-args', '') || '').split(',').filter(Boolean)];
   const proxyTls = await startProxy({ ports: [25], nodeArgs, extra: `metrics_listen = "127.0.0.1:${metricsPorts[0]}"` });
   const proxyPlain = await startProxy({ ports: [25], nodeArgs, extra: `tls = false\nmetrics_listen = "127.0.0.1:${metricsPorts[1]}"` });
   const dir = proxyTls.dir;
@@ -299,6 +310,12 @@ async function main() {
   for (const r of Object.values(redisClients)) r.disconnect();
   await echo.stop();
   await redis.stop();
+  const keep = arg('keep-logs', null);
+  if (keep !== null) {
+    await Promise.all([proxyTls.proc, proxyPlain.proc].map((p) => p.exitCode === null && p.signalCode === null ? new Promise((r) => { p.once('exit', r); p.kill('SIGTERM'); }) : null));
+    copyFileSync(proxyTls.logFile, join(keep, 'mtaproxy-tls.log'));
+    copyFileSync(proxyPlain.logFile, join(keep, 'mtaproxy-plaintext.log'));
+  }
   await proxyTls.stop();
   await proxyPlain.stop();
 }
