@@ -15,7 +15,8 @@
 // (a listener with tls = false is plaintext), Redis is plaintext by default (--tls-port: TLS).
 // Every cell also reports CPU per operation: this process (the client side of either), and the
 // server's (the daemon's or redis-server's, from /proc/PID/stat): steadier than ops/s on a shared
-// machine. "node floor" is a bare Node line server (bench/line-echo.mjs) and a bare client: one
+// machine. "redis bare RESP client" drives Redis without ioredis (batched like ControlClient): the
+// strongest Redis side. "node floor" is a bare Node line server (bench/line-echo.mjs) and a bare client: one
 // request line, one reply line, nothing else: what one round trip between two Node processes costs.
 // --cpu-prof=DIR: the daemons run under node --cpu-prof (run this script itself under
 // `node --cpu-prof --cpu-prof-dir=DIR` for the client side); --only: just the variants whose name matches.
@@ -146,6 +147,47 @@ async function floorClient(port) {
   };
 }
 
+/**
+ * A bare RESP client of redis-server: the strongest Redis side this bench knows. Commands go out
+ * batched as ControlClient's (one write per burst, process.nextTick), replies are matched in
+ * order; an acquire is EVALSHA of the same script, a release ZREM (its reply read and dropped
+ * when not awaited). No ioredis in between: what Redis costs without a client library's own.
+ */
+async function respClient(port, sha) {
+  const socket = connect({ host: '127.0.0.1', port, noDelay: true });
+  await new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+  socket.setEncoding('latin1');
+  const waiting = []; // resolvers in order (null: a reply nobody awaits)
+  let head = 0;
+  let buffered = '';
+  socket.on('data', (chunk) => {
+    const data = buffered + chunk;
+    let start = 0;
+    for (let nl = data.indexOf('\r\n'); nl !== -1; nl = data.indexOf('\r\n', start)) {
+      const line = data.slice(start, nl);
+      start = nl + 2;
+      if (line[0] !== ':') throw new Error(`redis: unexpected reply ${line}`);
+      const resolve = waiting[head];
+      waiting[head++] = undefined;
+      if (head > 4096 && head * 2 > waiting.length) { waiting.splice(0, head); head = 0; }
+      resolve?.(Number(line.slice(1)));
+    }
+    buffered = data.slice(start);
+  });
+  let outbox = '';
+  const bulk = (s) => `$${Buffer.byteLength(s)}\r\n${s}\r\n`;
+  const command = (words, resolve) => {
+    if (outbox === '') process.nextTick(() => { socket.write(outbox); outbox = ''; });
+    outbox += `*${words.length}\r\n${words.map((w) => bulk(String(w))).join('')}`;
+    waiting.push(resolve);
+  };
+  return {
+    acquire: (key, now, ttl, limit, id) => new Promise((resolve) => command(['EVALSHA', sha, 1, key, now, ttl, limit, id], resolve)),
+    zrem: (key, id, awaited) => (awaited ? new Promise((resolve) => command(['ZREM', key, id], resolve)) : command(['ZREM', key, id], null)),
+    close: () => socket.destroy(),
+  };
+}
+
 async function main() {
   console.log(`# throttle bench: ${machine()}, ${SECONDS}s per cell; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   // ---- peers: mtaproxy (TLS and plaintext listeners), redis-server (plaintext and TLS ports), the Node floor; all on loopback
@@ -191,7 +233,16 @@ async function main() {
   const redisClients = { plain: makeRedis(false, false), auto: makeRedis(true, false), tlsPlain: makeRedis(false, true), tlsAuto: makeRedis(true, true) };
   await Promise.all(Object.values(redisClients).map((r) => r.ping()));
   await redisClients.plain.del(KEY, QUEUE_KEY);
+  const sha = await redisClients.plain.script('LOAD', ACQUIRE_LUA);
+  const resp = await respClient(redisPort, sha);
   let leaseSerial = 0;
+  const respOp = (awaitRelease) => async () => {
+    const id = `r${++leaseSerial}`;
+    const granted = await resp.acquire(KEY, Date.now(), 300_000, LIMIT, id);
+    if (granted !== 1) throw new Error('redis limiter refused: the limit must never be reached here');
+    if (awaitRelease) await resp.zrem(KEY, id, true);
+    else resp.zrem(KEY, id, false);
+  };
   const redisOp = (r, awaitRelease) => async () => {
     const id = `l${++leaseSerial}`;
     const granted = await r.leaseAcquire(KEY, Date.now(), 300_000, LIMIT, id);
@@ -213,6 +264,8 @@ async function main() {
     ['redis autopipelining, ZREM awaited', 'redis', 'plain', redisOp(redisClients.auto, true), R],
     ['redis, ZREM not awaited', 'redis', 'plain', redisOp(redisClients.plain, false), R],
     ['redis autopipelining, ZREM not awaited', 'redis', 'plain', redisOp(redisClients.auto, false), R],
+    ['redis bare RESP client, ZREM awaited', 'redis', 'plain', respOp(true), R],
+    ['redis bare RESP client, ZREM not awaited', 'redis', 'plain', respOp(false), R],
     ['redis TLS, ZREM awaited', 'redis', 'tls', redisOp(redisClients.tlsPlain, true), R],
     ['redis TLS autopipelining, ZREM awaited', 'redis', 'tls', redisOp(redisClients.tlsAuto, true), R],
     ['redis TLS, ZREM not awaited', 'redis', 'tls', redisOp(redisClients.tlsPlain, false), R],
@@ -271,10 +324,12 @@ async function main() {
     return b;
   };
   if (variants.some(([, side]) => side === 'redis') && variants.some(([, side]) => side === 'mtaproxy')) {
-    console.log('\n## Ratios (same run): ops/s against the best Redis variant of any kind (plaintext or TLS, awaited or not, pipelined or not)\n');
+    console.log('\n## Ratios (same run): mtaproxy releaseNow() ops/s against the best Redis variant of any kind (the verdict), and against the best ioredis one\n');
     const summary = [];
+    const ioredis = (side, t, name) => side === 'redis' && !name.includes('bare RESP');
     for (const level of LEVELS) {
       const redisBest = best(level, (side) => side === 'redis');
+      const ioBest = best(level, ioredis);
       const redisTlsBest = best(level, (side, t) => side === 'redis' && t === 'tls');
       for (const transport of ['tls', 'plain']) {
         const m = best(level, (side, t, name) => side === 'mtaproxy' && t === transport && name.includes('releaseNow'));
@@ -284,12 +339,13 @@ async function main() {
         allOk &&= ok;
         summary.push([
           level, m.name, redisBest.name, fmt(ratio, 2),
+          ioBest === null ? '-' : `${fmt(m.r.ops / ioBest.r.ops, 2)} (${ioBest.name})`,
           redisTlsBest === null || transport !== 'tls' ? '-' : fmt(m.r.ops / redisTlsBest.r.ops, 2),
-          fmt(m.r.serverUs / redisBest.r.serverUs, 2), fmt(m.r.p99, 3), verdict(ok),
+          fmt(m.r.serverUs / redisBest.r.serverUs, 2), fmt((m.r.serverUs + m.r.clientUs) / (redisBest.r.serverUs + redisBest.r.clientUs), 2), fmt(m.r.p99, 3), verdict(ok),
         ]);
       }
     }
-    printTable(['in flight', 'mtaproxy', 'best Redis', 'ratio (target >= 2)', 'vs best Redis TLS', 'server CPU/op vs that Redis', 'mtaproxy p99 ms (< 2 @64)', 'verdict'], summary);
+    printTable(['in flight', 'mtaproxy', 'best Redis', 'ratio (target >= 2)', 'vs best ioredis variant', 'vs best Redis TLS', 'server CPU/op vs best Redis', 'client+server CPU/op vs best Redis', 'mtaproxy p99 ms (< 2 @64)', 'verdict'], summary);
   }
   if (queueVariants.length > 0) {
     console.log(`\n## The queue path: limit ${QUEUE_LIMIT}, ${QUEUE_IN_FLIGHT} in flight (requests wait for a release)\n`);
@@ -307,6 +363,7 @@ async function main() {
   sTls.destroy();
   sPlain.destroy();
   floor.close();
+  resp.close();
   for (const r of Object.values(redisClients)) r.disconnect();
   await echo.stop();
   await redis.stop();
