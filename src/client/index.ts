@@ -236,9 +236,28 @@ export class ProxyError extends Error {
   }
 }
 
+/** How a request's reply settles its promise: the raw reply, a lease id (ACQUIRE), nothing (RELEASE). */
+const RAW = 0;
+const LEASE = 1;
+const VOID = 2;
+type ReplyShape = typeof RAW | typeof LEASE | typeof VOID;
+
+/** One request waiting for its reply: no closure of its own (the hot path allocates little). */
 interface Pending {
-  resolve(reply: { code: number; text: string }): void;
+  readonly verb: string;
+  readonly shape: ReplyShape;
+  resolve(value: unknown): void;
   reject(err: Error): void;
+}
+
+/** "lease <digits>" -> the id, anything else (a message token's "message") -> null, as /^lease (\d+)$/ did */
+function leaseOf(text: string): number | null {
+  if (text.length <= 6 || !text.startsWith('lease ')) return null;
+  for (let i = 6; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 48 || c > 57) return null;
+  }
+  return Number(text.slice(6));
 }
 
 /** Connects and authenticates; resolves with the socket and the lines already received after OK. */
@@ -322,7 +341,8 @@ export async function authenticate(opts: ConnectOptions): Promise<{ socket: Sock
 export class ControlClient {
   readonly name: string;
   readonly #socket: Socket;
-  readonly #pending = new Map<string, Pending>();
+  /** by tag: the tags this client chooses are decimal */
+  readonly #pending = new Map<number, Pending>();
   #nextTag = 1;
   #closeReason: string | null = null;
   readonly closed: Promise<string>;
@@ -376,9 +396,14 @@ export class ControlClient {
     }
     const msg = parseControlLine(line);
     if (msg.kind === 'reply') {
-      const p = this.#pending.get(msg.tag);
-      this.#pending.delete(msg.tag);
-      p?.resolve({ code: msg.code, text: msg.text });
+      const tag = Number(msg.tag);
+      const p = this.#pending.get(tag);
+      if (p === undefined) return;
+      this.#pending.delete(tag);
+      if (msg.code >= 400) p.reject(new ProxyError('EREPLY', `${p.verb}: ${msg.code} ${msg.text}`, msg.code));
+      else if (p.shape === LEASE) p.resolve(leaseOf(msg.text));
+      else if (p.shape === VOID) p.resolve(undefined);
+      else p.resolve({ code: msg.code, text: msg.text });
     } else if (msg.kind === 'request') {
       // the proxy's own requests (PING) are answered at once; that round trip is its RTT
       if (msg.verb === 'PING') this.#send(formatReply(msg.tag, 250, 'PONG'));
@@ -391,14 +416,15 @@ export class ControlClient {
 
   /** Sends a request; resolves with the reply, rejects on a 4xx/5xx reply or a closed session. */
   request(verb: string, args: readonly (string | number)[] = []): Promise<{ code: number; text: string }> {
+    return this.#request(verb, args, RAW) as Promise<{ code: number; text: string }>;
+  }
+
+  #request(verb: string, args: readonly (string | number)[], shape: ReplyShape): Promise<unknown> {
     if (this.#socket.destroyed) return Promise.reject(new ProxyError('ECONNECTION', `session closed: ${this.#closeReason ?? 'not connected'}`));
-    const tag = String(this.#nextTag++);
+    const tag = this.#nextTag++;
     return new Promise((resolve, reject) => {
-      this.#pending.set(tag, {
-        resolve: (reply) => (reply.code >= 400 ? reject(new ProxyError('EREPLY', `${verb}: ${reply.code} ${reply.text}`, reply.code)) : resolve(reply)),
-        reject,
-      });
-      this.#send(formatRequest(tag, verb, args));
+      this.#pending.set(tag, { verb, shape, resolve, reject });
+      this.#send(formatRequest(String(tag), verb, args));
     });
   }
 
@@ -407,19 +433,24 @@ export class ControlClient {
     if (!this.#socket.destroyed) this.#send(formatRequest('-', verb, args));
   }
 
-  /** Coalesces the lines of one burst of calls into one write (pipelined requests). */
+  /**
+   * Coalesces the lines of one burst of calls into one write (pipelined requests). The write
+   * waits for process.nextTick, which runs once the microtasks of the moment have all run: the
+   * calls that awaiting code makes when a batch of replies arrives (each RELEASE and the next
+   * ACQUIRE, several promise hops apart) leave in one write instead of one per hop.
+   */
   #send(line: string): void {
-    this.#outbox.push(line);
-    if (this.#outbox.length === 1) {
-      queueMicrotask(() => {
-        const text = `${this.#outbox.join('\n')}\n`;
-        this.#outbox = [];
-        if (!this.#socket.destroyed) this.#socket.write(text);
-      });
-    }
+    if (this.#outbox === '') process.nextTick(this.#flush);
+    this.#outbox += `${line}\n`;
   }
 
-  #outbox: string[] = [];
+  readonly #flush = (): void => {
+    const text = this.#outbox;
+    this.#outbox = '';
+    if (!this.#socket.destroyed) this.#socket.write(text);
+  };
+
+  #outbox = '';
 
   /** Round trip to the proxy, in milliseconds. */
   async ping(): Promise<number> {
@@ -445,14 +476,12 @@ export class ControlClient {
   }
 
   /** Takes a connection slot (resolves with its lease id) or a message token (resolves with null). */
-  async acquire(key: string, kind: 'connection' | 'message', waitMs?: number): Promise<number | null> {
-    const reply = await this.request('ACQUIRE', waitMs === undefined ? [key, kind] : [key, kind, `wait=${waitMs}`]);
-    const m = /^lease (\d+)$/.exec(reply.text);
-    return m === null ? null : Number(m[1]);
+  acquire(key: string, kind: 'connection' | 'message', waitMs?: number): Promise<number | null> {
+    return this.#request('ACQUIRE', waitMs === undefined ? [key, kind] : [key, kind, `wait=${waitMs}`], LEASE) as Promise<number | null>;
   }
 
-  async release(leaseId: number): Promise<void> {
-    await this.request('RELEASE', [leaseId]);
+  release(leaseId: number): Promise<void> {
+    return this.#request('RELEASE', [leaseId], VOID) as Promise<void>;
   }
 
   /** Releases without waiting for (or getting) a reply. */

@@ -14,23 +14,54 @@ export type ControlMessage =
   | { kind: 'notice'; code: number; text: string }
   | { kind: 'invalid'; reason: string };
 
-const TAG = /^(?:s?\d{1,10}|-)$/;
+/** "-", or an optional "s" and 1-10 decimal digits (was /^(?:s?\d{1,10}|-)$/; by hand: this runs per line) */
+function isTag(s: string): boolean {
+  const n = s.length;
+  if (n === 1 && s.charCodeAt(0) === 45) return true; // "-"
+  const from = n > 0 && s.charCodeAt(0) === 115 ? 1 : 0; // "s"
+  if (n - from < 1 || n - from > 10) return false;
+  for (let i = from; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 48 || c > 57) return false;
+  }
+  return true;
+}
+
+/** 1-16 capital letters (was /^[A-Z]{1,16}$/) */
+function isVerb(s: string): boolean {
+  const n = s.length;
+  if (n < 1 || n > 16) return false;
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 65 || c > 90) return false;
+  }
+  return true;
+}
+
+/** 3 decimal digits (was /^\d{3}$/) */
+function isCode(s: string): boolean {
+  if (s.length !== 3) return false;
+  for (let i = 0; i < 3; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 48 || c > 57) return false;
+  }
+  return true;
+}
 
 export function parseControlLine(line: string): ControlMessage {
   const first = line.indexOf(' ');
   if (first <= 0) return { kind: 'invalid', reason: 'expected "<tag> <VERB|code> ..."' };
   const tag = line.slice(0, first);
-  const rest = line.slice(first + 1);
-  const second = rest.indexOf(' ');
-  const word = second === -1 ? rest : rest.slice(0, second);
-  const tail = second === -1 ? '' : rest.slice(second + 1);
-  if (/^\d{3}$/.test(word)) {
+  const second = line.indexOf(' ', first + 1);
+  const word = second === -1 ? line.slice(first + 1) : line.slice(first + 1, second);
+  const tail = second === -1 ? '' : line.slice(second + 1);
+  if (isCode(word)) {
     if (tag === '*') return { kind: 'notice', code: Number(word), text: tail };
-    if (TAG.test(tag)) return { kind: 'reply', tag, code: Number(word), text: tail };
+    if (isTag(tag)) return { kind: 'reply', tag, code: Number(word), text: tail };
     return { kind: 'invalid', reason: 'bad tag' };
   }
-  if (!TAG.test(tag)) return { kind: 'invalid', reason: 'bad tag' };
-  if (!/^[A-Z]{1,16}$/.test(word)) return { kind: 'invalid', reason: 'verb must be 1-16 capital letters' };
+  if (!isTag(tag)) return { kind: 'invalid', reason: 'bad tag' };
+  if (!isVerb(word)) return { kind: 'invalid', reason: 'verb must be 1-16 capital letters' };
   return { kind: 'request', tag, verb: word, args: tail === '' ? [] : tail.split(' ') };
 }
 

@@ -4,6 +4,7 @@ import { isCanonicalIp, THROTTLE_KEY } from './syntax.js';
 import type { Declaration, LeaseKind } from '../throttle/manager.js';
 
 const MAX_LIMIT = 100_000_000;
+const WAIT_MS = /^\d{1,9}$/;
 
 function fields(args: readonly string[], allowed: readonly string[]): Record<string, string> | string {
   const out: Record<string, string> = {};
@@ -45,8 +46,17 @@ export function parseAcquire(args: readonly string[]): { key: string; kind: Leas
   const [key = '', kind = '', ...rest] = args;
   if (!THROTTLE_KEY.test(key)) return `throttle key "${key.slice(0, 40)}" is not valid`;
   if (kind !== 'connection' && kind !== 'message') return 'kind must be connection or message';
+  // the usual forms, without the general field parser: nothing, or one wait=<ms>
+  if (rest.length === 0) return { key, kind, waitMs: null };
+  if (rest.length === 1) {
+    const only = rest[0] as string;
+    if (only.startsWith('wait=')) {
+      const wait = only.slice(5);
+      return WAIT_MS.test(wait) ? { key, kind, waitMs: Number(wait) } : 'wait must be milliseconds';
+    }
+  }
   const f = fields(rest, ['wait']);
   if (typeof f === 'string') return f;
-  if (f.wait !== undefined && !/^\d{1,9}$/.test(f.wait)) return 'wait must be milliseconds';
+  if (f.wait !== undefined && !WAIT_MS.test(f.wait)) return 'wait must be milliseconds';
   return { key, kind, waitMs: f.wait === undefined ? null : Number(f.wait) };
 }

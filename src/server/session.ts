@@ -73,12 +73,19 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
     const maxWait = s.services.egress().throttleWaitTimeoutMs;
     // the callback may run at once (granted or refused) or later; a session that closes meanwhile
     // needs no canceller: its leave answers the waits to nobody (reply() is a no-op once closed)
-    s.waitingTags.add(tag);
+    // a request answered at once (the common case) never enters waitingTags
+    let answered = false;
+    let waiting = false;
     s.services.throttle.acquire(s.id, a.key, a.kind, Math.min(a.waitMs ?? maxWait, maxWait), (outcome) => {
-      s.waitingTags.delete(tag);
+      answered = true;
+      if (waiting) s.waitingTags.delete(tag);
       if (outcome.ok) s.reply(tag, 250, a.kind === 'connection' ? `lease ${outcome.lease.id}` : 'message');
       else s.reply(tag, outcome.code, outcome.message);
     });
+    if (!answered) {
+      waiting = true;
+      s.waitingTags.add(tag);
+    }
   },
   RELEASE: (s, tag, args) => {
     const id = Number(args[0]);
@@ -101,6 +108,8 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
 export class InputGate {
   readonly #socket: Socket;
   readonly #holds = new Set<string>();
+  /** told when a hold ends (the session flushes the replies it kept for the end of a batch) */
+  onRelease: ((reason: string) => void) | null = null;
 
   constructor(socket: Socket) {
     this.#socket = socket;
@@ -111,11 +120,24 @@ export class InputGate {
     this.#socket.pause();
   }
 
+  holds(reason: string): boolean {
+    return this.#holds.has(reason);
+  }
+
   release(reason: string): void {
-    if (!this.#holds.delete(reason) || this.#holds.size > 0) return;
+    if (!this.#holds.delete(reason)) return;
+    this.onRelease?.(reason);
+    if (this.#holds.size > 0) return;
     if (!this.#socket.destroyed) this.#socket.resume();
   }
 }
+
+/**
+ * Replies kept while the reader works through one read's requests in several turns ('batch':
+ * native.ts handles LINES_PER_TURN lines a turn), so that they leave in one write at the end of
+ * the batch rather than one write per turn; past this many, they go at the end of the turn.
+ */
+export const MAX_BATCH_REPLIES = 1024;
 
 export class ControlSession {
   /** tags of this session's ACQUIREs waiting for a grant (bounded by MAX_WAITING_ACQUIRES) */
@@ -134,6 +156,8 @@ export class ControlSession {
   #log: Logger;
   #now: () => number;
   #lastHeard: number;
+  /** a line arrived since the last tick() */
+  #heard = false;
   #lastPing: number;
   #rttMs: number | null = null;
   #rttAt: number | null = null;
@@ -172,6 +196,9 @@ export class ControlSession {
     this.#onClose = opts.onClose;
     opts.socket.on('close', () => this.#closedBy('connection closed'));
     this.#gate = opts.gate ?? new InputGate(opts.socket);
+    this.#gate.onRelease = (reason) => {
+      if (reason === 'batch') this.#flush();
+    };
     // output backpressure: reading stopped in #flush past OUTPUT_HIGH_WATER resumes here
     opts.socket.on('drain', () => {
       if (!this.#closed) this.#gate.release('output');
@@ -185,7 +212,8 @@ export class ControlSession {
   /** Lines read from the socket after the handshake, in order. */
   handleLine(line: string): void {
     if (this.#closed) return;
-    this.#lastHeard = this.#now();
+    // the clock is read by the liveness tick, not per line: heard since the last tick counts as heard then
+    this.#heard = true;
     // Every line is handled as it arrives; reading never stops because requests wait. (Holding
     // back waiting ACQUIREs once stopped the RELEASEs behind them, which were what would have
     // freed the slots.) Waiting ACQUIREs are bounded per session instead: MAX_WAITING_ACQUIRES.
@@ -223,7 +251,7 @@ export class ControlSession {
       return;
     }
     this.#forwardOut++;
-    this.#write(formatReply(tag, code, text), () => this.#forwardOut--);
+    this.#write(formatReply(tag, code, text), 'reply');
   }
 
   /** Sends a proxy->MTA ping; the round trip shows in the status line. */
@@ -232,7 +260,7 @@ export class ControlSession {
     const tag = `s${this.#nextTag++}`;
     this.#pending.set(tag, this.#now());
     this.#backOut++;
-    this.#write(formatRequest(tag, 'PING'), () => this.#backOut--);
+    this.#write(formatRequest(tag, 'PING'), 'ping');
   }
 
   /**
@@ -243,6 +271,10 @@ export class ControlSession {
    */
   tick(pingIntervalMs: number): void {
     const now = this.#now();
+    if (this.#heard) {
+      this.#heard = false;
+      this.#lastHeard = now;
+    }
     const silent = now - this.#lastHeard;
     if (silent > 2 * pingIntervalMs) {
       this.fail(`no traffic for ${(silent / 1000).toFixed(1)}s (ping timeout)`, 421);
@@ -257,7 +289,7 @@ export class ControlSession {
   /** Closes with a notice the MTA can log, e.g. on shutdown or replacement. */
   end(reason: string, notice?: string): void {
     if (this.#closed) return;
-    if (notice !== undefined) this.#write(`* ${notice}`);
+    if (notice !== undefined) this.#write(`* ${notice}`, 'notice');
     this.#flush();
     // close once the notice is flushed; do not wait for the MTA's side (no half-open sessions)
     closeSoon(this.#socket);
@@ -294,28 +326,43 @@ export class ControlSession {
    * Lines are coalesced until the current burst of work is done (one microtask), so replies to a
    * pipelined batch of requests leave in one write, not one syscall each.
    */
-  #write(line: string, flushed?: () => void): void {
+  #write(line: string, kind: 'reply' | 'ping' | 'notice'): void {
     if (this.#socket.destroyed || !this.#socket.writable) return;
-    this.#batch.push(line);
-    if (flushed !== undefined) this.#batchFlushed.push(flushed);
-    if (this.#batch.length === 1) queueMicrotask(() => this.#flush());
+    this.#batch += `${line}\n`;
+    this.#batchLines++;
+    if (kind === 'reply') this.#batchReplies++;
+    else if (kind === 'ping') this.#batchPings++;
+    if (this.#batchLines === 1 || this.#batchLines === MAX_BATCH_REPLIES) queueMicrotask(this.#endOfTurn);
   }
 
+  /** The end of a burst of work: flush, unless the reader is in the middle of a batch (see MAX_BATCH_REPLIES). */
+  readonly #endOfTurn = (): void => {
+    if (this.#gate.holds('batch') && this.#batchLines < MAX_BATCH_REPLIES) return; // flushed by the batch's end (onRelease)
+    this.#flush();
+  };
+
   #flush(): void {
-    if (this.#batch.length === 0) return;
-    const text = `${this.#batch.join('\n')}\n`;
-    const flushed = this.#batchFlushed;
-    this.#batch = [];
-    this.#batchFlushed = [];
+    if (this.#batchLines === 0) return;
+    const text = this.#batch;
+    const replies = this.#batchReplies;
+    const pings = this.#batchPings;
+    this.#batch = '';
+    this.#batchLines = 0;
+    this.#batchReplies = 0;
+    this.#batchPings = 0;
     if (this.#socket.destroyed || !this.#socket.writable) return;
+    // one callback per write (not per line): the counts in the status line come back when the kernel took them
     this.#socket.write(text, () => {
-      for (const f of flushed) f();
+      this.#forwardOut -= replies;
+      this.#backOut -= pings;
     });
     if (this.#socket.writableLength > OUTPUT_HIGH_WATER) this.#gate.hold('output');
   }
 
-  #batch: string[] = [];
-  #batchFlushed: (() => void)[] = [];
+  #batch = '';
+  #batchLines = 0;
+  #batchReplies = 0;
+  #batchPings = 0;
 
   #closedBy(reason: string): void {
     if (this.#closed) return;

@@ -2,6 +2,8 @@
 // and callbacks for queued requests.
 import { ThrottleManager, type AcquireOptions, type Declaration, type Lease, type LeaseKind, type ThrottleEvent } from './manager.js';
 
+const NOOP = (): void => {};
+
 export type AcquireOutcome = { ok: true; lease: Lease } | { ok: false; code: number; message: string };
 
 export class ThrottleService {
@@ -46,19 +48,21 @@ export class ThrottleService {
   acquire(session: string, key: string, kind: LeaseKind, waitMs: number, answer: (outcome: AcquireOutcome) => void, opts?: AcquireOptions): () => void {
     const now = this.#now();
     const onAnswer = this.#onAnswer;
+    const result = this.manager.acquire(session, key, kind, now, now + waitMs, opts);
+    if (result.status === 'granted') {
+      // granted at once: no closure, no timer, a wait of 0
+      onAnswer?.(kind, 0, true);
+      answer({ ok: true, lease: result.lease });
+      return NOOP;
+    }
+    if (result.status === 'error') {
+      answer({ ok: false, code: result.code, message: result.message }); // refused at once: no wait to tell
+      return NOOP;
+    }
     const done = onAnswer === undefined ? answer : (outcome: AcquireOutcome): void => {
       onAnswer(kind, this.#now() - now, outcome.ok);
       answer(outcome);
     };
-    const result = this.manager.acquire(session, key, kind, now, now + waitMs, opts);
-    if (result.status === 'granted') {
-      done({ ok: true, lease: result.lease });
-      return () => {};
-    }
-    if (result.status === 'error') {
-      answer({ ok: false, code: result.code, message: result.message }); // refused at once: no wait to tell
-      return () => {};
-    }
     this.#waiting.set(result.waitId, done);
     this.#schedule();
     return () => {

@@ -1,6 +1,7 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { parseAdminReply, parseAdminRequest } from '../../src/protocol/admin.js';
-import { formatBacklog, parseBacklog, parseControlLine } from '../../src/protocol/control.js';
+import { formatBacklog, parseBacklog, parseControlLine, type ControlMessage } from '../../src/protocol/control.js';
 import { LineSplitter, LineTooLongError } from '../../src/protocol/lines.js';
 
 describe('LineSplitter', () => {
@@ -32,7 +33,42 @@ describe('LineSplitter', () => {
   });
 });
 
+/** parseControlLine as it was written with regular expressions: the hand-written one must agree */
+function referenceParse(line: string): ControlMessage {
+  const TAG = /^(?:s?\d{1,10}|-)$/;
+  const first = line.indexOf(' ');
+  if (first <= 0) return { kind: 'invalid', reason: 'expected "<tag> <VERB|code> ..."' };
+  const tag = line.slice(0, first);
+  const rest = line.slice(first + 1);
+  const second = rest.indexOf(' ');
+  const word = second === -1 ? rest : rest.slice(0, second);
+  const tail = second === -1 ? '' : rest.slice(second + 1);
+  if (/^\d{3}$/.test(word)) {
+    if (tag === '*') return { kind: 'notice', code: Number(word), text: tail };
+    if (TAG.test(tag)) return { kind: 'reply', tag, code: Number(word), text: tail };
+    return { kind: 'invalid', reason: 'bad tag' };
+  }
+  if (!TAG.test(tag)) return { kind: 'invalid', reason: 'bad tag' };
+  if (!/^[A-Z]{1,16}$/.test(word)) return { kind: 'invalid', reason: 'verb must be 1-16 capital letters' };
+  return { kind: 'request', tag, verb: word, args: tail === '' ? [] : tail.split(' ') };
+}
+
 describe('control codec', () => {
+  it('parses every line as the regular-expression version did', () => {
+    const piece = fc.oneof(
+      fc.constantFrom('-', '*', 's', 's1', '1', '0123456789', '01234567890', 's0123456789', 's01234567890', 'PING', 'ACQUIRE', 'ABCDEFGHIJKLMNOP', 'ABCDEFGHIJKLMNOPQ', '250', '25', '2500', 'x', '', 'lease', 'é', '٣٣٣', 'Ab'),
+      fc.stringMatching(/^[s0-9A-Z*\- ]{0,12}$/),
+      fc.string({ maxLength: 6 }),
+    );
+    const line = fc.array(piece, { maxLength: 5 }).chain((parts) => fc.constantFrom(' ', '  ').map((sep) => parts.join(sep)));
+    fc.assert(fc.property(line, (l) => {
+      expect(parseControlLine(l)).toEqual(referenceParse(l));
+    }), { numRuns: 5000 });
+    for (const l of ['1 250 lease 7', '- RELEASE 3', 's1 PING', '* 421 bye', ' 1 PING', '1  PING', '1 PING ', '12345678901 PING', 's 250 x', '- 250', '1 2500 x']) {
+      expect(parseControlLine(l)).toEqual(referenceParse(l));
+    }
+  });
+
   it('tells requests, replies and notices apart by tag and second word', () => {
     expect(parseControlLine('7 BACKLOG ram=1 bounce=2 disk=3')).toEqual({ kind: 'request', tag: '7', verb: 'BACKLOG', args: ['ram=1', 'bounce=2', 'disk=3'] });
     expect(parseControlLine('s12 PING')).toEqual({ kind: 'request', tag: 's12', verb: 'PING', args: [] });
