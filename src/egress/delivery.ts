@@ -231,8 +231,9 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
     early.push(chunk);
   };
   mta.on('data', onEarly);
-  mta.once('end', onGone);
-  mta.once('close', onGone);
+  // on, not once (abandon() is idempotent, and stopWatching removes them): no once-wrappers
+  mta.on('end', onGone);
+  mta.on('close', onGone);
   mta.on('error', ignore);
   mta.resume();
   // the tunnel takes over in the same turn (no read can come between): the socket stays

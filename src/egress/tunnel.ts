@@ -77,16 +77,20 @@ export function openFrom(sourceIp: string, address: string, port: number, timeou
   const onError = (err: NodeJS.ErrnoException): void => {
     timer.cancel();
     socket.removeListener('connect', onConnect);
+    socket.removeListener('error', onError);
+    socket.on('error', ignore); // destroy() may still report a second error
     socket.destroy();
     done(connectError(err, sourceIp, address, port), null);
   };
   const onConnect = (): void => {
     timer.cancel();
     socket.removeListener('error', onError);
+    socket.removeListener('connect', onConnect);
     done(null, socket);
   };
-  socket.once('error', onError);
-  socket.once('connect', onConnect);
+  // on, removed by hand: no once-wrappers
+  socket.on('error', onError);
+  socket.on('connect', onConnect);
 }
 
 const ignore = (): void => {};
@@ -210,10 +214,10 @@ export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, wh
   for (const chunk of first) up.write(chunk);
   pump(client, remote, up);
   pump(remote, client, down);
-  for (const s of [client, remote]) {
-    s.on('error', (err: NodeJS.ErrnoException) => finish(`${s === client ? 'mta' : 'remote'} error ${err.code ?? err.message}`));
-    s.on('close', () => finish(ended === 2 ? 'closed' : `${s === client ? 'mta' : 'remote'} closed`));
-  }
+  client.on('error', (err: NodeJS.ErrnoException) => finish(`mta error ${err.code ?? err.message}`));
+  client.on('close', () => finish(ended === 2 ? 'closed' : 'mta closed'));
+  remote.on('error', (err: NodeJS.ErrnoException) => finish(`remote error ${err.code ?? err.message}`));
+  remote.on('close', () => finish(ended === 2 ? 'closed' : 'remote closed'));
   // every byte either way is a read or a write on the client socket, so one deadline covers
   // both: on the daemon's timer wheel (socket.setTimeout would re-arm a timer of its own on every
   // read and write), checked when due and moved on by the time since the last byte
