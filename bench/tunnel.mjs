@@ -6,9 +6,12 @@
 // plaintext on a second proxy with tls = false), HAProxy in KumoMTA style (PROXY v2 header in,
 // `usesrc clientip` out, nbthread 1) and Dante (SOCKS5 CONNECT, `external: 127.0.0.2`).
 //
-//   node bench/tunnel.mjs [--seconds=5] [--paths=NAME,...] [--cpu-prof=DIR] [--svg=FILE] [--smtp-sink]
+//   node bench/tunnel.mjs [--seconds=5] [--paths=NAME,...] [--cpu-prof=DIR] [--svg=FILE] [--smtp-sink] [--paired]
 //
 //   --rounds=N (default 3): each path's session-rate window in N parts, the paths taking turns
+//   --paired: then each proxy path again, at the same time as the bare forwarder (8 loops each, the
+//   same windows): the CPU per session of both under the same load, which a shared machine's
+//   other work (coming and going within seconds) skews less than turns taken one after another
 //
 // Needs: npm run build; root (usesrc clientip needs CAP_NET_ADMIN; without it HAProxy falls back to
 // `source 127.0.0.2`, and the output says so); apt-get install -y haproxy dante-server (a missing
@@ -52,6 +55,8 @@ const ONLY = arg('paths', null)?.split(',') ?? null;
 const CPU_PROF = arg('cpu-prof', null);
 const SVG = arg('svg', null);
 const SMTP_SINK = process.argv.includes('--smtp-sink');
+// --paired: also each proxy path at the same time as the bare forwarder (table b2)
+const PAIRED = process.argv.includes('--paired');
 /** the sink names the connection's source in its EHLO reply (the Node sink; smtp-sink does not) */
 const CHECK_SOURCE = !SMTP_SINK;
 
@@ -164,7 +169,7 @@ async function session(path, data = SMALL) {
 const probe = (path) => Promise.race([session(path), sleep(5000).then(() => Promise.reject(new Error('probe session timed out')))]);
 
 /** LOOPS concurrent session loops for `seconds` (after a warm-up); proxy CPU over the same window. */
-async function sessionRate(path, seconds, warmupMs = 2000) {
+async function sessionRate(path, seconds, warmupMs = 2000, loops = LOOPS) {
   let ok = 0;
   let failed = 0;
   let firstError = null;
@@ -183,12 +188,12 @@ async function sessionRate(path, seconds, warmupMs = 2000) {
     }
   };
   // warm-up: the JIT compiles the path's code before the window that counts
-  await Promise.all(Array.from({ length: LOOPS }, () => loop(performance.now() + warmupMs, false)));
+  await Promise.all(Array.from({ length: loops }, () => loop(performance.now() + warmupMs, false)));
   const cpu = () => (path.pid === null ? NaN : cpuSeconds(path.pid));
   if (path.tunnels !== undefined) path.tunnels = path.resumed = 0; // count the measured window only
   const cpu0 = cpu();
   const t0 = performance.now();
-  await Promise.all(Array.from({ length: LOOPS }, () => loop(t0 + seconds * 1000, true)));
+  await Promise.all(Array.from({ length: loops }, () => loop(t0 + seconds * 1000, true)));
   const elapsed = (performance.now() - t0) / 1000;
   const resumed = path.tunnels === undefined ? null : path.resumed / path.tunnels;
   return { elapsed, sessions: ok, failed, wrongSource, firstError, cpuS: cpu() - cpu0, tunnels: path.tunnels ?? 0, resumedTunnels: path.resumed ?? 0, resumed };
@@ -214,6 +219,31 @@ async function sessionRates(paths, seconds) {
     out.set(name, { rate: t.sessions / t.elapsed, sessions: t.sessions, failed: t.failed, wrongSource: t.wrongSource, firstError: t.firstError, cpuUs: (t.cpuS * 1e6) / t.sessions, resumed: t.tunnels === 0 ? null : t.resumedTunnels / t.tunnels });
   }
   return out;
+}
+
+/**
+ * --paired: each proxy path runs at the same time as the bare forwarder (LOOPS/2 loops each, the
+ * same windows), so that the other work on the machine, which comes and goes within seconds,
+ * weighs on both alike: each path's CPU per session beside the bare forwarder's of the same
+ * windows. ROUNDS rounds, the paths in turn.
+ */
+async function pairedRates(bare, paths, seconds) {
+  const sums = new Map(paths.map((p) => [p.name, { elapsed: 0, sessions: 0, failed: 0, cpuS: 0, bareSessions: 0, bareElapsed: 0, bareCpuS: 0 }]));
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const p of [...paths.slice(round % paths.length), ...paths.slice(0, round % paths.length)]) {
+      const [r, b] = await Promise.all([sessionRate(p, seconds / ROUNDS, 1000, LOOPS / 2), sessionRate(bare, seconds / ROUNDS, 1000, LOOPS / 2)]);
+      const t = sums.get(p.name);
+      t.elapsed += r.elapsed;
+      t.sessions += r.sessions;
+      t.failed += r.failed + b.failed;
+      t.cpuS += r.cpuS;
+      t.bareElapsed += b.elapsed;
+      t.bareSessions += b.sessions;
+      t.bareCpuS += b.cpuS;
+      await sleep(100);
+    }
+  }
+  return sums;
 }
 
 // ---- the paths ---------------------------------------------------------------------------------
@@ -466,6 +496,23 @@ async function main() {
   }));
   for (const p of paths) if (results.get(p.name).firstError !== null) console.log(`# ${p.name}: first failure: ${results.get(p.name).firstError}`);
 
+  if (PAIRED && floor !== undefined) {
+    const bare = paths.find((p) => p.name === 'bare forwarder');
+    const others = paths.filter((p) => p.pid !== null && p !== bare);
+    const l0 = loadavg()[0];
+    const paired = await pairedRates(bare, others, SECONDS);
+    console.log(`\n## b2) --paired: each path at the same time as the bare forwarder (${LOOPS / 2} loops each), ${SECONDS}s each in ${ROUNDS} rounds; load average ${fmt(l0, 2)} before, ${fmt(loadavg()[0], 2)} after\n`);
+    printTable(['path', 'sessions/s', 'bare sessions/s (same windows)', 'failed (both)', 'proxy CPU µs/session', 'bare CPU µs/session (same windows)', 'CPU vs bare', 'sessions/s vs bare'], others.map(({ name }) => {
+      const t = paired.get(name);
+      const cpu = (t.cpuS * 1e6) / t.sessions;
+      const bareCpu = (t.bareCpuS * 1e6) / t.bareSessions;
+      const rate = t.sessions / t.elapsed;
+      const bareRate = t.bareSessions / t.bareElapsed;
+      results.get(name).paired = { cpuRatio: cpu / bareCpu, rateRatio: rate / bareRate };
+      return [name, fmt(rate), fmt(bareRate), t.failed, fmt(cpu), fmt(bareCpu), ratio(cpu, bareCpu), ratio(rate, bareRate)];
+    }));
+  }
+
   console.log('\n## Targets (same run): the SOCKS5 and PROXY v2 front-ends against the bare forwarder and HAProxy\n');
   const rows = [];
   for (const name of ['mtaproxy PROXY v2', 'mtaproxy SOCKS5']) {
@@ -473,6 +520,7 @@ async function main() {
     if (m === undefined) continue;
     const row = (label, a, b, ok) => (b === undefined ? [`${name}: ${label}`, 'n/a (reference not run)', 'n/a'] : [`${name}: ${label}`, ratio(a, b), verdict(ok(a / b))]);
     rows.push(row('CPU/session <= 1.2x bare', m.cpuUs, floor?.cpuUs, (x) => x <= 1.2));
+    if (m.paired !== undefined) rows.push([`${name}: CPU/session <= 1.2x bare (--paired)`, `${fmt(m.paired.cpuRatio, 2)}x`, verdict(m.paired.cpuRatio <= 1.2)]);
     rows.push(row('sessions/s >= 0.95x bare', m.rate, floor?.rate, (x) => x >= 0.95));
     rows.push(row('MiB/s >= 0.9x HAProxy', m.mib, ha?.mib, (x) => x >= 0.9));
     rows.push([`${name}: no failed session`, String(m.failed), verdict(m.failed === 0)]);

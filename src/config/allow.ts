@@ -68,7 +68,22 @@ export class AllowList {
   }
 
   allows(peer: string | undefined): boolean {
-    if (peer === undefined || !ipaddr.isValid(peer)) return false;
+    if (peer === undefined) return false;
+    // asked on every accepted connection, and the same MTAs connect again and again: ipaddr's
+    // parse (a cascade of regexes) and the match once per address (the rules never change)
+    let ok = this.#seen.get(peer);
+    if (ok === undefined) {
+      ok = this.#match(peer);
+      if (this.#seen.size >= 4096) this.#seen.clear(); // bounded: peers are whoever connects
+      this.#seen.set(peer, ok);
+    }
+    return ok;
+  }
+
+  readonly #seen = new Map<string, boolean>();
+
+  #match(peer: string): boolean {
+    if (!ipaddr.isValid(peer)) return false;
     const address = ipaddr.process(peer); // "::ffff:192.0.2.1" -> IPv4 192.0.2.1
     for (const rule of this.#rules) {
       if (rule.address.kind() === address.kind() && address.match(rule.address, rule.bits)) return true;

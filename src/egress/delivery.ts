@@ -9,9 +9,10 @@ import ipaddr from 'ipaddr.js';
 import type { DerivedThrottleConfig, EgressConfig } from '../config/parse.js';
 import { derivedDeclaration, derivedThrottleKey, UNLIMITED_MESSAGES_PER_HOUR } from '../throttle/derived.js';
 import type { Logger } from '../log/logger.js';
+import type { Declaration } from '../throttle/manager.js';
 import type { ThrottleService } from '../throttle/service.js';
 import { checkDestination, checkRequest, CONNECT_CODES, parseConnect, type ConnectRequest, type Refusal } from './policy.js';
-import { connectFrom, EgressError, splice, type TunnelResult } from './tunnel.js';
+import { openFrom, splice, type TunnelResult } from './tunnel.js';
 import { deliverSmtp, type SmtpDeliveryContext } from './smtp-delivery.js';
 import { deliveryFrontEnd, deliveryOutcome, type MetricsHooks } from '../metrics/hooks.js';
 
@@ -55,6 +56,11 @@ export interface Delivery {
    * throttle derived from (source, destination) with limits from [derived_throttle].
    */
   readonly owner: string | null;
+  /**
+   * For owner null: the derived throttle's declaration, when the front-end made it already
+   * (derivedDeclaration(); req.throttle is its key). deliver() makes it otherwise.
+   */
+  readonly derived?: Declaration;
 }
 
 /** The throttle-manager session that owns all derived throttles. */
@@ -171,8 +177,8 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
   ctx.admitted(mta);
   // a delivery that declares no throttle takes the derived one of its destination, whose key a
   // [derived_throttle] rule may name (shared with native MTAs that declare it)
-  const derived = d0.owner === null ? derivedDeclaration(ctx.derivedThrottle(), d0.req.sourceIp, d0.req.host, d0.req.port) : null;
-  const d: Delivery = derived === null ? d0 : { ...d0, req: { ...d0.req, throttle: derived.key } };
+  const derived = d0.owner === null ? (d0.derived ?? derivedDeclaration(ctx.derivedThrottle(), d0.req.sourceIp, d0.req.host, d0.req.port)) : null;
+  const d: Delivery = derived === null || derived.key === d0.req.throttle ? d0 : { ...d0, req: { ...d0.req, throttle: derived.key } };
   const { req, who } = d;
   const peer = `${mta.remoteAddress}:${mta.remotePort}`;
   const started = performance.now();
@@ -182,7 +188,8 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
   let done = false;
   /** an outbound connection is being made: its slot stays taken until that settles */
   let opening = false;
-  const fields = { mtaproxy_event: 'delivery', session: who, peer, source_ip: req.sourceIp, destination: `${req.host}:${req.port}`, throttle: req.throttle };
+  /** the fields every record of this delivery starts with (built only for a record) */
+  const fields = (): Record<string, string> => ({ mtaproxy_event: 'delivery', session: who, peer, source_ip: req.sourceIp, destination: `${req.host}:${req.port}`, throttle: req.throttle });
 
   const releaseSlot = (): void => {
     releaseLease(ctx, d, leaseId);
@@ -199,7 +206,7 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
     done = true;
     releaseSlot();
     ctx.metrics?.delivery({ frontEnd: deliveryFrontEnd(who, d.owner), mode: 'tunnel', outcome: 'refused' });
-    ctx.log.warn({ ...fields, code: r.code, outcome: 'refused' }, `delivery(${who}): ${req.sourceIp} -> ${req.host}:${req.port} throttle=${req.throttle} refused: ${r.code} ${r.message}`);
+    ctx.log.warn({ ...fields(), code: r.code, outcome: 'refused' }, `delivery(${who}): ${req.sourceIp} -> ${req.host}:${req.port} throttle=${req.throttle} refused: ${r.code} ${r.message}`);
     replies.refused(r);
   };
 
@@ -212,7 +219,7 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
     done = true;
     if (!opening) releaseSlot(); // else open() releases it once the connect settles
     ctx.metrics?.delivery({ frontEnd: deliveryFrontEnd(who, d.owner), mode: 'tunnel', outcome: 'abandoned' });
-    ctx.log.info({ ...fields, outcome: 'abandoned' }, `delivery(${who}): ${why}`);
+    ctx.log.info({ ...fields(), outcome: 'abandoned' }, `delivery(${who}): ${why}`);
     mta.destroy();
   };
   const onGone = (): void => abandon();
@@ -224,8 +231,9 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
     early.push(chunk);
   };
   mta.on('data', onEarly);
-  mta.once('end', onGone);
-  mta.once('close', onGone);
+  // on, not once (abandon() is idempotent, and stopWatching removes them): no once-wrappers
+  mta.on('end', onGone);
+  mta.on('close', onGone);
   mta.on('error', ignore);
   mta.resume();
   // the tunnel takes over in the same turn (no read can come between): the socket stays
@@ -237,39 +245,42 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
     mta.removeListener('close', onGone);
   };
 
-  const open = async (e: EgressConfig): Promise<void> => {
-    opening = true;
-    const resolved = resolveNow(req, e.connectTimeoutMs);
-    const address = typeof resolved === 'string' ? resolved : await resolved;
+  /** The destination's address is known: checked, then the outbound connection. */
+  const connectTo = (address: string | Refusal, e: EgressConfig): void => {
     if (typeof address !== 'string') return refuse(address);
     const bad = checkDestination(address, req.sourceIp, e);
     if (bad !== null) return refuse(bad);
     // "::ffff:192.0.2.1" is an IPv4 destination: connect to it as one (from an IPv4 source)
     const target = canonical(address);
-    let remote: Socket;
-    try {
-      remote = await connectFrom(req.sourceIp, target, req.port, e.connectTimeoutMs);
-    } catch (err) {
-      return refuse(err instanceof EgressError ? { code: err.code, message: err.message } : { code: CONNECT_CODES.unreachable, message: String(err) });
-    }
-    if (done) {
-      remote.destroy();
-      releaseSlot();
-      return;
-    }
-    done = true;
-    opening = false;
-    ctx.pending.delete(mta);
-    stopWatching();
-    const local = `${remote.localAddress}:${remote.localPort}`;
-    const destination = target.includes(':') ? `[${target}]:${req.port}` : `${target}:${req.port}`;
-    replies.connected(local, destination);
-    ctx.tunnels.add(mta);
-    if (ctx.log.isLevelEnabled('debug')) ctx.log.debug({ ...fields, local, destination, host: req.host }, `delivery(${who}): ${local} -> ${destination} open (waited ${Math.round(performance.now() - started)}ms)`);
-    // what the tunnel keeps for its lifetime is only what its end needs (tunnelEnd's scope, not this one)
-    const lease = leaseId;
-    leaseId = null;
-    splice(mta, remote, e.idleTimeoutMs, early.splice(0), tunnelEnd(ctx, mta, d, peer, lease, local, destination));
+    openFrom(req.sourceIp, target, req.port, e.connectTimeoutMs, ctx.smtp.wheel, (err, remote) => {
+      if (remote === null) return refuse(err === null ? { code: CONNECT_CODES.unreachable, message: 'connect failed' } : { code: err.code, message: err.message });
+      if (done) {
+        remote.destroy();
+        releaseSlot();
+        return;
+      }
+      done = true;
+      opening = false;
+      ctx.pending.delete(mta);
+      stopWatching();
+      const local = `${remote.localAddress}:${remote.localPort}`;
+      const destination = target.includes(':') ? `[${target}]:${req.port}` : `${target}:${req.port}`;
+      replies.connected(local, destination);
+      ctx.tunnels.add(mta);
+      if (ctx.log.isLevelEnabled('debug')) ctx.log.debug({ ...fields(), local, destination, host: req.host }, `delivery(${who}): ${local} -> ${destination} open (waited ${Math.round(performance.now() - started)}ms)`);
+      // what the tunnel keeps for its lifetime is only what its end needs (tunnelEnd's scope, not this one)
+      const lease = leaseId;
+      leaseId = null;
+      splice(mta, remote, e.idleTimeoutMs, ctx.smtp.wheel, early.splice(0), tunnelEnd(ctx, mta, d, peer, lease, local, destination));
+    });
+  };
+
+  const open = (e: EgressConfig): void => {
+    opening = true;
+    // a literal address (SOCKS5 and PROXY v2 requests name one) goes on in this turn, no promise
+    const resolved = resolveNow(req, e.connectTimeoutMs);
+    if (typeof resolved === 'string') return connectTo(resolved, e);
+    void resolved.then((address) => connectTo(address, e));
   };
 
   const egress = ctx.egress();
@@ -295,7 +306,7 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
     if (!outcome.ok) return refuse({ code: outcome.code, message: outcome.message });
     leaseId = outcome.lease.id;
     if (done) return releaseSlot();
-    void open(egress);
+    open(egress);
   }, { heldByDelivery: true });
 }
 

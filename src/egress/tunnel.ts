@@ -2,6 +2,7 @@
 // destination: a hand-written write/drain loop per direction (half the memory of stream.pipe()
 // per idle tunnel, design.md §9), half-close passed through, one idle timeout for both directions.
 import { connect, type Socket } from 'node:net';
+import type { TimerWheel, WheelTimer } from '../net/wheel.js';
 import { CONNECT_CODES, type Refusal } from './policy.js';
 
 export class EgressError extends Error {
@@ -12,29 +13,38 @@ export class EgressError extends Error {
   }
 }
 
+/** A failed outbound connect as the refusal it is (the source cannot be bound, refused, timed out…). */
+function connectError(err: NodeJS.ErrnoException, sourceIp: string, address: string, port: number): EgressError {
+  const where = `${address}:${port} from ${sourceIp}`;
+  switch (err.code) {
+    case 'EADDRNOTAVAIL':
+    case 'EADDRINUSE':
+      return new EgressError({ code: CONNECT_CODES.bindFailed, message: `cannot bind source ${sourceIp}: ${err.code}` });
+    case 'ECONNREFUSED':
+      return new EgressError({ code: CONNECT_CODES.connectRefused, message: `${where}: connection refused` });
+    case 'ETIMEDOUT':
+      return new EgressError({ code: CONNECT_CODES.connectTimeout, message: `${where}: timed out` });
+    default:
+      return new EgressError({ code: CONNECT_CODES.unreachable, message: `${where}: ${err.code ?? err.message}` });
+  }
+}
+
+function connectTimedOut(address: string, port: number, timeoutMs: number): EgressError {
+  return new EgressError({ code: CONNECT_CODES.connectTimeout, message: `connect to ${address}:${port} timed out after ${timeoutMs}ms` });
+}
+
 /** Connects to address:port from sourceIp; rejects with an EgressError naming the cause. */
 export function connectFrom(sourceIp: string, address: string, port: number, timeoutMs: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const socket = connect({ host: address, port, localAddress: sourceIp, allowHalfOpen: true, noDelay: true });
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(new EgressError({ code: CONNECT_CODES.connectTimeout, message: `connect to ${address}:${port} timed out after ${timeoutMs}ms` }));
+      reject(connectTimedOut(address, port, timeoutMs));
     }, timeoutMs);
     const onError = (err: NodeJS.ErrnoException): void => {
       clearTimeout(timer);
       socket.destroy();
-      const where = `${address}:${port} from ${sourceIp}`;
-      switch (err.code) {
-        case 'EADDRNOTAVAIL':
-        case 'EADDRINUSE':
-          return reject(new EgressError({ code: CONNECT_CODES.bindFailed, message: `cannot bind source ${sourceIp}: ${err.code}` }));
-        case 'ECONNREFUSED':
-          return reject(new EgressError({ code: CONNECT_CODES.connectRefused, message: `${where}: connection refused` }));
-        case 'ETIMEDOUT':
-          return reject(new EgressError({ code: CONNECT_CODES.connectTimeout, message: `${where}: timed out` }));
-        default:
-          return reject(new EgressError({ code: CONNECT_CODES.unreachable, message: `${where}: ${err.code ?? err.message}` }));
-      }
+      reject(connectError(err, sourceIp, address, port));
     };
     socket.once('error', onError);
     socket.once('connect', () => {
@@ -44,6 +54,46 @@ export function connectFrom(sourceIp: string, address: string, port: number, tim
     });
   });
 }
+
+/**
+ * connectFrom() for a delivery: a callback instead of a promise (no promise, no microtask turn
+ * per delivery), the timeout on the daemon's timer wheel instead of a timer of its own. `address`
+ * must be an IP literal (net.connect skips the DNS lookup for one). Calls done exactly once.
+ */
+export function openFrom(sourceIp: string, address: string, port: number, timeoutMs: number, wheel: TimerWheel, done: (err: EgressError | null, socket: Socket | null) => void): void {
+  let socket: Socket;
+  try {
+    socket = connect({ host: address, port, localAddress: sourceIp, allowHalfOpen: true, noDelay: true });
+  } catch (err) {
+    return done(new EgressError({ code: CONNECT_CODES.unreachable, message: `${address}:${port} from ${sourceIp}: ${(err as Error).message}` }), null);
+  }
+  const timer = wheel.add(timeoutMs, () => {
+    socket.removeListener('error', onError);
+    socket.removeListener('connect', onConnect);
+    socket.on('error', ignore); // destroy() without an error emits none; a late one goes nowhere
+    socket.destroy();
+    done(connectTimedOut(address, port, timeoutMs), null);
+  });
+  const onError = (err: NodeJS.ErrnoException): void => {
+    timer.cancel();
+    socket.removeListener('connect', onConnect);
+    socket.removeListener('error', onError);
+    socket.on('error', ignore); // destroy() may still report a second error
+    socket.destroy();
+    done(connectError(err, sourceIp, address, port), null);
+  };
+  const onConnect = (): void => {
+    timer.cancel();
+    socket.removeListener('error', onError);
+    socket.removeListener('connect', onConnect);
+    done(null, socket);
+  };
+  // on, removed by hand: no once-wrappers
+  socket.on('error', onError);
+  socket.on('connect', onConnect);
+}
+
+const ignore = (): void => {};
 
 /** Bytes a tunnel buffers towards one side before it stops reading the other (backpressure). */
 export const MAX_BUFFERED = 128 * 1024;
@@ -86,16 +136,20 @@ function dispatched(s: Socket): number {
  * Pumps bytes both ways until both directions are done or something fails; reports once.
  * `first`: what the client sent before the tunnel was open, written to the remote first.
  */
-export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, first: readonly Buffer[], onDone: (result: TunnelResult) => void): void {
+export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, wheel: TimerWheel, first: readonly Buffer[], onDone: (result: TunnelResult) => void): void {
   const started = performance.now();
   let outcome: string | null = null;
   let ended = 0;
+  /** when a byte was last read or written on the client side (every byte either way is one) */
+  let active = started;
+  let idleTimer: WheelTimer | null = null;
 
   // what was written before the tunnel (the MTA side's handshake, greeting and CONNECT reply) is not the tunnel's
   const before = { up: dispatched(remote), down: dispatched(client) };
   const finish = (why: string): void => {
     if (outcome !== null) return;
     outcome = why;
+    idleTimer?.cancel();
     up.snap();
     down.snap();
     client.destroy();
@@ -136,6 +190,7 @@ export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, fi
   const down = counter(client, before.down);
   const pump = (from: Socket, to: Socket, out: ReturnType<typeof counter>): void => {
     from.on('data', (chunk: Buffer) => {
+      active = performance.now();
       out.write(chunk);
       // A read is up to 64 KiB, the socket's high-water mark 16 KiB: pausing whenever write()
       // says "full" would stop and restart reading on every chunk of a bulk transfer. Pause only
@@ -159,11 +214,20 @@ export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, fi
   for (const chunk of first) up.write(chunk);
   pump(client, remote, up);
   pump(remote, client, down);
-  for (const s of [client, remote]) {
-    s.on('error', (err: NodeJS.ErrnoException) => finish(`${s === client ? 'mta' : 'remote'} error ${err.code ?? err.message}`));
-    s.on('close', () => finish(ended === 2 ? 'closed' : `${s === client ? 'mta' : 'remote'} closed`));
-  }
-  // every byte either way is a read or a write on the client socket, so one timer covers both
-  client.setTimeout(idleTimeoutMs, () => finish('idle timeout'));
+  client.on('error', (err: NodeJS.ErrnoException) => finish(`mta error ${err.code ?? err.message}`));
+  client.on('close', () => finish(ended === 2 ? 'closed' : 'mta closed'));
+  remote.on('error', (err: NodeJS.ErrnoException) => finish(`remote error ${err.code ?? err.message}`));
+  remote.on('close', () => finish(ended === 2 ? 'closed' : 'remote closed'));
+  // every byte either way is a read or a write on the client socket, so one deadline covers
+  // both: on the daemon's timer wheel (socket.setTimeout would re-arm a timer of its own on every
+  // read and write), checked when due and moved on by the time since the last byte
+  const idle = (): void => {
+    idleTimer = null;
+    if (outcome !== null) return;
+    const quiet = performance.now() - active;
+    if (quiet >= idleTimeoutMs) return finish('idle timeout');
+    idleTimer = wheel.add(idleTimeoutMs - quiet, idle);
+  };
+  if (idleTimeoutMs > 0) idleTimer = wheel.add(idleTimeoutMs, idle);
   client.resume(); // flowing already when the delivery watched it; paused by a front-end otherwise
 }

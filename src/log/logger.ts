@@ -29,12 +29,12 @@ const LEVEL_NAMES: Readonly<Record<number, string>> = { 10: 'TRACE', 20: 'DEBUG'
 // a line read differently from what it holds: a client's bytes quoted in a message must not
 // move the cursor, end the line or recolour a terminal.
 const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+/** the same class without the g flag: test() then keeps no lastIndex state (and is faster) */
+const HAS_UNSAFE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/;
 
 /** Escapes what must not reach a log line raw: "\x1b", "\x00", "\u202e". */
 export function printableText(text: string): string {
-  UNSAFE.lastIndex = 0;
-  if (!UNSAFE.test(text)) return text; // nearly always: no copy
-  UNSAFE.lastIndex = 0;
+  if (!HAS_UNSAFE.test(text)) return text; // nearly always: no copy
   return text.replace(UNSAFE, (c) => {
     const code = c.charCodeAt(0);
     return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
@@ -53,12 +53,27 @@ export function plainRecord(level: number, obj: unknown, msg: string): LogRecord
   for (const key in obj) {
     const value = (obj as Record<string, unknown>)[key];
     const type = typeof value;
-    if (type === 'string') fields[printableText(key)] = printableText(value as string);
-    else if (type === 'number') fields[printableText(key)] = Number.isFinite(value) ? (value as number) + 0 : null; // -0 + 0 is 0, as JSON has it
-    else if (type === 'boolean' || value === null) fields[printableText(key)] = value;
+    if (type === 'string') fields[printableKey(key)] = printableText(value as string);
+    else if (type === 'number') fields[printableKey(key)] = Number.isFinite(value) ? (value as number) + 0 : null; // -0 + 0 is 0, as JSON has it
+    else if (type === 'boolean' || value === null) fields[printableKey(key)] = value;
     else if (type !== 'undefined') return null;
   }
   return { level, msg: printableText(msg), fields };
+}
+
+/**
+ * printableText() of a field name, remembered: the names are the code's own few identifiers
+ * (a record has ~12 of them, the same each time), so a name is checked once. Bounded anyway.
+ */
+const keyMemo = new Map<string, string>();
+function printableKey(key: string): string {
+  let k = keyMemo.get(key);
+  if (k === undefined) {
+    k = printableText(key);
+    if (keyMemo.size >= 1024) keyMemo.clear();
+    keyMemo.set(key, k);
+  }
+  return k;
 }
 
 /** One pino record, with every string made printable (both sinks go through here). */
@@ -70,21 +85,39 @@ export function decodeRecord(line: string): LogRecord {
   return { level: typeof level === 'number' ? level : 30, msg: typeof msg === 'string' ? printableText(msg) : '', fields };
 }
 
+const BARE_VALUE = /^[^\s"=]+$/;
+
 function renderValue(value: unknown): string {
+  // a finite number's JSON is its String() and never needs quotes (most fields of a delivery record)
+  if (typeof value === 'number' && Number.isFinite(value)) return String(value + 0);
   const text = typeof value === 'string' ? value : JSON.stringify(value);
-  return /^[^\s"=]+$/.test(text) ? text : JSON.stringify(text);
+  return BARE_VALUE.test(text) ? text : JSON.stringify(text);
 }
 
 /** "2026-11-25T13:04:00.000Z INFO msg key=value ..."; status lines keep the seed's exact shape. */
-export function renderLine(record: LogRecord, now: Date): string {
+export function renderLine(record: LogRecord, now: Date | number): string {
   const level = LEVEL_NAMES[record.level] ?? String(record.level);
-  let text = `${now.toISOString()} ${level} ${record.msg}`;
-  if (record.fields.mtaproxy_event !== 'status') {
-    for (const [key, value] of Object.entries(record.fields)) {
+  let text = `${isoTime(now)} ${level} ${record.msg}`;
+  const fields = record.fields;
+  if (fields.mtaproxy_event !== 'status') {
+    for (const key in fields) {
+      const value = fields[key];
       if (value !== undefined && key !== 'mtaproxy_event') text += ` ${key}=${renderValue(value)}`;
     }
   }
   return `${text}\n`;
+}
+
+/** toISOString() of a time, remembered for the millisecond (the records of one turn share it). */
+let lastMs = NaN;
+let lastIso = '';
+function isoTime(now: Date | number): string {
+  const ms = typeof now === 'number' ? now : now.getTime();
+  if (ms !== lastMs) {
+    lastMs = ms;
+    lastIso = new Date(ms).toISOString();
+  }
+  return lastIso;
 }
 
 /** Rendered lines not yet written: past this many characters they are written at once. */
@@ -113,7 +146,7 @@ export function createStdoutSink(fd = 1): LogSink {
   };
   process.on('exit', flush);
   const add = (record: LogRecord): void => {
-    pending += renderLine(record, new Date());
+    pending += renderLine(record, Date.now());
     // warnings and errors at once: a crash may end the process before the next turn, and a
     // refusal's line is written before the connection it refuses is closed
     if (pending.length >= STDOUT_BATCH_CHARS || record.level >= 40) return flush();

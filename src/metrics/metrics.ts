@@ -17,6 +17,11 @@ export const MAX_SESSION_SERIES = 100;
 /** Seconds: from an immediate grant (0) to egress.throttle_wait_timeout's maximum (1 h). */
 const WAIT_BUCKETS = [0.001, 0.005, 0.025, 0.1, 0.25, 1, 2.5, 10, 30, 60, 300, 3600];
 
+const WAIT_LABELS = {
+  connection: { granted: { kind: 'connection', result: 'granted' }, refused: { kind: 'connection', result: 'refused' } },
+  message: { granted: { kind: 'message', result: 'granted' }, refused: { kind: 'message', result: 'refused' } },
+} as const;
+
 export const CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
 
 export interface MetricsOptions {
@@ -42,14 +47,24 @@ export function replyClass(code: number | null): '2xx' | '3xx' | '4xx' | '5xx' {
   return '2xx';
 }
 
+/** One label set's count, kept as a plain number between scrapes. */
+interface Cell<L extends string> {
+  readonly labels: Partial<Record<L, string>>;
+  value: number;
+}
+
 export class Metrics implements MetricsHooks {
   readonly registry = new Registry();
   readonly #opts: MetricsOptions;
   /** the snapshot of the scrape under way */
   #snap: MetricsSnapshot | null = null;
-  readonly #deliveries: Counter<'front_end' | 'mode' | 'outcome'>;
-  readonly #tunnelSent: Counter<'source_ip'>;
-  readonly #tunnelReceived: Counter<'source_ip'>;
+  /**
+   * What delivery() counts (once per delivery, on the hot path): plain numbers by label set, one
+   * Map lookup each, read into their counters at a scrape; prom-client's inc() validated and
+   * hashed the labels of three counters per delivery. Keys: "front_end mode outcome", source_ip.
+   */
+  readonly #deliveryCounts = new Map<string, Cell<'front_end' | 'mode' | 'outcome'>>();
+  readonly #tunnelBytes = new Map<string, { sent: number; received: number }>();
   readonly #transactions: Counter<'reply_class' | 'reused' | 'ended_by'>;
   readonly #smtpBody: Counter<'source_ip'>;
   readonly #tlsHandshakes: Counter<'resumed'>;
@@ -108,9 +123,28 @@ export class Metrics implements MetricsHooks {
       g.set({ state: 'cached' }, s.remote.cached);
     });
 
-    this.#deliveries = new Counter({ name: 'mtaproxy_deliveries_total', help: 'Deliveries that ended, by front-end, mode and outcome', labelNames: ['front_end', 'mode', 'outcome'], registers });
-    this.#tunnelSent = new Counter({ name: 'mtaproxy_tunnel_sent_bytes_total', help: 'Bytes tunnels sent to destinations (taken by the kernel), by source address; counted when a tunnel ends', labelNames: ['source_ip'], registers });
-    this.#tunnelReceived = new Counter({ name: 'mtaproxy_tunnel_received_bytes_total', help: 'Bytes tunnels passed from destinations to MTAs (taken by the kernel), by source address; counted when a tunnel ends', labelNames: ['source_ip'], registers });
+    /** a counter kept in plain numbers here (the hot path), read at the scrape */
+    const tallied = <L extends string>(name: string, help: string, labelNames: readonly L[], set: (c: Counter<L>) => void): void => {
+      const c: Counter<L> = new Counter<L>({
+        name,
+        help,
+        labelNames,
+        registers,
+        collect: () => {
+          c.reset();
+          set(c);
+        },
+      });
+    };
+    tallied('mtaproxy_deliveries_total', 'Deliveries that ended, by front-end, mode and outcome', ['front_end', 'mode', 'outcome'], (c) => {
+      for (const cell of this.#deliveryCounts.values()) c.inc(cell.labels, cell.value);
+    });
+    tallied('mtaproxy_tunnel_sent_bytes_total', 'Bytes tunnels sent to destinations (taken by the kernel), by source address; counted when a tunnel ends', ['source_ip'], (c) => {
+      for (const [ip, b] of this.#tunnelBytes) c.inc({ source_ip: ip }, b.sent);
+    });
+    tallied('mtaproxy_tunnel_received_bytes_total', 'Bytes tunnels passed from destinations to MTAs (taken by the kernel), by source address; counted when a tunnel ends', ['source_ip'], (c) => {
+      for (const [ip, b] of this.#tunnelBytes) c.inc({ source_ip: ip }, b.received);
+    });
 
     gauge('mtaproxy_throttles', 'Throttles currently known (declared, or derived for SOCKS5/PROXY v2)', [], (g, s) => g.set(s.throttles.length));
     gauge('mtaproxy_throttle_waiting_requests', 'Requests waiting for a throttle, over all throttles', [], (g, s) => g.set(s.throttleWaiters));
@@ -194,10 +228,16 @@ export class Metrics implements MetricsHooks {
   }
 
   delivery(d: DeliveryEnd): void {
-    this.#deliveries.inc({ front_end: d.frontEnd, mode: d.mode, outcome: d.outcome });
-    if (d.sourceIp === undefined) return;
-    if (d.bytesUp !== undefined) this.#tunnelSent.inc({ source_ip: d.sourceIp }, d.bytesUp);
-    if (d.bytesDown !== undefined) this.#tunnelReceived.inc({ source_ip: d.sourceIp }, d.bytesDown);
+    const key = `${d.frontEnd} ${d.mode} ${d.outcome}`;
+    const cell = this.#deliveryCounts.get(key);
+    if (cell !== undefined) cell.value++;
+    else this.#deliveryCounts.set(key, { labels: { front_end: d.frontEnd, mode: d.mode, outcome: d.outcome }, value: 1 });
+    // source_ip: only deliveries that passed the egress policy have one (a bounded set)
+    if (d.sourceIp === undefined || (d.bytesUp === undefined && d.bytesDown === undefined)) return;
+    let bytes = this.#tunnelBytes.get(d.sourceIp);
+    if (bytes === undefined) this.#tunnelBytes.set(d.sourceIp, (bytes = { sent: 0, received: 0 }));
+    bytes.sent += d.bytesUp ?? 0;
+    bytes.received += d.bytesDown ?? 0;
   }
 
   transaction(t: TransactionEnd): void {
@@ -207,6 +247,7 @@ export class Metrics implements MetricsHooks {
   }
 
   throttleWait(kind: 'connection' | 'message', seconds: number, granted: boolean): void {
-    this.#waits.observe({ kind, result: granted ? 'granted' : 'refused' }, Math.max(0, seconds));
+    // four label sets, made once (an observation per throttle request: one per delivery)
+    this.#waits.observe(WAIT_LABELS[kind][granted ? 'granted' : 'refused'], Math.max(0, seconds));
   }
 }

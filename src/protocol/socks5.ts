@@ -150,10 +150,15 @@ export function parseRequest(buf: Uint8Array): ParsedRequest {
     if (parsed === null) return { status: 'error', reason: `"${printable(raw, 80)}" is not a host name`, reply: REP.hostUnreachable };
     ({ host, kind } = parsed);
   } else {
-    const address = ipaddr.fromByteArray([...buf.subarray(4, addrEnd)]);
-    const processed = atyp === ATYP.ipv6 ? ipaddr.process(address.toString()) : address;
-    host = processed.toString();
-    kind = processed.kind();
+    if (atyp === ATYP.ipv4) {
+      // dotted decimal, as ipaddr's IPv4 toString() writes it (no parse, no array per request)
+      host = `${buf[4] as number}.${buf[5] as number}.${buf[6] as number}.${buf[7] as number}`;
+      kind = 'ipv4';
+    } else {
+      const processed = ipaddr.process(ipaddr.fromByteArray([...buf.subarray(4, addrEnd)]).toString());
+      host = processed.toString();
+      kind = processed.kind();
+    }
   }
   return { status: 'ok', value: { command, host, kind, port }, length };
 }
@@ -184,19 +189,54 @@ export function encodeAuthStatus(ok: boolean): Buffer {
 
 /** VER, REP, RSV, ATYP, BND.ADDR, BND.PORT; a failure carries 0.0.0.0:0 (as KumoProxy sends). */
 export function encodeReply(rep: ReplyCode, bound: { ip: string; port: number } | null = null): Buffer {
-  const address = bound === null ? ipaddr.IPv4.parse('0.0.0.0') : ipaddr.process(bound.ip);
-  const bytes = address.toByteArray();
+  const address = addressBytes(bound === null ? '0.0.0.0' : bound.ip);
   const port = bound?.port ?? 0;
-  return Buffer.from([SOCKS_VERSION, rep, 0x00, address.kind() === 'ipv4' ? ATYP.ipv4 : ATYP.ipv6, ...bytes, port >> 8, port & 0xff]);
+  const out = Buffer.allocUnsafe(4 + address.length + 2);
+  out[0] = SOCKS_VERSION;
+  out[1] = rep;
+  out[2] = 0x00;
+  out[3] = address.length === 4 ? ATYP.ipv4 : ATYP.ipv6;
+  out.set(address, 4);
+  out[4 + address.length] = port >> 8;
+  out[5 + address.length] = port & 0xff;
+  return out;
+}
+
+/**
+ * ipaddr.process(ip).toByteArray(), remembered: a reply names the source address the delivery
+ * went out from (one of egress.source_ips), so the few addresses are parsed once. Bounded.
+ */
+const bytesMemo = new Map<string, Uint8Array>();
+function addressBytes(ip: string): Uint8Array {
+  let bytes = bytesMemo.get(ip);
+  if (bytes === undefined) {
+    bytes = Uint8Array.from(ipaddr.process(ip).toByteArray());
+    if (bytesMemo.size >= 1024) bytesMemo.clear();
+    bytesMemo.set(ip, bytes);
+  }
+  return bytes;
+}
+
+/** ipaddr.isValid(ip), remembered (splitHostPort gets the delivery's local address: a few). Bounded. */
+const validMemo = new Map<string, boolean>();
+function isValidIp(ip: string): boolean {
+  let ok = validMemo.get(ip);
+  if (ok === undefined) {
+    ok = ipaddr.isValid(ip);
+    if (validMemo.size >= 1024) validMemo.clear();
+    validMemo.set(ip, ok);
+  }
+  return ok;
 }
 
 /** Splits "ip:port" (IPv6 without brackets, as Node's localAddress:localPort gives it). */
 export function splitHostPort(text: string): { ip: string; port: number } | null {
   const at = text.lastIndexOf(':');
   if (at < 1) return null;
-  const ip = text.slice(0, at).replace(/^\[(.*)\]$/, '$1');
+  let ip = text.slice(0, at);
+  if (ip.startsWith('[') && ip.endsWith(']')) ip = ip.slice(1, -1);
   const port = Number(text.slice(at + 1));
-  if (!ipaddr.isValid(ip) || !Number.isInteger(port) || port < 0 || port > 65535) return null;
+  if (!isValidIp(ip) || !Number.isInteger(port) || port < 0 || port > 65535) return null;
   return { ip, port };
 }
 

@@ -5,7 +5,8 @@
 // and the destination is not the implicit-TLS port 465, so the MTA logs the reason).
 import { closeSoon } from '../net/close.js';
 import type { Socket } from 'node:net';
-import { deliver, derivedThrottleKey, type DeliveryContext, type DeliveryReplies } from '../egress/delivery.js';
+import { deliver, type DeliveryContext, type DeliveryReplies } from '../egress/delivery.js';
+import { derivedDeclaration } from '../throttle/derived.js';
 import type { ConnectRequest, Refusal } from '../egress/policy.js';
 import type { Logger } from '../log/logger.js';
 import { decodeProxyV2, proxyV2Target } from '../protocol/proxy-v2.js';
@@ -42,7 +43,7 @@ export function serveProxyV2(socket: Socket, ctx: ProxyV2Context): void {
 
   const finish = (): void => {
     finished = true;
-    clearTimeout(timer);
+    timer.cancel();
     socket.removeListener('data', onData);
     socket.removeListener('end', onEnd);
     // nothing of the handshake's scope stays with the socket (an idle tunnel holds it for hours)
@@ -58,10 +59,10 @@ export function serveProxyV2(socket: Socket, ctx: ProxyV2Context): void {
   };
 
   const timeoutMs = ctx.handshakeTimeoutMs;
-  const timer = setTimeout(() => {
+  // on the daemon's timer wheel: no timer of its own per connection
+  const timer = ctx.delivery.smtp.wheel.add(timeoutMs, () => {
     refuse('timeout', received.length === 0 ? `no PROXY v2 header within ${timeoutMs}ms (nothing received; is the sender configured to send one?)` : `incomplete PROXY v2 header after ${timeoutMs}ms (${received.length} bytes received)`);
-  }, timeoutMs);
-  timer.unref();
+  });
 
   const onEnd = (): void => refuse('eof', `client closed the connection ${received.length === 0 ? 'before sending anything' : `after ${received.length} bytes of an incomplete PROXY v2 header`}`);
 
@@ -76,13 +77,9 @@ export function serveProxyV2(socket: Socket, ctx: ProxyV2Context): void {
     finish();
     // the delivery reads from here on (in this turn: nothing is missed); what followed the header
     // in this read is handed to it
-    const req: ConnectRequest = {
-      sourceIp: target.sourceIp,
-      host: target.host,
-      port: target.port,
-      throttle: derivedThrottleKey(target.sourceIp, target.host, target.port),
-      waitMs: null, smtp: null,
-    };
+    // the derived throttle's declaration, made once here for deliver() (its key is req.throttle)
+    const derived = derivedDeclaration(ctx.delivery.derivedThrottle(), target.sourceIp, target.host, target.port);
+    const req: ConnectRequest = { sourceIp: target.sourceIp, host: target.host, port: target.port, throttle: derived.key, waitMs: null, smtp: null };
     const replies: DeliveryReplies = {
       connected: () => {}, // no reply channel: the MX's greeting is the client's "connected"
       refused: (r) => {
@@ -103,11 +100,11 @@ export function serveProxyV2(socket: Socket, ctx: ProxyV2Context): void {
     }
     const first = received.length > header.length ? received.subarray(header.length) : null;
     received = EMPTY; // the closure outlives the handshake (the 'close' listener): keep no bytes
-    deliver(ctx.delivery, socket, { who: 'proxy-v2', req, owner: null }, replies, first);
+    deliver(ctx.delivery, socket, { who: 'proxy-v2', req, owner: null, derived }, replies, first);
   };
 
   socket.on('data', onData);
   socket.on('end', onEnd);
-  const onClose = (): void => clearTimeout(timer);
+  const onClose = (): void => timer.cancel();
   socket.on('close', onClose);
 }

@@ -5,7 +5,8 @@ import { closeSoon } from '../net/close.js';
 import type { Socket } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import type { Socks5Config, Socks5User } from '../config/parse.js';
-import { deliver, derivedThrottleKey, type DeliveryContext, type DeliveryReplies } from '../egress/delivery.js';
+import { deliver, type DeliveryContext, type DeliveryReplies } from '../egress/delivery.js';
+import { derivedDeclaration } from '../throttle/derived.js';
 import type { Logger } from '../log/logger.js';
 import {
   AccountTable,
@@ -63,7 +64,7 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
 
   const stop = (): void => {
     step = 'done';
-    clearTimeout(timer);
+    timer.cancel();
     socket.removeListener('data', onData);
     socket.removeListener('end', onEnd);
     // nothing of the negotiation's scope stays with the socket (an idle tunnel holds it for hours);
@@ -86,8 +87,8 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
   };
   const refuseRequest = (rep: ReplyCode, reason: string): void => refuse(`rep_${rep}`, `${reason} (reply: ${REPLY_TEXT[rep]})`, encodeReply(rep));
 
-  const timer = setTimeout(() => refuse('timeout', `SOCKS5 negotiation not finished within ${ctx.handshakeTimeoutMs}ms (step: ${step})`), ctx.handshakeTimeoutMs);
-  timer.unref();
+  // on the daemon's timer wheel: no timer of its own per connection
+  const timer = ctx.delivery.smtp.wheel.add(ctx.handshakeTimeoutMs, () => refuse('timeout', `SOCKS5 negotiation not finished within ${ctx.handshakeTimeoutMs}ms (step: ${step})`));
 
   const onEnd = (): void => refuse('eof', `client closed the connection during the SOCKS5 ${step}`);
 
@@ -151,7 +152,9 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
     // request in this read is handed to it
     const first = received.length > 0 ? received : null;
     received = EMPTY; // the closure outlives the negotiation (the 'close' listener): keep no bytes
-    const req = { sourceIp, host: request.host, port: request.port, throttle: derivedThrottleKey(sourceIp, request.host, request.port), waitMs: null, smtp: null };
+    // the derived throttle's declaration, made once here for deliver() (its key is req.throttle)
+    const derived = derivedDeclaration(ctx.delivery.derivedThrottle(), sourceIp, request.host, request.port);
+    const req = { sourceIp, host: request.host, port: request.port, throttle: derived.key, waitMs: null, smtp: null };
     const replies: DeliveryReplies = {
       connected: (local) => socket.write(encodeReply(REP.succeeded, splitHostPort(local))),
       refused: (r) => {
@@ -161,7 +164,7 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
         closeSoon(socket);
       },
     };
-    deliver(ctx.delivery, socket, { who: who(), req, owner: null }, replies, first);
+    deliver(ctx.delivery, socket, { who: who(), req, owner: null, derived }, replies, first);
     return false;
   };
 
@@ -208,7 +211,7 @@ export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
 
   socket.on('data', onData);
   socket.on('end', onEnd);
-  const onClose = (): void => clearTimeout(timer);
+  const onClose = (): void => timer.cancel();
   socket.on('error', ignore);
   socket.on('close', onClose);
 }
