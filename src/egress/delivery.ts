@@ -3,6 +3,7 @@
 // destination resolved and checked, the outbound connection made from the chosen source address,
 // then the tunnel. One log record per delivery.
 import { closeSoon } from '../net/close.js';
+import { OWNER, type OwnedSocket } from '../net/owner.js';
 import { lookup } from 'node:dns/promises';
 import type { Socket } from 'node:net';
 import ipaddr from 'ipaddr.js';
@@ -169,20 +170,18 @@ function tunnelEnd(ctx: DeliveryContext, mta: Socket, d: Delivery, peer: string,
   };
 }
 
-/** Where a socket's delivery, while it is opened, is found by the shared listeners below. */
-const OPENING = Symbol('mtaproxy.delivery');
-interface WatchedSocket extends Socket {
-  [OPENING]?: Opening | undefined;
-}
+type WatchedSocket = OwnedSocket;
 
 /** 'data' while the delivery is opened: kept for the tunnel (`this` is the MTA socket). */
 function onWatchData(this: WatchedSocket, chunk: Buffer): void {
-  this[OPENING]?.early(chunk);
+  const o = this[OWNER];
+  if (o instanceof Opening) o.early(chunk);
 }
 
 /** 'end' or 'close' while the delivery is opened: the client gave up. */
 function onWatchGone(this: WatchedSocket): void {
-  this[OPENING]?.abandon('client closed before the tunnel was open');
+  const o = this[OWNER];
+  if (o instanceof Opening) o.abandon('client closed before the tunnel was open');
 }
 
 /**
@@ -268,7 +267,7 @@ class Opening {
 
   watch(): void {
     const mta = this.mta;
-    mta[OPENING] = this;
+    mta[OWNER] = this;
     mta.on('data', onWatchData);
     // on, not once (abandon() is idempotent, and stopWatching removes them): no once-wrappers
     mta.on('end', onWatchGone);
@@ -285,7 +284,7 @@ class Opening {
     mta.removeListener('data', onWatchData);
     mta.removeListener('end', onWatchGone);
     mta.removeListener('close', onWatchGone);
-    mta[OPENING] = undefined; // an idle tunnel's socket keeps nothing of its opening
+    mta[OWNER] = undefined; // an idle tunnel's socket keeps nothing of its opening
   }
 
   /** shutdown refuses a delivery not yet open (ctx.pending) */

@@ -2,6 +2,7 @@
 // destination: a hand-written write/drain loop per direction (half the memory of stream.pipe()
 // per idle tunnel, design.md §9), half-close passed through, one idle timeout for both directions.
 import { connect, type Socket } from 'node:net';
+import { OWNER, type OwnedSocket } from '../net/owner.js';
 import type { TimerWheel, WheelTimer } from '../net/wheel.js';
 import { CONNECT_CODES, type Refusal } from './policy.js';
 
@@ -132,15 +133,11 @@ function dispatched(s: Socket): number {
   return typeof n === 'number' ? n : 0;
 }
 
-/** Where a socket's tunnel is found by the handlers below (shared by every tunnel: no closures per tunnel). */
-const TUNNEL = Symbol('mtaproxy.tunnel');
-interface TunnelSocket extends Socket {
-  [TUNNEL]?: Tunnel;
-}
+type TunnelSocket = OwnedSocket;
 
 /**
  * One tunnel's state. Its socket listeners are module functions shared by every tunnel (`this` is
- * the socket, whose TUNNEL property leads here), not ~20 closures per tunnel: a --cpu-prof
+ * the socket, whose OWNER property leads here), not ~20 closures per tunnel: a --cpu-prof
  * profile charged the closures and their garbage (+20–30 µs per session) against a bare forwarder.
  *
  * What the kernel took of the writes to each side, from snapshots of kernelAccepted() (exact
@@ -233,7 +230,7 @@ class Tunnel {
 }
 
 function onTunnelData(this: TunnelSocket, chunk: Buffer): void {
-  const t = this[TUNNEL] as Tunnel;
+  const t = this[OWNER] as Tunnel;
   t.active = performance.now();
   const to = this === t.client ? t.remote : t.client;
   t.write(to, chunk);
@@ -245,13 +242,13 @@ function onTunnelData(this: TunnelSocket, chunk: Buffer): void {
 
 /** `this` drained: what it was written from may read again */
 function onTunnelDrain(this: TunnelSocket): void {
-  const t = this[TUNNEL] as Tunnel;
+  const t = this[OWNER] as Tunnel;
   t.snap(this);
   (this === t.client ? t.remote : t.client).resume();
 }
 
 function onTunnelEnd(this: TunnelSocket): void {
-  const t = this[TUNNEL] as Tunnel;
+  const t = this[OWNER] as Tunnel;
   // half-close: the other side may still answer (QUIT -> 221). Done once what we wrote to the
   // other side is flushed: destroying earlier would drop the last reply.
   if (this === t.client) t.remote.end((err?: Error | null) => t.flushed(t.remote, err));
@@ -259,12 +256,12 @@ function onTunnelEnd(this: TunnelSocket): void {
 }
 
 function onTunnelError(this: TunnelSocket, err: NodeJS.ErrnoException): void {
-  const t = this[TUNNEL] as Tunnel;
+  const t = this[OWNER] as Tunnel;
   t.finish(`${this === t.client ? 'mta' : 'remote'} error ${err.code ?? err.message}`);
 }
 
 function onTunnelClose(this: TunnelSocket): void {
-  const t = this[TUNNEL] as Tunnel;
+  const t = this[OWNER] as Tunnel;
   t.finish(t.ended === 2 ? 'closed' : this === t.client ? 'mta closed' : 'remote closed');
 }
 
@@ -282,8 +279,8 @@ function listen(s: Socket): void {
  */
 export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, wheel: TimerWheel, first: readonly Buffer[], onDone: (result: TunnelResult) => void): void {
   const t = new Tunnel(client, remote, idleTimeoutMs, wheel, onDone);
-  t.client[TUNNEL] = t;
-  t.remote[TUNNEL] = t;
+  t.client[OWNER] = t;
+  t.remote[OWNER] = t;
   for (const chunk of first) t.write(remote, chunk);
   listen(client);
   listen(remote);
