@@ -3,6 +3,7 @@
 // destination resolved and checked, the outbound connection made from the chosen source address,
 // then the tunnel. One log record per delivery.
 import { closeSoon } from '../net/close.js';
+import { OWNER, type OwnedSocket } from '../net/owner.js';
 import { lookup } from 'node:dns/promises';
 import type { Socket } from 'node:net';
 import ipaddr from 'ipaddr.js';
@@ -10,9 +11,9 @@ import type { DerivedThrottleConfig, EgressConfig } from '../config/parse.js';
 import { derivedDeclaration, derivedThrottleKey, UNLIMITED_MESSAGES_PER_HOUR } from '../throttle/derived.js';
 import type { Logger } from '../log/logger.js';
 import type { Declaration } from '../throttle/manager.js';
-import type { ThrottleService } from '../throttle/service.js';
+import type { AcquireOutcome, ThrottleService } from '../throttle/service.js';
 import { checkDestination, checkRequest, CONNECT_CODES, parseConnect, type ConnectRequest, type Refusal } from './policy.js';
-import { openFrom, splice, type TunnelResult } from './tunnel.js';
+import { openFrom, splice, type EgressError, type TunnelResult } from './tunnel.js';
 import { deliverSmtp, type SmtpDeliveryContext } from './smtp-delivery.js';
 import { deliveryFrontEnd, deliveryOutcome, type MetricsHooks } from '../metrics/hooks.js';
 
@@ -169,6 +170,184 @@ function tunnelEnd(ctx: DeliveryContext, mta: Socket, d: Delivery, peer: string,
   };
 }
 
+type WatchedSocket = OwnedSocket;
+
+/** 'data' while the delivery is opened: kept for the tunnel (`this` is the MTA socket). */
+function onWatchData(this: WatchedSocket, chunk: Buffer): void {
+  const o = this[OWNER];
+  if (o instanceof Opening) o.early(chunk);
+}
+
+/** 'end' or 'close' while the delivery is opened: the client gave up. */
+function onWatchGone(this: WatchedSocket): void {
+  const o = this[OWNER];
+  if (o instanceof Opening) o.abandon('client closed before the tunnel was open');
+}
+
+/**
+ * One delivery from the front-end's request to its tunnel: a class whose methods are shared by
+ * every delivery, and module functions as the MTA socket's listeners, not ~20 closures per
+ * delivery. Three callbacks (the throttle's grant, the connect's outcome, shutdown's refusal) are
+ * made once each.
+ */
+class Opening {
+  readonly ctx: DeliveryContext;
+  readonly mta: WatchedSocket;
+  readonly d: Delivery;
+  readonly replies: DeliveryReplies;
+  readonly peer: string;
+  readonly started = performance.now();
+  readonly egress: EgressConfig;
+  cancelWait: (() => void) | null = null;
+  leaseId: number | null = null;
+  done = false;
+  /** an outbound connection is being made: its slot stays taken until that settles */
+  opening = false;
+  /** what the client sent before the tunnel was open */
+  readonly kept: Buffer[];
+  keptBytes: number;
+  /** the address connected to (canonical) */
+  target = '';
+
+  constructor(ctx: DeliveryContext, mta: Socket, d: Delivery, replies: DeliveryReplies, first: Buffer | null, egress: EgressConfig) {
+    this.ctx = ctx;
+    this.mta = mta;
+    this.d = d;
+    this.replies = replies;
+    this.egress = egress;
+    this.peer = `${mta.remoteAddress}:${mta.remotePort}`;
+    this.kept = first === null || first.length === 0 ? [] : [first];
+    this.keptBytes = first?.length ?? 0;
+  }
+
+  /** the fields every record of this delivery starts with (built only for a record) */
+  fields(): Record<string, string> {
+    const { req, who } = this.d;
+    return { mtaproxy_event: 'delivery', session: who, peer: this.peer, source_ip: req.sourceIp, destination: `${req.host}:${req.port}`, throttle: req.throttle };
+  }
+
+  releaseSlot(): void {
+    releaseLease(this.ctx, this.d, this.leaseId);
+    this.leaseId = null;
+  }
+
+  refuse(r: Refusal): void {
+    this.ctx.pending.delete(this.mta);
+    if (this.done) {
+      // abandoned while the outbound connect was under way: the slot is free only now
+      if (this.opening) this.releaseSlot();
+      return;
+    }
+    this.done = true;
+    this.releaseSlot();
+    const { req, who } = this.d;
+    this.ctx.metrics?.delivery({ frontEnd: deliveryFrontEnd(who, this.d.owner), mode: 'tunnel', outcome: 'refused' });
+    this.ctx.log.warn({ ...this.fields(), code: r.code, outcome: 'refused' }, `delivery(${who}): ${req.sourceIp} -> ${req.host}:${req.port} throttle=${req.throttle} refused: ${r.code} ${r.message}`);
+    this.replies.refused(r);
+  }
+
+  // The client gave up while we waited or connected (FIN, RST or error): give everything back.
+  // To notice, keep reading while we wait; what arrives early is kept for the tunnel.
+  abandon(why: string): void {
+    this.cancelWait?.();
+    this.ctx.pending.delete(this.mta);
+    if (this.done) return;
+    this.done = true;
+    if (!this.opening) this.releaseSlot(); // else connected() releases it once the connect settles
+    this.ctx.metrics?.delivery({ frontEnd: deliveryFrontEnd(this.d.who, this.d.owner), mode: 'tunnel', outcome: 'abandoned' });
+    this.ctx.log.info({ ...this.fields(), outcome: 'abandoned' }, `delivery(${this.d.who}): ${why}`);
+    this.mta.destroy();
+  }
+
+  early(chunk: Buffer): void {
+    this.keptBytes += chunk.length;
+    if (this.keptBytes > MAX_EARLY_BYTES) return this.abandon(`client sent over ${MAX_EARLY_BYTES} bytes before the tunnel was open (an SMTP client waits for the greeting); closed`);
+    this.kept.push(chunk);
+  }
+
+  watch(): void {
+    const mta = this.mta;
+    mta[OWNER] = this;
+    mta.on('data', onWatchData);
+    // on, not once (abandon() is idempotent, and stopWatching removes them): no once-wrappers
+    mta.on('end', onWatchGone);
+    mta.on('close', onWatchGone);
+    mta.on('error', ignore);
+    mta.resume();
+  }
+
+  // the tunnel takes over in the same turn (no read can come between): the socket stays
+  // flowing, and what came early is handed to it, not unshifted (a pause, a readStop and a
+  // readStart less per delivery)
+  stopWatching(): void {
+    const mta = this.mta;
+    mta.removeListener('data', onWatchData);
+    mta.removeListener('end', onWatchGone);
+    mta.removeListener('close', onWatchGone);
+    mta[OWNER] = undefined; // an idle tunnel's socket keeps nothing of its opening
+  }
+
+  /** shutdown refuses a delivery not yet open (ctx.pending) */
+  readonly shutdown = (r: Refusal): void => {
+    this.cancelWait?.();
+    this.refuse(r);
+  };
+
+  /** the throttle's answer */
+  readonly granted = (outcome: AcquireOutcome): void => {
+    this.cancelWait = null;
+    if (!outcome.ok) return this.refuse({ code: outcome.code, message: outcome.message });
+    this.leaseId = outcome.lease.id;
+    if (this.done) return this.releaseSlot();
+    this.open();
+  };
+
+  open(): void {
+    this.opening = true;
+    // a literal address (SOCKS5 and PROXY v2 requests name one) goes on in this turn, no promise
+    const resolved = resolveNow(this.d.req, this.egress.connectTimeoutMs);
+    if (typeof resolved === 'string') return this.connectTo(resolved);
+    void resolved.then((address) => this.connectTo(address));
+  }
+
+  /** The destination's address is known: checked, then the outbound connection. */
+  connectTo(address: string | Refusal): void {
+    if (typeof address !== 'string') return this.refuse(address);
+    const req = this.d.req;
+    const e = this.egress;
+    const bad = checkDestination(address, req.sourceIp, e);
+    if (bad !== null) return this.refuse(bad);
+    // "::ffff:192.0.2.1" is an IPv4 destination: connect to it as one (from an IPv4 source)
+    this.target = canonical(address);
+    openFrom(req.sourceIp, this.target, req.port, e.connectTimeoutMs, this.ctx.smtp.wheel, this.connected);
+  }
+
+  /** the outbound connect's outcome */
+  readonly connected = (err: EgressError | null, remote: Socket | null): void => {
+    if (remote === null) return this.refuse(err === null ? { code: CONNECT_CODES.unreachable, message: 'connect failed' } : { code: err.code, message: err.message });
+    if (this.done) {
+      remote.destroy();
+      this.releaseSlot();
+      return;
+    }
+    const { ctx, mta, d, target } = this;
+    const { req, who } = d;
+    this.done = true;
+    this.opening = false;
+    ctx.pending.delete(mta);
+    this.stopWatching();
+    const local = `${remote.localAddress}:${remote.localPort}`;
+    const destination = target.includes(':') ? `[${target}]:${req.port}` : `${target}:${req.port}`;
+    this.replies.connected(local, destination);
+    ctx.tunnels.add(mta);
+    if (ctx.log.isLevelEnabled('debug')) ctx.log.debug({ ...this.fields(), local, destination, host: req.host }, `delivery(${who}): ${local} -> ${destination} open (waited ${Math.round(performance.now() - this.started)}ms)`);
+    // what the tunnel keeps for its lifetime is only what its end needs (tunnelEnd's scope, not this object)
+    const lease = this.leaseId;
+    this.leaseId = null;
+    splice(mta, remote, this.egress.idleTimeoutMs, ctx.smtp.wheel, this.kept.splice(0), tunnelEnd(ctx, mta, d, this.peer, lease, local, destination));
+  };
+}
+
 /**
  * `first`: bytes the front-end read past its handshake (the MTA's first SMTP bytes), kept for the
  * tunnel as early bytes are. The MTA socket must be flowing or paused with nothing unshifted.
@@ -179,117 +358,13 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
   // [derived_throttle] rule may name (shared with native MTAs that declare it)
   const derived = d0.owner === null ? (d0.derived ?? derivedDeclaration(ctx.derivedThrottle(), d0.req.sourceIp, d0.req.host, d0.req.port)) : null;
   const d: Delivery = derived === null || derived.key === d0.req.throttle ? d0 : { ...d0, req: { ...d0.req, throttle: derived.key } };
-  const { req, who } = d;
-  const peer = `${mta.remoteAddress}:${mta.remotePort}`;
-  const started = performance.now();
-  const owner = d.owner ?? DERIVED_OWNER;
-  let cancelWait: (() => void) | null = null;
-  let leaseId: number | null = null;
-  let done = false;
-  /** an outbound connection is being made: its slot stays taken until that settles */
-  let opening = false;
-  /** the fields every record of this delivery starts with (built only for a record) */
-  const fields = (): Record<string, string> => ({ mtaproxy_event: 'delivery', session: who, peer, source_ip: req.sourceIp, destination: `${req.host}:${req.port}`, throttle: req.throttle });
-
-  const releaseSlot = (): void => {
-    releaseLease(ctx, d, leaseId);
-    leaseId = null;
-  };
-
-  const refuse = (r: Refusal): void => {
-    ctx.pending.delete(mta);
-    if (done) {
-      // abandoned while the outbound connect was under way: the slot is free only now
-      if (opening) releaseSlot();
-      return;
-    }
-    done = true;
-    releaseSlot();
-    ctx.metrics?.delivery({ frontEnd: deliveryFrontEnd(who, d.owner), mode: 'tunnel', outcome: 'refused' });
-    ctx.log.warn({ ...fields(), code: r.code, outcome: 'refused' }, `delivery(${who}): ${req.sourceIp} -> ${req.host}:${req.port} throttle=${req.throttle} refused: ${r.code} ${r.message}`);
-    replies.refused(r);
-  };
-
-  // The client gave up while we waited or connected (FIN, RST or error): give everything back.
-  // To notice, keep reading while we wait; what arrives early is kept for the tunnel.
-  const abandon = (why = 'client closed before the tunnel was open'): void => {
-    cancelWait?.();
-    ctx.pending.delete(mta);
-    if (done) return;
-    done = true;
-    if (!opening) releaseSlot(); // else open() releases it once the connect settles
-    ctx.metrics?.delivery({ frontEnd: deliveryFrontEnd(who, d.owner), mode: 'tunnel', outcome: 'abandoned' });
-    ctx.log.info({ ...fields(), outcome: 'abandoned' }, `delivery(${who}): ${why}`);
-    mta.destroy();
-  };
-  const onGone = (): void => abandon();
-  const early: Buffer[] = first === null || first.length === 0 ? [] : [first];
-  let earlyBytes = first?.length ?? 0;
-  const onEarly = (chunk: Buffer): void => {
-    earlyBytes += chunk.length;
-    if (earlyBytes > MAX_EARLY_BYTES) return abandon(`client sent over ${MAX_EARLY_BYTES} bytes before the tunnel was open (an SMTP client waits for the greeting); closed`);
-    early.push(chunk);
-  };
-  mta.on('data', onEarly);
-  // on, not once (abandon() is idempotent, and stopWatching removes them): no once-wrappers
-  mta.on('end', onGone);
-  mta.on('close', onGone);
-  mta.on('error', ignore);
-  mta.resume();
-  // the tunnel takes over in the same turn (no read can come between): the socket stays
-  // flowing, and what came early is handed to it, not unshifted (a pause, a readStop and a
-  // readStart less per delivery)
-  const stopWatching = (): void => {
-    mta.removeListener('data', onEarly);
-    mta.removeListener('end', onGone);
-    mta.removeListener('close', onGone);
-  };
-
-  /** The destination's address is known: checked, then the outbound connection. */
-  const connectTo = (address: string | Refusal, e: EgressConfig): void => {
-    if (typeof address !== 'string') return refuse(address);
-    const bad = checkDestination(address, req.sourceIp, e);
-    if (bad !== null) return refuse(bad);
-    // "::ffff:192.0.2.1" is an IPv4 destination: connect to it as one (from an IPv4 source)
-    const target = canonical(address);
-    openFrom(req.sourceIp, target, req.port, e.connectTimeoutMs, ctx.smtp.wheel, (err, remote) => {
-      if (remote === null) return refuse(err === null ? { code: CONNECT_CODES.unreachable, message: 'connect failed' } : { code: err.code, message: err.message });
-      if (done) {
-        remote.destroy();
-        releaseSlot();
-        return;
-      }
-      done = true;
-      opening = false;
-      ctx.pending.delete(mta);
-      stopWatching();
-      const local = `${remote.localAddress}:${remote.localPort}`;
-      const destination = target.includes(':') ? `[${target}]:${req.port}` : `${target}:${req.port}`;
-      replies.connected(local, destination);
-      ctx.tunnels.add(mta);
-      if (ctx.log.isLevelEnabled('debug')) ctx.log.debug({ ...fields(), local, destination, host: req.host }, `delivery(${who}): ${local} -> ${destination} open (waited ${Math.round(performance.now() - started)}ms)`);
-      // what the tunnel keeps for its lifetime is only what its end needs (tunnelEnd's scope, not this one)
-      const lease = leaseId;
-      leaseId = null;
-      splice(mta, remote, e.idleTimeoutMs, ctx.smtp.wheel, early.splice(0), tunnelEnd(ctx, mta, d, peer, lease, local, destination));
-    });
-  };
-
-  const open = (e: EgressConfig): void => {
-    opening = true;
-    // a literal address (SOCKS5 and PROXY v2 requests name one) goes on in this turn, no promise
-    const resolved = resolveNow(req, e.connectTimeoutMs);
-    if (typeof resolved === 'string') return connectTo(resolved, e);
-    void resolved.then((address) => connectTo(address, e));
-  };
-
+  const req = d.req;
   const egress = ctx.egress();
+  const o = new Opening(ctx, mta, d, replies, first, egress);
+  o.watch();
   const refusal = admission(ctx, req, egress);
-  if (refusal !== null) return refuse(refusal);
-  ctx.pending.set(mta, (r) => {
-    cancelWait?.();
-    refuse(r);
-  });
+  if (refusal !== null) return o.refuse(refusal);
+  ctx.pending.set(mta, o.shutdown);
   // declared while any delivery uses it (a rule's named key with native declarations too is
   // declared again each time, harmlessly)
   if (derived !== null) ctx.throttle.declareIfChanged(DERIVED_OWNER, derived);
@@ -301,13 +376,7 @@ export function deliver(ctx: DeliveryContext, mta: Socket, d0: Delivery, replies
   const m = ctx.throttle.manager;
   const limits = m.limits(req.throttle);
   if (limits !== null && m.inUse(req.throttle) >= limits.maxConnections) ctx.smtp.pool.retireIdle(req.throttle, 1);
-  cancelWait = ctx.throttle.acquire(owner, req.throttle, 'connection', waitMs, (outcome) => {
-    cancelWait = null;
-    if (!outcome.ok) return refuse({ code: outcome.code, message: outcome.message });
-    leaseId = outcome.lease.id;
-    if (done) return releaseSlot();
-    open(egress);
-  }, { heldByDelivery: true });
+  o.cancelWait = ctx.throttle.acquire(d.owner ?? DERIVED_OWNER, req.throttle, 'connection', waitMs, o.granted, { heldByDelivery: true });
 }
 
 /** The native front-end's CONNECT line: text replies, then the tunnel. */

@@ -125,9 +125,10 @@ const STDOUT_BATCH_CHARS = 64 * 1024;
 
 /**
  * Lines are written synchronously (nothing may be lost at exit, and a slow reader must not grow a
- * buffer without bound), but batched: one write(2) for the lines of one event-loop turn (a
- * delivery record cost a system call each), at once past STDOUT_BATCH_CHARS or for a warning, and
- * whatever is left when the process exits. (Batching over a few milliseconds would save more,
+ * buffer without bound), but batched: one write(2) for the lines of one callback and the ticks
+ * after it (process.nextTick: a setImmediate, scheduled from a socket's 'close' in libuv's closing
+ * phase, cost the loop a turn of its own, an extra epoll_pwait per delivery record), at once past
+ * STDOUT_BATCH_CHARS or for a warning, and whatever is left when the process exits. (Batching over a few milliseconds would save more,
  * but readers of the log, the tests among them, expect a line as soon as its event.)
  */
 export function createStdoutSink(fd = 1): LogSink {
@@ -152,7 +153,7 @@ export function createStdoutSink(fd = 1): LogSink {
     if (pending.length >= STDOUT_BATCH_CHARS || record.level >= 40) return flush();
     if (!scheduled) {
       scheduled = true;
-      setImmediate(flush).unref();
+      process.nextTick(flush);
     }
   };
   return {

@@ -6,10 +6,22 @@ export interface WheelTimer {
   cancel(): void;
 }
 
-interface Entry {
-  fn: () => void;
-  bucket: number;
-  live: boolean;
+/** An entry is its own handle: cancel() is a method, not a closure per entry. */
+class Entry implements WheelTimer {
+  readonly fn: () => void;
+  readonly bucket: number;
+  readonly wheel: TimerWheel;
+  live = true;
+  constructor(fn: () => void, bucket: number, wheel: TimerWheel) {
+    this.fn = fn;
+    this.bucket = bucket;
+    this.wheel = wheel;
+  }
+  cancel(): void {
+    if (!this.live) return;
+    this.live = false;
+    this.wheel.remove(this);
+  }
 }
 
 export class TimerWheel {
@@ -37,7 +49,7 @@ export class TimerWheel {
   add(delayMs: number, fn: () => void): WheelTimer {
     if (this.#auto && this.#interval === null) this.#last = Math.floor(this.#now() / this.#resolutionMs);
     const bucket = Math.max(this.#last + 1, Math.ceil((this.#now() + Math.max(0, delayMs)) / this.#resolutionMs));
-    const entry: Entry = { fn, bucket, live: true };
+    const entry = new Entry(fn, bucket, this);
     let set = this.#buckets.get(bucket);
     if (set === undefined) this.#buckets.set(bucket, (set = new Set()));
     set.add(entry);
@@ -46,17 +58,16 @@ export class TimerWheel {
       this.#interval = setInterval(() => this.tick(), this.#resolutionMs);
       this.#interval.unref();
     }
-    return {
-      cancel: () => {
-        if (!entry.live) return;
-        entry.live = false;
-        this.#size--;
-        const s = this.#buckets.get(entry.bucket);
-        s?.delete(entry);
-        if (s !== undefined && s.size === 0) this.#buckets.delete(entry.bucket);
-        this.#idle();
-      },
-    };
+    return entry;
+  }
+
+  /** For Entry.cancel(): a live entry taken out. */
+  remove(entry: Entry): void {
+    this.#size--;
+    const s = this.#buckets.get(entry.bucket);
+    s?.delete(entry);
+    if (s !== undefined && s.size === 0) this.#buckets.delete(entry.bucket);
+    this.#idle();
   }
 
   /** Fires what is due. */

@@ -340,8 +340,20 @@ export class Daemon {
     return added;
   }
 
+  // one listener function each for every accepted socket (`this` is the socket), not two closures per connection
+  readonly #onSocketError = ((daemon: Daemon) =>
+    function onSocketError(err: Error): void {
+      daemon.#log.debug({ mtaproxy_event: 'socket_error', err: err.message }, `socket error: ${err.message}`);
+    })(this);
+  readonly #onConnectionClose = ((daemon: Daemon) =>
+    function onConnectionClose(this: Socket): void {
+      daemon.#connections.delete(this);
+      daemon.#frontEndOf.delete(this);
+      daemon.#admitted(this);
+    })(this);
+
   #accept(socket: Socket, endpoint: Endpoint): void {
-    socket.on('error', (err) => this.#log.debug({ mtaproxy_event: 'socket_error', err: err.message }, `socket error: ${err.message}`));
+    socket.on('error', this.#onSocketError);
     if (this.#stopping) {
       socket.destroy();
       return;
@@ -397,11 +409,7 @@ export class Daemon {
     this.#frontEndOf.set(socket, endpoint.frontEnd);
     this.#handshaking.set(socket, peerKey);
     this.#handshakingPerPeer.set(peerKey, (this.#handshakingPerPeer.get(peerKey) ?? 0) + 1);
-    socket.on('close', () => {
-      this.#connections.delete(socket);
-      this.#frontEndOf.delete(socket);
-      this.#admitted(socket);
-    });
+    socket.on('close', this.#onConnectionClose);
     if (this.#log.isLevelEnabled('debug')) this.#log.debug({ mtaproxy_event: 'connection', peer: address, front_end: endpoint.frontEnd }, `listener: ${endpoint.frontEnd} connection from ${address}:${socket.remotePort}`);
     const { socks5, handshakeTimeoutMs } = this.#config;
     if (endpoint.frontEnd === 'socks5' && socks5 !== null) {
