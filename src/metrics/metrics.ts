@@ -17,10 +17,20 @@ export const MAX_SESSION_SERIES = 100;
 /** Seconds: from an immediate grant (0) to egress.throttle_wait_timeout's maximum (1 h). */
 const WAIT_BUCKETS = [0.001, 0.005, 0.025, 0.1, 0.25, 1, 2.5, 10, 30, 60, 300, 3600];
 
-const WAIT_LABELS = {
-  connection: { granted: { kind: 'connection', result: 'granted' }, refused: { kind: 'connection', result: 'refused' } },
-  message: { granted: { kind: 'message', result: 'granted' }, refused: { kind: 'message', result: 'refused' } },
-} as const;
+const WAIT_NAME = 'mtaproxy_throttle_wait_seconds';
+const WAIT_HELP = 'Time a throttle request waited for its answer: kind=connection (a slot) or message (a token); result=granted or refused (timeout, session gone)';
+
+/** One label set of the throttle-wait histogram, counted in plain numbers between scrapes. */
+interface WaitCell {
+  readonly kind: 'connection' | 'message';
+  readonly result: 'granted' | 'refused';
+  /** observations per bucket, not cumulative: [i] counts values in (WAIT_BUCKETS[i-1], WAIT_BUCKETS[i]] */
+  readonly buckets: Float64Array;
+  sum: number;
+  count: number;
+}
+
+type WaitValue = { value: number; labels: Record<string, string | number>; metricName: string };
 
 export const CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
 
@@ -68,7 +78,17 @@ export class Metrics implements MetricsHooks {
   readonly #transactions: Counter<'reply_class' | 'reused' | 'ended_by'>;
   readonly #smtpBody: Counter<'source_ip'>;
   readonly #tlsHandshakes: Counter<'resumed'>;
-  readonly #waits: Histogram<'kind' | 'result'>;
+  /**
+   * mtaproxy_throttle_wait_seconds (one observation per throttle request: per ACQUIRE, on the hot
+   * path): four cells of plain numbers [connection granted, connection refused, message granted,
+   * message refused], rendered as prom-client's Histogram renders them only at a scrape;
+   * Histogram.observe() validated and hashed the labels and allocated per call.
+   */
+  readonly #waits: readonly WaitCell[] = (['connection', 'message'] as const).flatMap((kind) =>
+    (['granted', 'refused'] as const).map((result) => ({ kind, result, buckets: new Float64Array(WAIT_BUCKETS.length), sum: 0, count: 0 })),
+  );
+  /** the cells observed since the last reset, in the order of their first observation (as prom-client lists label sets) */
+  #waitOrder: WaitCell[] = [];
 
   constructor(opts: MetricsOptions) {
     this.#opts = opts;
@@ -161,13 +181,25 @@ export class Metrics implements MetricsHooks {
     gauge('mtaproxy_throttle_waiting', 'Requests waiting for a slot or a message token, per throttle (the metrics_throttle_series busiest)', ['throttle'], (g, s) => {
       for (const t of busiest(s)) g.set({ throttle: t.key }, t.waiting);
     });
-    this.#waits = new Histogram({
-      name: 'mtaproxy_throttle_wait_seconds',
-      help: 'Time a throttle request waited for its answer: kind=connection (a slot) or message (a token); result=granted or refused (timeout, session gone)',
-      labelNames: ['kind', 'result'],
-      buckets: WAIT_BUCKETS,
-      registers,
-    });
+    // the same exposition as a prom-client Histogram with these labels and buckets (the registry
+    // renders what get() returns: _bucket with le first, then _sum and _count, per label set)
+    const waits = {
+      name: WAIT_NAME,
+      help: WAIT_HELP,
+      type: 'histogram',
+      aggregator: 'sum',
+      get: async () => ({ name: WAIT_NAME, help: WAIT_HELP, type: 'histogram', aggregator: 'sum', values: this.#waitValues() }),
+      reset: () => {
+        for (const c of this.#waits) {
+          c.buckets.fill(0);
+          c.sum = 0;
+          c.count = 0;
+        }
+        this.#waitOrder = [];
+      },
+    };
+    // the registry takes any object with get() (it is duck-typed); its types list prom-client's own classes only
+    this.registry.registerMetric(waits as unknown as Histogram);
 
     const sessions = (s: MetricsSnapshot) =>
       [...s.sessions].sort((a, b) => total(b.backlog) - total(a.backlog) || (a.name < b.name ? -1 : 1)).slice(0, MAX_SESSION_SERIES);
@@ -247,7 +279,35 @@ export class Metrics implements MetricsHooks {
   }
 
   throttleWait(kind: 'connection' | 'message', seconds: number, granted: boolean): void {
-    // four label sets, made once (an observation per throttle request: one per delivery)
-    this.#waits.observe(WAIT_LABELS[kind][granted ? 'granted' : 'refused'], Math.max(0, seconds));
+    const cell = this.#waits[(kind === 'connection' ? 0 : 2) + (granted ? 0 : 1)] as WaitCell;
+    const v = Math.max(0, seconds);
+    if (!Number.isFinite(v)) return; // prom-client threw on these; a wait is never one
+    if (cell.count === 0) this.#waitOrder.push(cell);
+    cell.count++;
+    cell.sum += v;
+    // the first bucket whose bound is at least v (prom-client's findBound); past the last: +Inf only
+    for (let i = 0; i < WAIT_BUCKETS.length; i++) {
+      if (v <= (WAIT_BUCKETS[i] as number)) {
+        (cell.buckets[i] as number)++;
+        break;
+      }
+    }
+  }
+
+  /** The histogram's samples, cumulative per bucket, as prom-client's Histogram.get() lists them. */
+  #waitValues(): WaitValue[] {
+    const out: WaitValue[] = [];
+    const bucket = `${WAIT_NAME}_bucket`;
+    for (const c of this.#waitOrder) {
+      let acc = 0;
+      for (let i = 0; i < WAIT_BUCKETS.length; i++) {
+        acc += c.buckets[i] as number;
+        out.push({ value: acc, labels: { le: WAIT_BUCKETS[i] as number, kind: c.kind, result: c.result }, metricName: bucket });
+      }
+      out.push({ value: c.count, labels: { le: '+Inf', kind: c.kind, result: c.result }, metricName: bucket });
+      out.push({ value: c.sum, labels: { kind: c.kind, result: c.result }, metricName: `${WAIT_NAME}_sum` });
+      out.push({ value: c.count, labels: { kind: c.kind, result: c.result }, metricName: `${WAIT_NAME}_count` });
+    }
+    return out;
   }
 }

@@ -15,7 +15,7 @@ export type ControlMessage =
   | { kind: 'invalid'; reason: string };
 
 /** "-", or an optional "s" and 1-10 decimal digits (was /^(?:s?\d{1,10}|-)$/; by hand: this runs per line) */
-function isTag(s: string): boolean {
+export function isTag(s: string): boolean {
   const n = s.length;
   if (n === 1 && s.charCodeAt(0) === 45) return true; // "-"
   const from = n > 0 && s.charCodeAt(0) === 115 ? 1 : 0; // "s"

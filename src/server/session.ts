@@ -5,6 +5,7 @@ import type { Logger } from '../log/logger.js';
 import {
   formatReply,
   formatRequest,
+  isTag,
   parseBacklog,
   parseControlLine,
   WINDOW,
@@ -16,7 +17,9 @@ import type { LineSplitter } from '../protocol/lines.js';
 import type { SessionSnapshot } from '../status/format.js';
 import type { EgressConfig } from '../config/parse.js';
 import { parseDeclare, parseAcquire } from '../protocol/throttle.js';
-import type { ThrottleService } from '../throttle/service.js';
+import { THROTTLE_KEY } from '../protocol/syntax.js';
+import type { LeaseKind } from '../throttle/manager.js';
+import { QueuedAcquire, type ThrottleService } from '../throttle/service.js';
 
 /** What control sessions use of the daemon. */
 export interface SessionServices {
@@ -67,39 +70,62 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
   ACQUIRE: (s, tag, args) => {
     const a = parseAcquire(args);
     if (typeof a === 'string') return s.reply(tag, 501, a);
-    if (s.waitingTags.size >= MAX_WAITING_ACQUIRES) return s.reply(tag, 452, `too many ACQUIREs waiting on this session (${MAX_WAITING_ACQUIRES})`);
-    // replies are matched by tag: a second waiting request with the same tag is a client bug
-    if (s.waitingTags.has(tag)) return s.reply(tag, 501, `tag ${tag} is already used by a waiting ACQUIRE; use a new tag per request`);
-    const maxWait = s.services.egress().throttleWaitTimeoutMs;
-    // the callback may run at once (granted or refused) or later; a session that closes meanwhile
-    // needs no canceller: its leave answers the waits to nobody (reply() is a no-op once closed)
-    // a request answered at once (the common case) never enters waitingTags
-    let answered = false;
-    let waiting = false;
-    s.services.throttle.acquire(s.id, a.key, a.kind, Math.min(a.waitMs ?? maxWait, maxWait), (outcome) => {
-      answered = true;
-      if (waiting) s.waitingTags.delete(tag);
-      if (outcome.ok) s.reply(tag, 250, a.kind === 'connection' ? `lease ${outcome.lease.id}` : 'message');
-      else s.reply(tag, outcome.code, outcome.message);
-    });
-    if (!answered) {
-      waiting = true;
-      s.waitingTags.add(tag);
-    }
+    acquire(s, tag, a.key, a.kind, a.waitMs);
   },
   RELEASE: (s, tag, args) => {
     const id = Number(args[0]);
-    const lease = args.length === 1 && Number.isInteger(id) ? s.services.throttle.manager.lease(id) : undefined;
-    // a delivery's slot is released by the delivery's end, never by a RELEASE
-    if (lease === undefined || lease.session !== s.id || lease.heldByDelivery) return s.reply(tag, 550, `no lease ${String(args[0]).slice(0, 20)} held by this session`);
-    s.services.throttle.release(id);
-    s.reply(tag, 250, 'released');
+    release(s, tag, args.length === 1 && Number.isInteger(id) ? id : -1, String(args[0]));
   },
   QUIT: (s, tag) => {
     s.reply(tag, 221, 'bye');
     s.end('client quit');
   },
 };
+
+/** ACQUIRE, once parsed (the generic parser's or handleLine's fast path). */
+function acquire(s: ControlSession, tag: string, key: string, kind: LeaseKind, waitMs: number | null): void {
+  if (s.waitingTags.size >= MAX_WAITING_ACQUIRES) return s.reply(tag, 452, `too many ACQUIREs waiting on this session (${MAX_WAITING_ACQUIRES})`);
+  // replies are matched by tag: a second waiting request with the same tag is a client bug
+  if (s.waitingTags.has(tag)) return s.reply(tag, 501, `tag ${tag} is already used by a waiting ACQUIRE; use a new tag per request`);
+  const maxWait = s.services.egress().throttleWaitTimeoutMs;
+  const r = s.services.throttle.begin(s.id, key, kind, Math.min(waitMs ?? maxWait, maxWait));
+  // a request answered at once (the common case) makes no callback and never enters waitingTags
+  if (!(r instanceof QueuedAcquire)) {
+    if ('id' in r) s.replyGranted(tag, kind === 'connection' ? r.id : null);
+    else s.reply(tag, r.code, r.message);
+    return;
+  }
+  s.waitingTags.add(tag);
+  // a session that closes meanwhile needs no canceller: its leave answers the waits to nobody
+  // (reply() is a no-op once closed)
+  s.services.throttle.wait(r, (outcome) => {
+    s.waitingTags.delete(tag);
+    if (outcome.ok) s.replyGranted(tag, kind === 'connection' ? outcome.lease.id : null);
+    else s.reply(tag, outcome.code, outcome.message);
+  });
+}
+
+/** RELEASE of lease `id` (-1: not a lease id; `shown`: the argument as given, for the error). */
+function release(s: ControlSession, tag: string, id: number, shown: string): void {
+  const lease = id >= 0 ? s.services.throttle.manager.lease(id) : undefined;
+  // a delivery's slot is released by the delivery's end, never by a RELEASE
+  if (lease === undefined || lease.session !== s.id || lease.heldByDelivery) return s.reply(tag, 550, `no lease ${shown.slice(0, 20)} held by this session`);
+  s.services.throttle.release(id);
+  s.reply(tag, 250, 'released');
+}
+
+/** Decimal digits from `from` to the end of `line` (1-15 of them: exact as a number), or -1. */
+function digitsToEnd(line: string, from: number): number {
+  const n = line.length - from;
+  if (n < 1 || n > 15) return -1;
+  let v = 0;
+  for (let i = from; i < line.length; i++) {
+    const c = line.charCodeAt(i);
+    if (c < 48 || c > 57) return -1;
+    v = v * 10 + (c - 48);
+  }
+  return v;
+}
 
 /**
  * Reading a socket stops for several reasons at once (our replies pile up unread; a batch of
@@ -217,6 +243,11 @@ export class ControlSession {
     // Every line is handled as it arrives; reading never stops because requests wait. (Holding
     // back waiting ACQUIREs once stopped the RELEASEs behind them, which were what would have
     // freed the slots.) Waiting ACQUIREs are bounded per session instead: MAX_WAITING_ACQUIRES.
+    // the two requests of every delivery, "<tag> ACQUIRE <key> connection|message[ wait=<ms>]" and
+    // "<tag> RELEASE <id>", without the general parser's slices, argument array and message object;
+    // a line of any other shape (errors included) takes the general path below
+    const sp = line.indexOf(' ');
+    if (sp > 0 && (line.startsWith('ACQUIRE ', sp + 1) ? this.#fastAcquire(line, sp) : line.startsWith('RELEASE ', sp + 1) && this.#fastRelease(line, sp))) return;
     const msg: ControlMessage = parseControlLine(line);
     switch (msg.kind) {
       case 'request': {
@@ -241,6 +272,50 @@ export class ControlSession {
       case 'invalid':
         return this.fail(`protocol error: ${msg.reason}`);
     }
+  }
+
+  /** "<tag> ACQUIRE ..." with the verb at `sp` + 1: handled here if it has the usual shape (true). */
+  #fastAcquire(line: string, sp: number): boolean {
+    const keyAt = sp + 9;
+    const keyEnd = line.indexOf(' ', keyAt);
+    if (keyEnd === -1) return false;
+    const kindAt = keyEnd + 1;
+    const kind: LeaseKind | null = line.startsWith('connection', kindAt) ? 'connection' : line.startsWith('message', kindAt) ? 'message' : null;
+    if (kind === null) return false;
+    const kindEnd = kindAt + kind.length;
+    let waitMs: number | null = null;
+    if (kindEnd !== line.length) {
+      // one " wait=<1-9 digits>" to the end, nothing else
+      if (!line.startsWith(' wait=', kindEnd) || line.length - (kindEnd + 6) > 9) return false;
+      waitMs = digitsToEnd(line, kindEnd + 6);
+      if (waitMs < 0) return false;
+    }
+    const tag = line.slice(0, sp);
+    if (tag === '-' || !isTag(tag)) return false;
+    const key = line.slice(keyAt, keyEnd);
+    if (!THROTTLE_KEY.test(key)) return false;
+    this.#forwardIn++;
+    acquire(this, tag, key, kind, waitMs);
+    return true;
+  }
+
+  /** "<tag> RELEASE <id>" with the verb at `sp` + 1: handled here if it has the usual shape (true). */
+  #fastRelease(line: string, sp: number): boolean {
+    const id = digitsToEnd(line, sp + 9);
+    if (id < 0) return false;
+    const tag = line.slice(0, sp);
+    if (!isTag(tag)) return false;
+    this.#forwardIn++;
+    release(this, tag, id, line.slice(sp + 9));
+    return true;
+  }
+
+  /** 250 to an ACQUIRE: "lease <id>" for a connection slot, "message" for a token (null). */
+  replyGranted(tag: string, leaseId: number | null): void {
+    if (this.#closed) return;
+    this.#forwardIn = Math.max(0, this.#forwardIn - 1);
+    this.#forwardOut++;
+    this.#write(leaseId === null ? `${tag} 250 message` : `${tag} 250 lease ${leaseId}`, 'reply');
   }
 
   reply(tag: string, code: number, text: string): void {

@@ -6,6 +6,22 @@ const NOOP = (): void => {};
 
 export type AcquireOutcome = { ok: true; lease: Lease } | { ok: false; code: number; message: string };
 
+/** A request refused at once (begin()): an undeclared throttle, nothing available and no wait. */
+export interface AcquireRefusal {
+  readonly code: number;
+  readonly message: string;
+}
+
+/** A request that waits (begin()): hand it to wait() at once, with the callback for its answer. */
+export class QueuedAcquire {
+  constructor(
+    readonly waitId: number,
+    readonly kind: LeaseKind,
+    /** when it started waiting (the metrics' wait) */
+    readonly since: number,
+  ) {}
+}
+
 export class ThrottleService {
   readonly manager = new ThrottleManager();
   readonly #now: () => number;
@@ -46,28 +62,44 @@ export class ThrottleService {
    * `opts.heldByDelivery`: the slot is a tunnel's, kept until release() even if `session` leaves.
    */
   acquire(session: string, key: string, kind: LeaseKind, waitMs: number, answer: (outcome: AcquireOutcome) => void, opts?: AcquireOptions): () => void {
+    const r = this.begin(session, key, kind, waitMs, opts);
+    if (r instanceof QueuedAcquire) {
+      this.wait(r, answer);
+      return () => {
+        if (this.#waiting.delete(r.waitId)) this.manager.cancel(r.waitId);
+      };
+    }
+    if ('id' in r) answer({ ok: true, lease: r });
+    else answer({ ok: false, code: r.code, message: r.message });
+    return NOOP;
+  }
+
+  /**
+   * acquire() in two steps, for the control session's ACQUIRE (the hot path: an immediate grant
+   * makes no callback and no outcome object): the lease granted at once, a refusal at once (no
+   * wait to tell the metrics), or a QueuedAcquire that the caller passes to wait() before it
+   * returns to the event loop.
+   */
+  begin(session: string, key: string, kind: LeaseKind, waitMs: number, opts?: AcquireOptions): Lease | AcquireRefusal | QueuedAcquire {
     const now = this.#now();
-    const onAnswer = this.#onAnswer;
     const result = this.manager.acquire(session, key, kind, now, now + waitMs, opts);
     if (result.status === 'granted') {
-      // granted at once: no closure, no timer, a wait of 0
-      onAnswer?.(kind, 0, true);
-      answer({ ok: true, lease: result.lease });
-      return NOOP;
+      this.#onAnswer?.(kind, 0, true); // granted at once: a wait of 0
+      return result.lease;
     }
-    if (result.status === 'error') {
-      answer({ ok: false, code: result.code, message: result.message }); // refused at once: no wait to tell
-      return NOOP;
-    }
+    if (result.status === 'error') return { code: result.code, message: result.message };
+    return new QueuedAcquire(result.waitId, kind, now);
+  }
+
+  /** The answer of a request begin() queued: called once, when granted, at its deadline, or when its session leaves. */
+  wait(q: QueuedAcquire, answer: (outcome: AcquireOutcome) => void): void {
+    const onAnswer = this.#onAnswer;
     const done = onAnswer === undefined ? answer : (outcome: AcquireOutcome): void => {
-      onAnswer(kind, this.#now() - now, outcome.ok);
+      onAnswer(q.kind, this.#now() - q.since, outcome.ok);
       answer(outcome);
     };
-    this.#waiting.set(result.waitId, done);
+    this.#waiting.set(q.waitId, done);
     this.#schedule();
-    return () => {
-      if (this.#waiting.delete(result.waitId)) this.manager.cancel(result.waitId);
-    };
   }
 
   /** Callbacks waiting for a grant (each has its waiter in the manager). */

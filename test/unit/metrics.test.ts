@@ -1,5 +1,6 @@
 // The metrics' functional core (src/metrics): label bounds, the busiest-throttles choice, outcome folding.
 import { readFileSync } from 'node:fs';
+import { Histogram, Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { deliveryFrontEnd, deliveryOutcome, linkOutcome, type MetricsSnapshot } from '../../src/metrics/hooks.js';
 import { busiestThrottles, MAX_SESSION_SERIES, Metrics, replyClass } from '../../src/metrics/metrics.js';
@@ -85,6 +86,33 @@ describe('metrics', () => {
     expect(text).toContain('mtaproxy_tunnels_open{mode="tunnel"} 2');
     expect(text).toContain('mtaproxy_smtp_pool_reused_borrows_total 9');
     expect(text).toContain('mtaproxy_open_connections{front_end="proxy-v2"} 1');
+  });
+
+  it('renders the throttle-wait histogram it counts in plain numbers as prom-client\'s Histogram would', async () => {
+    const m = new Metrics({ snapshot: () => snapshot(), throttleSeries: () => 20, defaultMetrics: false });
+    const reference = new Registry();
+    const h = new Histogram({
+      name: 'mtaproxy_throttle_wait_seconds',
+      help: 'Time a throttle request waited for its answer: kind=connection (a slot) or message (a token); result=granted or refused (timeout, session gone)',
+      labelNames: ['kind', 'result'],
+      buckets: [0.001, 0.005, 0.025, 0.1, 0.25, 1, 2.5, 10, 30, 60, 300, 3600],
+      registers: [reference],
+    });
+    const section = (text: string): string => text.split('\n\n').find((s) => s.includes('# TYPE mtaproxy_throttle_wait_seconds '))?.trimEnd() ?? '';
+    const observe = (kind: 'connection' | 'message', seconds: number, granted: boolean): void => {
+      m.throttleWait(kind, seconds, granted);
+      h.observe({ kind, result: granted ? 'granted' : 'refused' }, Math.max(0, seconds));
+    };
+    expect(section(await m.scrape())).toBe(section(await reference.metrics())); // no label set yet
+    const values = [0, 0, 0.0005, 0.001, 0.0011, 0.3, 7, 4000, 1e9, 0.1, 0.1 + 0.2, -1, 3600, 0.025];
+    values.forEach((v, i) => observe(i % 2 === 0 ? 'message' : 'connection', v, i % 3 !== 0));
+    const text = section(await m.scrape());
+    expect(text).toContain('mtaproxy_throttle_wait_seconds_bucket{le="+Inf",kind="connection",result="granted"}');
+    expect(text).toBe(section(await reference.metrics()));
+    await m.registry.resetMetrics();
+    reference.resetMetrics();
+    observe('connection', 0.002, true);
+    expect(section(await m.scrape())).toBe(section(await reference.metrics()));
   });
 
   it('folds free-text outcomes into a closed set of labels', () => {
