@@ -143,26 +143,14 @@ export class Metrics implements MetricsHooks {
       g.set({ state: 'cached' }, s.remote.cached);
     });
 
-    /** a counter kept in plain numbers here (the hot path), read at the scrape */
-    const tallied = <L extends string>(name: string, help: string, labelNames: readonly L[], set: (c: Counter<L>) => void): void => {
-      const c: Counter<L> = new Counter<L>({
-        name,
-        help,
-        labelNames,
-        registers,
-        collect: () => {
-          c.reset();
-          set(c);
-        },
-      });
-    };
-    tallied('mtaproxy_deliveries_total', 'Deliveries that ended, by front-end, mode and outcome', ['front_end', 'mode', 'outcome'], (c) => {
+    // counters kept in plain numbers here (the hot path), read at the scrape like the daemon's own
+    counted('mtaproxy_deliveries_total', 'Deliveries that ended, by front-end, mode and outcome', ['front_end', 'mode', 'outcome'], (c) => {
       for (const cell of this.#deliveryCounts.values()) c.inc(cell.labels, cell.value);
     });
-    tallied('mtaproxy_tunnel_sent_bytes_total', 'Bytes tunnels sent to destinations (taken by the kernel), by source address; counted when a tunnel ends', ['source_ip'], (c) => {
+    counted('mtaproxy_tunnel_sent_bytes_total', 'Bytes tunnels sent to destinations (taken by the kernel), by source address; counted when a tunnel ends', ['source_ip'], (c) => {
       for (const [ip, b] of this.#tunnelBytes) c.inc({ source_ip: ip }, b.sent);
     });
-    tallied('mtaproxy_tunnel_received_bytes_total', 'Bytes tunnels passed from destinations to MTAs (taken by the kernel), by source address; counted when a tunnel ends', ['source_ip'], (c) => {
+    counted('mtaproxy_tunnel_received_bytes_total', 'Bytes tunnels passed from destinations to MTAs (taken by the kernel), by source address; counted when a tunnel ends', ['source_ip'], (c) => {
       for (const [ip, b] of this.#tunnelBytes) c.inc({ source_ip: ip }, b.received);
     });
 
