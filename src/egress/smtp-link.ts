@@ -637,14 +637,50 @@ export class SmtpLink {
     // command must still be refused)
     const rest = raw.subarray(end);
     if (rest.length > 0) this.#pendingChunks.push(rest);
+    this.#awaitThenPump(this.#afterBody(scanner.bytes));
+  }
+
+  /**
+   * The MTA is not read while `work` (a final reply) is awaited; then the commands that came
+   * after the body or chunk are handled. An unexpected error ends the link with 421.
+   */
+  #awaitThenPump(work: Promise<void>): void {
     this.#busy = true;
     this.#mta.pause();
-    void this.#afterBody(scanner.bytes).then(() => {
-      this.#busy = false;
-      if (this.#isClosed()) return this.#afterClose();
-      this.#mta.resume();
-      this.#pump();
-    });
+    work.then(
+      () => {
+        this.#busy = false;
+        if (this.#isClosed()) return this.#afterClose();
+        this.#mta.resume();
+        this.#pump();
+      },
+      (err: unknown) => {
+        this.#ctx.log.error({ mtaproxy_event: 'smtp_link', session: this.#o.who, err: String(err) }, `smtp(${this.#o.who}): internal error ${String(err)}`);
+        this.#write(formatReply(421, ['4.3.0 mtaproxy: internal error']));
+        this.#close('internal error');
+      },
+    );
+  }
+
+  /**
+   * The destination's reply to a complete body or chunk, written to the MTA; null if the
+   * connection died (`lostWhy`, or before or while the reply was awaited): the MTA got the
+   * proxy's 451 instead, never a reply of the destination's.
+   */
+  async #finalReply(conn: DestinationConnection, bytes: number, lostWhy: string | null): Promise<Reply | null> {
+    if (lostWhy !== null || conn.dead) {
+      this.#lost(new Error(lostWhy ?? conn.deadReason ?? 'destination connection lost'), bytes);
+      return null;
+    }
+    let reply: Reply;
+    try {
+      reply = await conn.awaitReply(this.#ctx.pool.timeouts.dataDoneMs);
+    } catch (err) {
+      this.#lost(err as Error, bytes);
+      return null;
+    }
+    this.#write(reply.raw);
+    return reply;
   }
 
   /**
@@ -687,21 +723,7 @@ export class SmtpLink {
     if (rest === null) return;
     this.#phase = 'command';
     if (rest.length > 0) this.#pendingChunks.push(rest);
-    this.#busy = true;
-    this.#mta.pause();
-    this.#chunkEnd(c).then(
-      () => {
-        this.#busy = false;
-        if (this.#isClosed()) return this.#afterClose();
-        this.#mta.resume();
-        this.#pump();
-      },
-      (err: unknown) => {
-        this.#ctx.log.error({ mtaproxy_event: 'smtp_link', session: this.#o.who, err: String(err) }, `smtp(${this.#o.who}): internal error ${String(err)}`);
-        this.#write(formatReply(421, ['4.3.0 mtaproxy: internal error']));
-        this.#close('internal error');
-      },
-    );
+    this.#awaitThenPump(this.#chunkEnd(c));
   }
 
   /** Writes to the destination; while its side is full the MTA is not read (the DATA body's backpressure). */
@@ -726,14 +748,8 @@ export class SmtpLink {
     if (tx !== null) tx.bytes += c.counter.size;
     const bytes = tx?.bytes ?? c.counter.size;
     // the destination died, stalled or timed out during the chunk: never a reply of its own
-    if (conn.dead) return this.#lost(new Error(conn.deadReason ?? 'destination connection lost'), bytes);
-    let reply: Reply;
-    try {
-      reply = await conn.awaitReply(this.#ctx.pool.timeouts.dataDoneMs);
-    } catch (err) {
-      return this.#lost(err as Error, bytes);
-    }
-    this.#write(reply.raw);
+    const reply = await this.#finalReply(conn, bytes, null);
+    if (reply === null) return;
     if (closesConnection(reply)) {
       if (c.last) conn.transactions++;
       this.#finish(reply, false, 'BDAT', bytes);
@@ -756,14 +772,8 @@ export class SmtpLink {
   async #afterBody(bytes: number): Promise<void> {
     const conn = this.#conn;
     if (conn === null) return;
-    if (this.#bodyLost !== null || conn.dead) return this.#lost(new Error(this.#bodyLost ?? conn.deadReason ?? 'destination connection lost'), bytes);
-    let reply: Reply;
-    try {
-      reply = await conn.awaitReply(this.#ctx.pool.timeouts.dataDoneMs);
-    } catch (err) {
-      return this.#lost(err as Error, bytes);
-    }
-    this.#write(reply.raw);
+    const reply = await this.#finalReply(conn, bytes, this.#bodyLost);
+    if (reply === null) return;
     conn.transactions++;
     this.#finish(reply, !closesConnection(reply), 'DATA', bytes);
   }
