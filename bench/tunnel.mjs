@@ -6,7 +6,7 @@
 // plaintext on a second proxy with tls = false), HAProxy in KumoMTA style (PROXY v2 header in,
 // `usesrc clientip` out, nbthread 1) and Dante (SOCKS5 CONNECT, `external: 127.0.0.2`).
 //
-//   node bench/tunnel.mjs [--seconds=5] [--paths=NAME,...] [--cpu-prof=DIR] [--svg=FILE] [--smtp-sink] [--paired]
+//   node bench/tunnel.mjs [--seconds=5] [--paths=NAME,...] [--cpu-prof=DIR] [--svg=FILE] [--smtp-sink] [--paired] [--daemon-node-args=A,B] [--bare-node-args=A,B]
 //
 //   --rounds=N (default 3): each path's session-rate window in N parts, the paths taking turns
 //   --paired: then each proxy path again, at the same time as the bare forwarder (8 loops each, the
@@ -29,7 +29,7 @@
 // forwarder's, sessions/s >= 0.95x the bare forwarder's, MiB/s >= 0.9x HAProxy's, no failed
 // session, every connection from 127.0.0.2. The native front-end's cost is broken down (handshake,
 // TLS, tunnel) from the differences between paths. --svg=FILE writes a chart of the ratios.
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { connect, createServer } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
@@ -53,6 +53,10 @@ const ONLY = arg('paths', null)?.split(',') ?? null;
 // --cpu-prof=DIR: both proxies run under node --cpu-prof (a .cpuprofile each in DIR, written when
 // they stop; summarize with node bench/cpuprofile.mjs FILE); best with --paths= one proxy path
 const CPU_PROF = arg('cpu-prof', null);
+// --daemon-node-args=--trace-gc,--max-semi-space-size=4: Node flags for the mtaproxy daemons (not the bare forwarder)
+const DAEMON_NODE_ARGS = arg('daemon-node-args', '').split(',').filter((a) => a !== '');
+// --bare-node-args=A,B: Node flags for the bare forwarder
+const BARE_NODE_ARGS = arg('bare-node-args', '').split(',').filter((a) => a !== '');
 const SVG = arg('svg', null);
 const SMTP_SINK = process.argv.includes('--smtp-sink');
 // --paired: also each proxy path at the same time as the bare forwarder (table b2)
@@ -190,18 +194,30 @@ async function sessionRate(path, seconds, warmupMs = 2000, loops = LOOPS) {
   // warm-up: the JIT compiles the path's code before the window that counts
   await Promise.all(Array.from({ length: loops }, () => loop(performance.now() + warmupMs, false)));
   const cpu = () => (path.pid === null ? NaN : cpuSeconds(path.pid));
+  const io0 = syscalls(path.pid);
   if (path.tunnels !== undefined) path.tunnels = path.resumed = 0; // count the measured window only
   const cpu0 = cpu();
   const t0 = performance.now();
   await Promise.all(Array.from({ length: loops }, () => loop(t0 + seconds * 1000, true)));
   const elapsed = (performance.now() - t0) / 1000;
+  const io1 = syscalls(path.pid);
   const resumed = path.tunnels === undefined ? null : path.resumed / path.tunnels;
-  return { elapsed, sessions: ok, failed, wrongSource, firstError, cpuS: cpu() - cpu0, tunnels: path.tunnels ?? 0, resumedTunnels: path.resumed ?? 0, resumed };
+  return { elapsed, sessions: ok, failed, wrongSource, firstError, cpuS: cpu() - cpu0, reads: io1.r - io0.r, writes: io1.w - io0.w, tunnels: path.tunnels ?? 0, resumedTunnels: path.resumed ?? 0, resumed };
+}
+
+/** read(2)-like and write(2)-like system calls of a process and its children so far (/proc/PID/io: syscr, syscw; NaN if unreadable) */
+function syscalls(pid) {
+  try {
+    const text = readFileSync(`/proc/${pid}/io`, 'utf8');
+    return { r: Number(/^syscr: (\d+)/m.exec(text)?.[1]), w: Number(/^syscw: (\d+)/m.exec(text)?.[1]) };
+  } catch {
+    return { r: NaN, w: NaN };
+  }
 }
 
 /** ROUNDS rounds, each path in turn for seconds/ROUNDS: load that comes and goes hits every path alike. */
 async function sessionRates(paths, seconds) {
-  const sums = new Map(paths.map((p) => [p.name, { elapsed: 0, sessions: 0, failed: 0, wrongSource: 0, firstError: null, cpuS: 0, tunnels: 0, resumedTunnels: 0 }]));
+  const sums = new Map(paths.map((p) => [p.name, { elapsed: 0, sessions: 0, failed: 0, wrongSource: 0, firstError: null, cpuS: 0, reads: 0, writes: 0, tunnels: 0, resumedTunnels: 0 }]));
   for (let round = 0; round < ROUNDS; round++) {
     // the order turns each round: the first path after another process's turn paid for the idle
     // pause (V8 shrinks an idle heap; whichever mtaproxy path came first read 1.2-1.3x its own
@@ -209,14 +225,14 @@ async function sessionRates(paths, seconds) {
     for (const p of [...paths.slice(round % paths.length), ...paths.slice(0, round % paths.length)]) {
       const r = await sessionRate(p, seconds / ROUNDS, round === 0 ? 2000 : 1000);
       const t = sums.get(p.name);
-      for (const k of ['elapsed', 'sessions', 'failed', 'wrongSource', 'cpuS', 'tunnels', 'resumedTunnels']) t[k] += r[k];
+      for (const k of ['elapsed', 'sessions', 'failed', 'wrongSource', 'cpuS', 'reads', 'writes', 'tunnels', 'resumedTunnels']) t[k] += r[k];
       t.firstError ??= r.firstError;
       await sleep(100);
     }
   }
   const out = new Map();
   for (const [name, t] of sums) {
-    out.set(name, { rate: t.sessions / t.elapsed, sessions: t.sessions, failed: t.failed, wrongSource: t.wrongSource, firstError: t.firstError, cpuUs: (t.cpuS * 1e6) / t.sessions, resumed: t.tunnels === 0 ? null : t.resumedTunnels / t.tunnels });
+    out.set(name, { rate: t.sessions / t.elapsed, sessions: t.sessions, failed: t.failed, wrongSource: t.wrongSource, firstError: t.firstError, cpuUs: (t.cpuS * 1e6) / t.sessions, reads: t.reads / t.sessions, writes: t.writes / t.sessions, resumed: t.tunnels === 0 ? null : t.resumedTunnels / t.tunnels });
   }
   return out;
 }
@@ -375,7 +391,7 @@ const installed = (cmd) => [...(process.env.PATH ?? '').split(':'), '/usr/sbin',
 // ---- main --------------------------------------------------------------------------------------
 /** The bare forwarder (bench/bare-forwarder.mjs) as a child process; resolves with its port. */
 async function startBare(dir) {
-  const peer = spawnPeer(process.execPath, [...(CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`]), fileURLToPath(new URL('./bare-forwarder.mjs', import.meta.url)), '--listen=127.0.0.1:0'], { dir, name: 'bare-forwarder' });
+  const peer = spawnPeer(process.execPath, [...(CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`]), ...BARE_NODE_ARGS, fileURLToPath(new URL('./bare-forwarder.mjs', import.meta.url)), '--listen=127.0.0.1:0'], { dir, name: 'bare-forwarder' });
   const deadline = Date.now() + 10_000;
   for (;;) {
     const m = /listening [\d.]+:(\d+)/.exec(peer.log());
@@ -400,7 +416,7 @@ async function socks5Open(port, sinkPort) {
 async function main() {
   console.log(`# tunnel bench: ${machine()}, ${SECONDS}s per session-rate cell, ${LOOPS} loops; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   const sinkPort = await freePort();
-  const nodeArgs = CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`];
+  const nodeArgs = [...(CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`]), ...DAEMON_NODE_ARGS];
   const socksPort = await freePort();
   const pv2Port = await freePort();
   // the SOCKS5 and PROXY v2 front-ends on the TLS proxy: their deliveries take slots of derived
@@ -489,10 +505,10 @@ async function main() {
     return [name, fmt(r.mib), fmt(r.mibMin), fmt(r.mibMax), ratio(r.mib, ha?.mib), ratio(r.mib, floor?.mib), ratio(r.mib, direct.mib), fmt(r.cpuMsPerMib, 2)];
   }));
   console.log(`\n## b) whole sessions (connect + setup, EHLO, MAIL, RCPT, 1 KiB DATA, QUIT), ${LOOPS} loops, ${SECONDS}s each in ${ROUNDS} interleaved rounds; load average ${fmt(loadBefore, 2)} before, ${fmt(loadAfter, 2)} after\n`);
-  printTable(['path', 'sessions/s', 'failed', 'wrong source', 'proxy CPU µs/session', 'sessions/s vs bare', 'CPU vs bare', 'sessions/s vs HAProxy', 'CPU vs HAProxy'], paths.map(({ name }) => {
+  printTable(['path', 'sessions/s', 'failed', 'wrong source', 'proxy CPU µs/session', 'proxy reads/writes per session', 'sessions/s vs bare', 'CPU vs bare', 'sessions/s vs HAProxy', 'CPU vs HAProxy'], paths.map(({ name }) => {
     const r = results.get(name);
     const wrongCell = CHECK_SOURCE ? `${r.wrongSource + r.bulkWrongSource} of ${r.sessions + WARMUP + RUNS}` : 'not checked';
-    return [name, fmt(r.rate), r.failed, wrongCell, fmt(r.cpuUs), ratio(r.rate, floor?.rate), ratio(r.cpuUs, floor?.cpuUs), ratio(r.rate, ha?.rate), ratio(r.cpuUs, ha?.cpuUs)];
+    return [name, fmt(r.rate), r.failed, wrongCell, fmt(r.cpuUs), Number.isFinite(r.reads) ? `${fmt(r.reads, 1)} / ${fmt(r.writes, 1)}` : 'n/a', ratio(r.rate, floor?.rate), ratio(r.cpuUs, floor?.cpuUs), ratio(r.rate, ha?.rate), ratio(r.cpuUs, ha?.cpuUs)];
   }));
   for (const p of paths) if (results.get(p.name).firstError !== null) console.log(`# ${p.name}: first failure: ${results.get(p.name).firstError}`);
 
