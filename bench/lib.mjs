@@ -72,7 +72,7 @@ export function spawnPeer(cmd, args, { dir, name, env } = {}) {
  * Starts the built daemon (dist/cli/main.js) with an [egress] table allowing deliveries from
  * `sourceIps` (127.0.0.2) to the given loopback ports. Resolves once it logged "mtaproxy started".
  */
-export async function startProxy({ ports = [], extra = '', nodeArgs = [], sourceIps = ['127.0.0.2'], throttleWaitTimeout = '10s' }) {
+export async function startProxy({ ports = [], extra = '', nodeArgs = [], sourceIps = ['127.0.0.2'], throttleWaitTimeout = '10s', cli = CLI }) {
   const dir = mkdtempSync(join(tmpdir(), 'mtaproxy-bench-'));
   const port = await freePort();
   const configFile = join(dir, 'mtaproxy.toml');
@@ -90,7 +90,7 @@ export async function startProxy({ ports = [], extra = '', nodeArgs = [], source
     `throttle_wait_timeout = "${throttleWaitTimeout}"`,
     '',
   ].join('\n'));
-  const peer = spawnPeer(process.execPath, [...nodeArgs, CLI, `--config-filename=${configFile}`], { dir, name: 'mtaproxy' });
+  const peer = spawnPeer(process.execPath, [...nodeArgs, cli, `--config-filename=${configFile}`], { dir, name: 'mtaproxy' });
   const deadline = Date.now() + 10_000;
   while (!/mtaproxy started/.test(peer.log())) {
     if (peer.proc.exitCode !== null || Date.now() > deadline) throw new Error(`mtaproxy did not start:\n${peer.log()}`);
@@ -101,7 +101,7 @@ export async function startProxy({ ports = [], extra = '', nodeArgs = [], source
     port,
     dir,
     configFile,
-    status: () => execFileSync(process.execPath, [CLI, 'status', `--config-filename=${configFile}`]).toString(),
+    status: () => execFileSync(process.execPath, [cli, 'status', `--config-filename=${configFile}`]).toString(),
     async stop() {
       await peer.stop('SIGTERM');
       rmSync(dir, { recursive: true, force: true });

@@ -6,7 +6,7 @@
 // plaintext on a second proxy with tls = false), HAProxy in KumoMTA style (PROXY v2 header in,
 // `usesrc clientip` out, nbthread 1) and Dante (SOCKS5 CONNECT, `external: 127.0.0.2`).
 //
-//   node bench/tunnel.mjs [--seconds=5] [--paths=NAME,...] [--cpu-prof=DIR] [--svg=FILE] [--smtp-sink] [--paired] [--daemon-node-args=A,B] [--bare-node-args=A,B]
+//   node bench/tunnel.mjs [--seconds=5] [--paths=NAME,...] [--cpu-prof=DIR] [--svg=FILE] [--smtp-sink] [--paired] [--daemon-node-args=A,B] [--bare-node-args=A,B] [--base-dist=DIR]
 //
 //   --rounds=N (default 3): each path's session-rate window in N parts, the paths taking turns
 //   --paired: then each proxy path again, at the same time as the bare forwarder (8 loops each, the
@@ -57,6 +57,11 @@ const CPU_PROF = arg('cpu-prof', null);
 const DAEMON_NODE_ARGS = arg('daemon-node-args', '').split(',').filter((a) => a !== '');
 // --bare-node-args=A,B: Node flags for the bare forwarder
 const BARE_NODE_ARGS = arg('bare-node-args', '').split(',').filter((a) => a !== '');
+// --base-dist=DIR: a second proxy built elsewhere (e.g. a worktree of the commit before a change;
+// DIR is its dist/) with the same SOCKS5 and PROXY v2 front-ends: its paths "base PROXY v2" and
+// "base SOCKS5" run in every table, and table b3 runs each front-end at the same time as its base
+// (8 loops each): before/after on a shared machine, the load hitting both alike
+const BASE_DIST = arg('base-dist', null);
 const SVG = arg('svg', null);
 const SMTP_SINK = process.argv.includes('--smtp-sink');
 // --paired: also each proxy path at the same time as the bare forwarder (table b2)
@@ -463,6 +468,17 @@ async function main() {
     tlsPath({ name: 'mtaproxy full TLS', pid: proxy.pid, note: 'the same with a full TLS handshake per tunnel (no resumption)' }, { ...tunnel, tls: { resumption: false } }),
     { name: 'mtaproxy plaintext', pid: plain.pid, note: 'native, tls = false (a trusted network only): HMAC handshake + CONNECT per tunnel', open: async () => (await openTunnel({ ...tunnel, port: plain.port, tls: false })).socket },
   ].filter((p) => ONLY === null || p.name === 'direct' || ONLY.includes(p.name));
+  let baseProxy = null;
+  if (BASE_DIST !== null) {
+    const baseSocks = await freePort();
+    const basePv2 = await freePort();
+    const ends = frontEnds.replace(`"127.0.0.1:${socksPort}"`, `"127.0.0.1:${baseSocks}"`).replace(`"127.0.0.1:${pv2Port}"`, `"127.0.0.1:${basePv2}"`);
+    baseProxy = await startProxy({ ports: [sinkPort], nodeArgs, extra: ends, cli: join(BASE_DIST, 'cli/main.js') });
+    paths.push(
+      { name: 'base PROXY v2', pid: baseProxy.pid, note: `${BASE_DIST}'s [proxy_v2] front-end`, open: () => dial(basePv2).then((s) => (s.write(pv2Header), s)) },
+      { name: 'base SOCKS5', pid: baseProxy.pid, note: `${BASE_DIST}'s [socks5] front-end`, open: () => socks5Open(baseSocks, sinkPort) },
+    );
+  }
   for (const p of paths) p.seen = (await probe(p)).ehlo;
   for (const [cmd, pkg, start, name] of [['haproxy', 'haproxy', startHaproxy, 'HAProxy'], ['danted', 'dante-server', startDante, 'Dante']]) {
     if (ONLY !== null && !ONLY.includes(name)) continue;
@@ -529,6 +545,20 @@ async function main() {
     }));
   }
 
+  if (BASE_DIST !== null) {
+    const pairs = ['PROXY v2', 'SOCKS5'].map((f) => [paths.find((p) => p.name === `mtaproxy ${f}`), paths.find((p) => p.name === `base ${f}`)]).filter(([a, b]) => a !== undefined && b !== undefined);
+    const l0 = loadavg()[0];
+    const out = [];
+    for (const [a, b] of pairs) {
+      const t = (await pairedRates(b, [a], SECONDS)).get(a.name);
+      const cpu = (t.cpuS * 1e6) / t.sessions;
+      const baseCpu = (t.bareCpuS * 1e6) / t.bareSessions;
+      out.push([a.name, fmt(cpu), fmt(baseCpu), ratio(cpu, baseCpu), ratio(t.sessions / t.elapsed, t.bareSessions / t.bareElapsed), t.failed]);
+    }
+    console.log(`\n## b3) --base-dist: each front-end at the same time as the same front-end of ${BASE_DIST} (${LOOPS / 2} loops each), ${SECONDS}s in ${ROUNDS} rounds; load average ${fmt(l0, 2)} before, ${fmt(loadavg()[0], 2)} after\n`);
+    printTable(['path', 'CPU µs/session', 'base CPU µs/session (same windows)', 'CPU vs base', 'sessions/s vs base', 'failed (both)'], out);
+  }
+
   console.log('\n## Targets (same run): the SOCKS5 and PROXY v2 front-ends against the bare forwarder and HAProxy\n');
   const rows = [];
   for (const name of ['mtaproxy PROXY v2', 'mtaproxy SOCKS5']) {
@@ -589,6 +619,7 @@ async function main() {
   // SIGTERM: the daemon exits by itself, so --cpu-prof writes its profile
   await proxy.stop();
   await plain.stop();
+  await baseProxy?.stop();
   if (CPU_PROF !== null) for (const p of paths) console.log(`# ${p.name}: ${p.total} sessions in all (node bench/cpuprofile.mjs FILE --per=${p.total} --vs=OTHER --vs-per=N)`);
   if (CPU_PROF !== null) console.log(`# CPU profiles in ${CPU_PROF} (TLS proxy, with SOCKS5 and PROXY v2: pid ${proxy.pid}; plaintext ${plain.pid}; bare forwarder ${bare.pid}): node bench/cpuprofile.mjs FILE`);
 }

@@ -64,7 +64,9 @@ export function connectFrom(sourceIp: string, address: string, port: number, tim
 export function openFrom(sourceIp: string, address: string, port: number, timeoutMs: number, wheel: TimerWheel, done: (err: EgressError | null, socket: Socket | null) => void): void {
   let socket: Socket;
   try {
-    socket = connect({ host: address, port, localAddress: sourceIp, allowHalfOpen: true, noDelay: true });
+    // what the destination sends is read into READ_BUFFER and handed to the tunnel (onRemoteRead):
+    // the socket must be spliced in the turn of its 'connect' (reading starts right after it)
+    socket = connect({ host: address, port, localAddress: sourceIp, allowHalfOpen: true, noDelay: true, onread: { buffer: READ_BUFFER, callback: onRemoteRead } });
   } catch (err) {
     return done(new EgressError({ code: CONNECT_CODES.unreachable, message: `${address}:${port} from ${sourceIp}: ${(err as Error).message}` }), null);
   }
@@ -229,6 +231,30 @@ class Tunnel {
   };
 }
 
+/**
+ * The one buffer every tunnel's destination socket reads into (net.connect's `onread`): what the
+ * destination sends goes to the tunnel without the stream machinery of a 'data' event (a
+ * Readable.push, a process.nextTick and a turn of the tick queue per read: --cpu-prof charged them
+ * against a bare forwarder), and an idle socket holds no buffer of its own. Safe to share: reads
+ * happen one at a time on this thread, and onRemoteRead copies what it got before it returns.
+ */
+const READ_BUFFER = Buffer.allocUnsafeSlow(64 * 1024);
+
+/** `this` (a tunnel's destination socket) read n bytes into buf: a copy goes to the MTA. */
+function onRemoteRead(this: TunnelSocket, n: number, buf: Buffer): boolean {
+  const t = this[OWNER];
+  if (!(t instanceof Tunnel)) {
+    // nothing reads before the tunnel is spliced (in the 'connect' turn) or after it finished
+    this.destroy();
+    return false;
+  }
+  t.active = performance.now();
+  const to = t.client;
+  t.write(to, Buffer.from(buf.subarray(0, n)));
+  if (to.writableLength >= MAX_BUFFERED) this.pause();
+  return true;
+}
+
 function onTunnelData(this: TunnelSocket, chunk: Buffer): void {
   const t = this[OWNER] as Tunnel;
   t.active = performance.now();
@@ -265,8 +291,8 @@ function onTunnelClose(this: TunnelSocket): void {
   t.finish(t.ended === 2 ? 'closed' : this === t.client ? 'mta closed' : 'remote closed');
 }
 
-function listen(s: Socket): void {
-  s.on('data', onTunnelData);
+function listen(s: Socket, data: boolean): void {
+  if (data) s.on('data', onTunnelData);
   s.on('drain', onTunnelDrain);
   s.on('end', onTunnelEnd);
   s.on('error', onTunnelError);
@@ -276,14 +302,15 @@ function listen(s: Socket): void {
 /**
  * Pumps bytes both ways until both directions are done or something fails; reports once.
  * `first`: what the client sent before the tunnel was open, written to the remote first.
+ * `remote` is a socket from openFrom() (its reads come through onread), spliced in its 'connect' turn.
  */
 export function splice(client: Socket, remote: Socket, idleTimeoutMs: number, wheel: TimerWheel, first: readonly Buffer[], onDone: (result: TunnelResult) => void): void {
   const t = new Tunnel(client, remote, idleTimeoutMs, wheel, onDone);
   t.client[OWNER] = t;
   t.remote[OWNER] = t;
   for (const chunk of first) t.write(remote, chunk);
-  listen(client);
-  listen(remote);
+  listen(client, true);
+  listen(remote, false); // its reads come to onRemoteRead (openFrom's onread)
   if (idleTimeoutMs > 0) t.idleTimer = wheel.add(idleTimeoutMs, t.idle);
   client.resume(); // flowing already when the delivery watched it; paused by a front-end otherwise
 }

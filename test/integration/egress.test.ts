@@ -1,7 +1,7 @@
 // Deliveries through the proxy to a real SMTP server (smtp-server), sent by a real SMTP client
 // (nodemailer's SMTPConnection) over the tunnel, from the source address the MTA chose.
 import { createHash, randomBytes } from 'node:crypto';
-import type { AddressInfo, Socket } from 'node:net';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
 import { SMTPServer } from 'smtp-server';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -166,6 +166,92 @@ describe('deliveries', () => {
     await sendOver(first.socket, Buffer.from('Subject: one\r\n\r\n1\r\n'));
     const t = await second;
     await sendOver(t.socket, Buffer.from('Subject: two\r\n\r\n2\r\n'));
+  });
+});
+
+describe('the destination side of a tunnel', () => {
+  // The destination's bytes reach the proxy through net.connect's onread (one shared buffer,
+  // copied per read): what matters is that none is lost, reordered or overwritten when the MTA
+  // is slow, and that the proxy stops reading the destination instead of buffering for it.
+  it('stops reading a destination the MTA does not keep up with, then gives the MTA every byte in order', async () => {
+    const total = 48 * 1024 * 1024;
+    const payload = randomBytes(total);
+    let destination: Socket | null = null;
+    const server = createServer((s) => {
+      destination = s;
+      s.on('error', () => {});
+      s.end(payload); // all of it at once: only TCP and the proxy's reading hold it back
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const d = await startDaemon({ extra: `[egress]\nsource_ips = ["127.0.0.2"]\nports = [${port}]\nallow_private_destinations = true\n` });
+      running.push(d);
+      const a = await session(d, 'server-a');
+      await a.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 100, mode: 'sum' });
+      const t = await openTunnel({ host: '127.0.0.1', port: d.port, name: 'server-a', secret: SECRET, source: '127.0.0.2', destination: { host: '127.0.0.1', port }, throttle: 'k' });
+      // the MTA reads nothing for a second (openTunnel hands the socket over paused)
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(destination).not.toBeNull();
+      // loopback's socket buffers hold up to ~20 MB between the four ends; the rest is still the
+      // destination's: the proxy read no more than its own bound (128 KiB) past them
+      const held = (destination as unknown as Socket).writableLength;
+      expect(held).toBeGreaterThan(16 * 1024 * 1024);
+      const hash = createHash('sha256');
+      let got = 0;
+      t.socket.on('data', (c: Buffer) => {
+        hash.update(c);
+        got += c.length;
+      });
+      await new Promise<void>((resolve) => {
+        t.socket.once('end', () => {
+          t.socket.end();
+          resolve();
+        });
+        t.socket.resume();
+      });
+      expect(got).toBe(total);
+      expect(hash.digest('hex')).toBe(createHash('sha256').update(payload).digest('hex'));
+      await d.waitForLine(new RegExp(`delivery\\(server-a\\): 127\\.0\\.0\\.2:\\d+ -> 127\\.0\\.0\\.1:${port} throttle=k up=0 down=${total} \\d+ms closed`));
+    } finally {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+
+  it('carries a reply that arrives in the same read as the destination\'s end, and many small replies in order', async () => {
+    const lines = Array.from({ length: 2000 }, (_, i) => `250-line ${i} ${'x'.repeat(i % 97)}\r\n`).join('');
+    const server = createServer((s) => {
+      s.on('error', () => {});
+      // many small writes (each may be its own read in the proxy), then the last bytes with the FIN
+      let i = 0;
+      const step = (): void => {
+        for (let k = 0; k < 50 && i < lines.length; k++, i += 37) s.write(lines.slice(i, i + 37));
+        if (i < lines.length) setImmediate(step);
+        else s.end('221 bye\r\n');
+      };
+      step();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const d = await startDaemon({ extra: `[egress]\nsource_ips = ["127.0.0.2"]\nports = [${port}]\nallow_private_destinations = true\n` });
+      running.push(d);
+      const a = await session(d, 'server-a');
+      await a.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 100, mode: 'sum' });
+      const t = await openTunnel({ host: '127.0.0.1', port: d.port, name: 'server-a', secret: SECRET, source: '127.0.0.2', destination: { host: '127.0.0.1', port }, throttle: 'k' });
+      const chunks: Buffer[] = [];
+      t.socket.on('data', (c: Buffer) => chunks.push(c));
+      await new Promise<void>((resolve) => {
+        t.socket.once('end', () => {
+          t.socket.end();
+          resolve();
+        });
+        t.socket.resume();
+      });
+      expect(Buffer.concat(chunks).toString()).toBe(`${lines}221 bye\r\n`);
+    } finally {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
   });
 });
 
