@@ -66,7 +66,7 @@ export function openFrom(sourceIp: string, address: string, port: number, timeou
   try {
     // what the destination sends is read into READ_BUFFER and handed to the tunnel (onRemoteRead):
     // the socket must be spliced in the turn of its 'connect' (reading starts right after it)
-    socket = connect({ host: address, port, localAddress: sourceIp, allowHalfOpen: true, noDelay: true, onread: { buffer: READ_BUFFER, callback: onRemoteRead } });
+    socket = connect({ host: address, port, localAddress: sourceIp, allowHalfOpen: true, noDelay: true, onread: ONREAD });
   } catch (err) {
     return done(new EgressError({ code: CONNECT_CODES.unreachable, message: `${address}:${port} from ${sourceIp}: ${(err as Error).message}` }), null);
   }
@@ -239,6 +239,7 @@ class Tunnel {
  * happen one at a time on this thread, and onRemoteRead copies what it got before it returns.
  */
 const READ_BUFFER = Buffer.allocUnsafeSlow(64 * 1024);
+const ONREAD = { buffer: READ_BUFFER, callback: onRemoteRead };
 
 /** `this` (a tunnel's destination socket) read n bytes into buf: a copy goes to the MTA. */
 function onRemoteRead(this: TunnelSocket, n: number, buf: Buffer): boolean {
@@ -276,9 +277,14 @@ function onTunnelDrain(this: TunnelSocket): void {
 function onTunnelEnd(this: TunnelSocket): void {
   const t = this[OWNER] as Tunnel;
   // half-close: the other side may still answer (QUIT -> 221). Done once what we wrote to the
-  // other side is flushed: destroying earlier would drop the last reply.
-  if (this === t.client) t.remote.end((err?: Error | null) => t.flushed(t.remote, err));
-  else t.client.end((err?: Error | null) => t.flushed(t.client, err));
+  // other side is flushed (its 'finish', onTunnelFinish): destroying earlier would drop the last reply.
+  (this === t.client ? t.remote : t.client).end();
+}
+
+/** `this` is flushed after its end(): the other side's FIN passed on (a failed flush is an 'error' instead) */
+function onTunnelFinish(this: TunnelSocket): void {
+  const t = this[OWNER];
+  if (t instanceof Tunnel) t.flushed(this);
 }
 
 function onTunnelError(this: TunnelSocket, err: NodeJS.ErrnoException): void {
@@ -295,6 +301,7 @@ function listen(s: Socket, data: boolean): void {
   if (data) s.on('data', onTunnelData);
   s.on('drain', onTunnelDrain);
   s.on('end', onTunnelEnd);
+  s.on('finish', onTunnelFinish);
   s.on('error', onTunnelError);
   s.on('close', onTunnelClose);
 }

@@ -108,16 +108,22 @@ export function renderLine(record: LogRecord, now: Date | number): string {
   return `${text}\n`;
 }
 
-/** toISOString() of a time, remembered for the millisecond (the records of one turn share it). */
-let lastMs = NaN;
-let lastIso = '';
-function isoTime(now: Date | number): string {
-  const ms = typeof now === 'number' ? now : now.getTime();
-  if (ms !== lastMs) {
-    lastMs = ms;
-    lastIso = new Date(ms).toISOString();
+/**
+ * toISOString() of a time: the text up to the seconds made once a second, the milliseconds
+ * appended (a Date and its formatting per record was ~2 µs of a delivery's record in a profile).
+ */
+let lastSecond = NaN;
+let secondPrefix = '';
+const MS_DIGITS = Array.from({ length: 1000 }, (_, i) => `.${String(i).padStart(3, '0')}Z`);
+export function isoTime(now: Date | number): string {
+  const ms = Math.floor(typeof now === 'number' ? now : now.getTime());
+  const second = Math.floor(ms / 1000);
+  if (second !== lastSecond || !Number.isFinite(second)) {
+    const iso = new Date(ms).toISOString(); // throws for an invalid time, as before
+    lastSecond = second;
+    secondPrefix = iso.slice(0, -5);
   }
-  return lastIso;
+  return secondPrefix + (MS_DIGITS[ms - second * 1000] as string);
 }
 
 /** Rendered lines not yet written: past this many characters they are written at once. */

@@ -70,3 +70,13 @@ describe('stdout sink', () => {
     expect(Date.now() - started).toBeLessThan(15_000); // not held for the 60 s interval
   });
 });
+
+describe('isoTime', () => {
+  it('is toISOString() for any time, in any order', async () => {
+    const { isoTime } = await import('../../src/log/logger.js');
+    const times = [0, 1, 999, 1000, 1001, Date.UTC(2026, 11, 2, 3, 44, 59, 999), Date.UTC(2026, 11, 2, 3, 45, 0, 0), Date.now(), -1, -1000, -1001, 253402300799999, 1e12 + 0.7];
+    for (let i = 0; i < 2000; i++) times.push(Math.floor(Math.random() * 4e12) - 1e12);
+    for (const t of [...times, ...times.reverse()]) expect(isoTime(t)).toBe(new Date(Math.floor(t)).toISOString());
+    expect(isoTime(new Date(1234567890123))).toBe('2009-02-13T23:31:30.123Z');
+  });
+});
