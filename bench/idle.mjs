@@ -5,7 +5,7 @@
 // (RSS - baseline) / N. Paths: the bare forwarder (bench/bare-forwarder.mjs, the floor), mtaproxy's
 // PROXY v2 and SOCKS5 front-ends and its native tunnel (plaintext; --tls adds native over TLS).
 //
-//   node bench/idle.mjs [--tunnels=9500] [--paths=NAME,...] [--tls] [--settle=3]
+//   node bench/idle.mjs [--tunnels=9500] [--paths=NAME,...] [--tls] [--settle=3] [--cpu-prof=DIR]
 //
 // Needs: npm run build; ulimit -n above 2 x tunnels + 100 (the proxy holds two sockets a tunnel).
 // Target (issue 14): <= 8 KiB of RSS per tunnel over the idle baseline at 9 500 tunnels, no errors.
@@ -23,6 +23,8 @@ const TUNNELS = Number(arg('tunnels', 9500));
 const SETTLE_S = Number(arg('settle', 2));
 const ONLY = arg('paths', null)?.split(',') ?? null;
 const TLS = process.argv.includes('--tls');
+// --cpu-prof=DIR: the proxies run under node --cpu-prof (where opening N tunnels spends its time)
+const CPU_PROF = arg('cpu-prof', null);
 const SINK_PORT = arg('sink', null); // set only in the sink's child process
 const SOURCE = '127.0.0.2';
 const PARALLEL = 50; // tunnels being opened at once (under max_pending_handshakes_per_peer = 100)
@@ -141,7 +143,7 @@ async function startPath(name, sinkPort, dir) {
     '[proxy_v2]', `listen = ["127.0.0.1:${pv2Port}"]`,
     '[derived_throttle]', `max_connections = ${TUNNELS + WARMUP + 100}`,
   ].join('\n');
-  const proxy = await startProxy({ ports: [sinkPort], extra, nodeArgs: [`--inspect=127.0.0.1:${inspect}`] });
+  const proxy = await startProxy({ ports: [sinkPort], extra, nodeArgs: [`--inspect=127.0.0.1:${inspect}`, ...(CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`])] });
   const control = await ControlClient.connect({ host: '127.0.0.1', port: proxy.port, name: 'bench', secret: SECRET, ...(plaintext ? { tls: false } : {}) });
   await control.declare({ key: 'idle', sourceIp: SOURCE, maxConnections: TUNNELS + WARMUP + 100, maxMessagesPerHour: 100_000_000, mode: 'sum' });
   const tunnel = { host: '127.0.0.1', port: proxy.port, name: 'bench', secret: SECRET, source: SOURCE, destination: { host: '127.0.0.1', port: sinkPort }, throttle: 'idle', ...(plaintext ? { tls: false } : {}) };

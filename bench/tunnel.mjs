@@ -6,7 +6,7 @@
 // plaintext on a second proxy with tls = false), HAProxy in KumoMTA style (PROXY v2 header in,
 // `usesrc clientip` out, nbthread 1) and Dante (SOCKS5 CONNECT, `external: 127.0.0.2`).
 //
-//   node bench/tunnel.mjs [--seconds=5] [--paths=NAME,...] [--cpu-prof=DIR] [--svg=FILE] [--smtp-sink] [--paired] [--daemon-node-args=A,B] [--bare-node-args=A,B] [--base-dist=DIR]
+//   node bench/tunnel.mjs [--seconds=5] [--paths=NAME,...] [--cpu-prof=DIR] [--svg=FILE] [--smtp-sink] [--paired] [--daemon-node-args=A,B] [--bare-node-args=A,B] [--base-dist=DIR] [--base-node-args=A,B]
 //
 //   --rounds=N (default 3): each path's session-rate window in N parts, the paths taking turns
 //   --paired: then each proxy path again, at the same time as the bare forwarder (8 loops each, the
@@ -62,6 +62,9 @@ const BARE_NODE_ARGS = arg('bare-node-args', '').split(',').filter((a) => a !== 
 // "base SOCKS5" run in every table, and table b3 runs each front-end at the same time as its base
 // (8 loops each): before/after on a shared machine, the load hitting both alike
 const BASE_DIST = arg('base-dist', null);
+// --base-node-args=A,B: Node flags for the --base-dist proxy instead of --daemon-node-args (the same
+// build as base, different flags: what a V8 flag does, under the same load)
+const BASE_NODE_ARGS = arg('base-node-args', null)?.split(',').filter((a) => a !== '') ?? null;
 const SVG = arg('svg', null);
 const SMTP_SINK = process.argv.includes('--smtp-sink');
 // --paired: also each proxy path at the same time as the bare forwarder (table b2)
@@ -473,7 +476,7 @@ async function main() {
     const baseSocks = await freePort();
     const basePv2 = await freePort();
     const ends = frontEnds.replace(`"127.0.0.1:${socksPort}"`, `"127.0.0.1:${baseSocks}"`).replace(`"127.0.0.1:${pv2Port}"`, `"127.0.0.1:${basePv2}"`);
-    baseProxy = await startProxy({ ports: [sinkPort], nodeArgs, extra: ends, cli: join(BASE_DIST, 'cli/main.js') });
+    baseProxy = await startProxy({ ports: [sinkPort], nodeArgs: BASE_NODE_ARGS ?? nodeArgs, extra: ends, cli: join(BASE_DIST, 'cli/main.js') });
     paths.push(
       { name: 'base PROXY v2', pid: baseProxy.pid, note: `${BASE_DIST}'s [proxy_v2] front-end`, open: () => dial(basePv2).then((s) => (s.write(pv2Header), s)) },
       { name: 'base SOCKS5', pid: baseProxy.pid, note: `${BASE_DIST}'s [socks5] front-end`, open: () => socks5Open(baseSocks, sinkPort) },
