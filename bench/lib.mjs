@@ -1,7 +1,7 @@
 // Shared helpers for the on-demand benchmarks in bench/ (not part of `npm test`).
 // Plain ESM JavaScript: the benches import the built daemon and client from ../dist/.
 import { spawn, execFileSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir, cpus } from 'node:os';
 import { join } from 'node:path';
@@ -102,8 +102,10 @@ export async function startProxy({ ports = [], extra = '', nodeArgs = [], source
     dir,
     configFile,
     status: () => execFileSync(process.execPath, [cli, 'status', `--config-filename=${configFile}`]).toString(),
-    async stop() {
+    /** keepLog: a path the daemon's output is copied to before its directory goes */
+    async stop(keepLog = null) {
       await peer.stop('SIGTERM');
+      if (keepLog !== null) copyFileSync(peer.logFile, keepLog);
       rmSync(dir, { recursive: true, force: true });
     },
   };

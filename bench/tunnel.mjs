@@ -6,7 +6,7 @@
 // plaintext on a second proxy with tls = false), HAProxy in KumoMTA style (PROXY v2 header in,
 // `usesrc clientip` out, nbthread 1) and Dante (SOCKS5 CONNECT, `external: 127.0.0.2`).
 //
-//   node bench/tunnel.mjs [--seconds=5] [--paths=NAME,...] [--cpu-prof=DIR] [--svg=FILE] [--smtp-sink] [--paired] [--daemon-node-args=A,B] [--bare-node-args=A,B] [--base-dist=DIR] [--base-node-args=A,B]
+//   node bench/tunnel.mjs [--seconds=5] [--paths=NAME,...] [--cpu-prof=DIR] [--svg=FILE] [--smtp-sink] [--paired] [--daemon-node-args=A,B] [--bare-node-args=A,B] [--base-dist=DIR] [--base-node-args=A,B] [--keep-logs=DIR]
 //
 //   --rounds=N (default 3): each path's session-rate window in N parts, the paths taking turns
 //   --paired: then each proxy path again, at the same time as the bare forwarder (8 loops each, the
@@ -620,9 +620,11 @@ async function main() {
   await bare.stop();
   await sink.stop();
   // SIGTERM: the daemon exits by itself, so --cpu-prof writes its profile
-  await proxy.stop();
-  await plain.stop();
-  await baseProxy?.stop();
+  const keep = arg('keep-logs', null); // --keep-logs=DIR: the daemons' output (e.g. with --daemon-node-args=--trace-deopt) kept
+  const kept = (name) => (keep === null ? null : join(keep, name));
+  await proxy.stop(kept('mtaproxy-tls.log'));
+  await plain.stop(kept('mtaproxy-plaintext.log'));
+  await baseProxy?.stop(kept('mtaproxy-base.log'));
   if (CPU_PROF !== null) for (const p of paths) console.log(`# ${p.name}: ${p.total} sessions in all (node bench/cpuprofile.mjs FILE --per=${p.total} --vs=OTHER --vs-per=N)`);
   if (CPU_PROF !== null) console.log(`# CPU profiles in ${CPU_PROF} (TLS proxy, with SOCKS5 and PROXY v2: pid ${proxy.pid}; plaintext ${plain.pid}; bare forwarder ${bare.pid}): node bench/cpuprofile.mjs FILE`);
 }
