@@ -230,36 +230,61 @@ class HeapOps<T> {
 }
 
 /**
- * A Map by increasing integer id for items that are mostly short-lived but may be very many: new
- * entries go to a small young Map, and only once it holds YOUNG_MAX live entries do they move to
- * the old one. A Map's deletions leave holes that a rehash of the whole table clears, so churn (an
- * ACQUIRE and its RELEASE) on one Map of 200 000 leases costs about 5x what it costs on a small one,
- * and each rehash leaves a multi-megabyte table for the GC; here the churn stays in the young Map.
+ * A Map by increasing integer id for items that are mostly short-lived but may be very many. The
+ * young ones sit in a direct-mapped table of YOUNG_SLOTS slots (slot = id mod YOUNG_SLOTS); an item
+ * still there when a newer id needs its slot moves to the old Map. An ACQUIRE and its RELEASE then
+ * touch one array slot and allocate nothing: a Map's deletions leave holes that a rehash clears,
+ * and its table grows and shrinks with the churn, each time a new table for the garbage collector
+ * (on one Map of 200 000 leases the churn cost about 5x what it costs on a small one). Only items
+ * that outlive YOUNG_SLOTS newer ids (a delivery's lease, a long wait) reach the old Map.
  */
-const YOUNG_MAX = 64;
+const YOUNG_SLOTS = 2048;
 class IdMap<V> {
-  #young = new Map<number, V>();
+  /** the id in each slot, -1: empty */
+  readonly #ids = new Float64Array(YOUNG_SLOTS).fill(-1);
+  readonly #values: (V | undefined)[] = new Array<V | undefined>(YOUNG_SLOTS).fill(undefined);
+  #young = 0;
   readonly #old = new Map<number, V>();
 
   get size(): number {
-    return this.#young.size + this.#old.size;
+    return this.#young + this.#old.size;
   }
 
   get(id: number): V | undefined {
-    return this.#young.get(id) ?? this.#old.get(id);
+    const i = id % YOUNG_SLOTS; // NaN, a fraction or a negative id: no slot (undefined !== id)
+    return this.#ids[i] === id ? this.#values[i] : this.#old.get(id);
   }
 
+  /** `id` must be new (larger than every id set before). */
   set(id: number, v: V): void {
-    if (this.#young.size >= YOUNG_MAX) {
-      for (const [k, x] of this.#young) this.#old.set(k, x);
-      this.#young = new Map();
-    }
-    this.#young.set(id, v);
+    const i = id % YOUNG_SLOTS;
+    const held = this.#ids[i] as number;
+    if (held !== -1) this.#old.set(held, this.#values[i] as V);
+    else this.#young++;
+    this.#ids[i] = id;
+    this.#values[i] = v;
   }
 
   delete(id: number): boolean {
-    return this.#young.delete(id) || this.#old.delete(id);
+    const i = id % YOUNG_SLOTS;
+    if (this.#ids[i] !== id) return this.#old.delete(id);
+    this.#ids[i] = -1;
+    this.#values[i] = undefined;
+    this.#young--;
+    return true;
   }
+}
+
+/**
+ * A lease as the manager keeps it: a control session's own connection leases are linked into
+ * that session's list (for its leave), so taking and returning one adds and removes no entry of a
+ * Set (whose table would grow and shrink with the churn).
+ */
+interface LeaseRecord extends Lease {
+  /** the session whose list holds it (null: a delivery's lease, or a message token: in no list) */
+  owner: SessionState | null;
+  prev: LeaseRecord | null;
+  next: LeaseRecord | null;
 }
 
 interface Waiter {
@@ -343,8 +368,8 @@ interface SessionState {
   readonly members: Member[];
   /** the session's waiting requests, all throttles, in arrival order; null: none */
   waiters: Set<Waiter> | null;
-  /** ids of the connection leases taken by the session's own ACQUIREs (not deliveries'); null: none yet */
-  leases: Set<number> | null;
+  /** the connection leases taken by the session's own ACQUIREs (not deliveries'), newest first; null: none */
+  leases: LeaseRecord | null;
 }
 
 const byTag = (a: Waiter, b: Waiter): boolean => a.tag < b.tag || (a.tag === b.tag && a.id < b.id);
@@ -428,9 +453,24 @@ function unlinkFromSession(member: Member): void {
   member.slot = -1;
 }
 
+/** What an operation that changed nothing for any waiter returns (shared: never to be changed). */
+const NO_EVENTS: readonly ThrottleEvent[] = Object.freeze([]);
+
+/** Takes a lease out of its session's list (if in one). */
+function unlinkLease(lease: LeaseRecord): void {
+  const s = lease.owner;
+  if (s === null) return;
+  if (lease.prev === null) s.leases = lease.next;
+  else lease.prev.next = lease.next;
+  if (lease.next !== null) lease.next.prev = lease.prev;
+  lease.owner = null;
+  lease.prev = null;
+  lease.next = null;
+}
+
 export class ThrottleManager {
   readonly #throttles = new Map<string, Throttle>();
-  readonly #leases = new IdMap<Lease>();
+  readonly #leases = new IdMap<LeaseRecord>();
   readonly #sessions = new Map<string, SessionState>();
   readonly #waiters = new IdMap<Waiter>();
   readonly #deadlines: Waiter[] = [];
@@ -651,14 +691,19 @@ export class ThrottleManager {
   }
 
   /** Returns a connection slot (message tokens are consumed, releasing them is a no-op). */
-  release(leaseId: number, now: number): ThrottleEvent[] {
+  release(leaseId: number, now: number): readonly ThrottleEvent[] {
     const lease = this.#leases.get(leaseId);
-    if (lease === undefined) return [];
+    if (lease === undefined) return NO_EVENTS;
     this.#leases.delete(leaseId);
-    this.#sessions.get(lease.session)?.leases?.delete(leaseId);
+    unlinkLease(lease);
     const t = this.#throttles.get(lease.key);
-    if (t === undefined) return [];
+    if (t === undefined) return NO_EVENTS;
     if (lease.kind === 'connection') t.connectionsInUse--;
+    // nobody waits here (the usual case): nothing to serve, and no events array to allocate
+    if (t.connectionQueue === null && t.messageQueue === null) {
+      this.#afterChange(t);
+      return NO_EVENTS;
+    }
     const events: ThrottleEvent[] = [];
     this.#serve(t, now, events);
     return events;
@@ -709,16 +754,20 @@ export class ThrottleManager {
     this.#sessions.delete(session);
     // throttles that got slots back; those the session is a member of are settled with its members
     let freed: Set<Throttle> | null = null;
-    for (const id of s.leases ?? []) {
-      const lease = this.#leases.get(id);
-      if (lease === undefined) continue;
-      this.#leases.delete(id);
+    for (let lease = s.leases, next: LeaseRecord | null; lease !== null; lease = next) {
+      // the whole list goes: no unlinking one by one
+      next = lease.next;
+      lease.owner = null;
+      lease.prev = null;
+      lease.next = null;
+      this.#leases.delete(lease.id);
       const t = this.#throttles.get(lease.key);
       if (t !== undefined && lease.kind === 'connection') {
         t.connectionsInUse--;
         (freed ??= new Set()).add(t);
       }
     }
+    s.leases = null;
     // every wait goes before any throttle serves again: none may be granted to this session
     for (const w of s.waiters ?? []) {
       const t = w.member.throttle;
@@ -862,11 +911,18 @@ export class ThrottleManager {
   }
 
   #grant(t: Throttle, session: string, kind: LeaseKind, tag: number, heldByDelivery: boolean): Lease {
-    const lease: Lease = { id: this.#nextId++, session, key: t.key, kind, heldByDelivery };
+    const lease: LeaseRecord = { id: this.#nextId++, session, key: t.key, kind, heldByDelivery, owner: null, prev: null, next: null };
     if (kind === 'connection') {
       t.connectionsInUse++;
       this.#leases.set(lease.id, lease);
-      if (!heldByDelivery) (this.#session(session).leases ??= new Set()).add(lease.id);
+      if (!heldByDelivery) {
+        const s = this.#session(session);
+        const head = s.leases;
+        lease.owner = s;
+        lease.next = head;
+        if (head !== null) head.prev = lease;
+        s.leases = lease;
+      }
     } else {
       t.tokens -= 1;
     }

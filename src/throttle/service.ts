@@ -130,7 +130,7 @@ export class ThrottleService {
     this.#timer = null;
   }
 
-  #dispatch(events: ThrottleEvent[]): void {
+  #dispatch(events: readonly ThrottleEvent[]): void {
     for (const e of events) {
       const done = this.#waiting.get(e.waitId);
       this.#waiting.delete(e.waitId);
@@ -148,13 +148,15 @@ export class ThrottleService {
 
   /** One timer, set for the earliest moment a tick can change anything. */
   #schedule(): void {
-    const next = this.manager.nextWakeup(this.#now());
-    if (next === null) {
+    // the earliest moment, without reading the clock when there is none (the usual case)
+    const due = this.manager.nextWakeup(-Infinity);
+    if (due === null) {
       if (this.#timer !== null) clearTimeout(this.#timer);
       this.#timer = null;
       this.#timerAt = Infinity;
       return;
     }
+    const next = Math.max(this.#now(), due);
     if (this.#timer !== null && this.#timerAt <= next) return;
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timerAt = next;
