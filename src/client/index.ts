@@ -13,6 +13,7 @@ import type { Declaration } from '../throttle/manager.js';
 import { formatBacklog, formatReply, formatRequest, MAX_CONTROL_LINE, parseControlLine, type Backlog } from '../protocol/control.js';
 import { authLine, NONCE_BYTES, parseGreeting, PROTOCOL_VERSION, tlsExporter, verifyServerProof, type ChannelBinding } from '../protocol/handshake.js';
 import { LineSplitter } from '../protocol/lines.js';
+import { IdMap } from '../throttle/idmap.js';
 
 export type { Backlog, Declaration };
 
@@ -242,6 +243,13 @@ const LEASE = 1;
 const VOID = 2;
 type ReplyShape = typeof RAW | typeof LEASE | typeof VOID;
 
+/**
+ * The young table of pending requests by tag (the tags count up from 1): a request and its reply
+ * add and remove no Map entry (whose table would grow and shrink with the churn); one still
+ * unanswered after this many newer requests moves to a Map.
+ */
+const PENDING_SLOTS = 1024;
+
 /** One request waiting for its reply: no closure of its own (the hot path allocates little). */
 interface Pending {
   readonly verb: string;
@@ -359,7 +367,7 @@ export class ControlClient {
   readonly name: string;
   readonly #socket: Socket;
   /** by tag: the tags this client chooses are decimal */
-  readonly #pending = new Map<number, Pending>();
+  readonly #pending = new IdMap<Pending>(PENDING_SLOTS);
   #nextTag = 1;
   #closeReason: string | null = null;
   readonly closed: Promise<string>;
@@ -382,7 +390,7 @@ export class ControlClient {
     socket.on('close', () => {
       this.#closeReason ??= 'connection closed';
       const err = new ProxyError('ECONNECTION', `session closed: ${this.#closeReason}`);
-      for (const p of this.#pending.values()) p.reject(err);
+      for (const [, p] of this.#pending.entries()) p.reject(err);
       this.#pending.clear();
       onClosed(this.#closeReason);
     });

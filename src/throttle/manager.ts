@@ -13,6 +13,8 @@
 // indexes by wait id and by session. So acquire, release, cancel and each grant or timeout cost
 // O(log n), nextWakeup O(1), and leave and setBacklog touch only what concerns that session.
 
+import { IdMap } from './idmap.js';
+
 export type Mode = 'sum' | 'average';
 export type LeaseKind = 'connection' | 'message';
 
@@ -226,52 +228,6 @@ class HeapOps<T> {
     }
     items[i] = x;
     this.#setIndex(x, i);
-  }
-}
-
-/**
- * A Map by increasing integer id for items that are mostly short-lived but may be very many. The
- * young ones sit in a direct-mapped table of YOUNG_SLOTS slots (slot = id mod YOUNG_SLOTS); an item
- * still there when a newer id needs its slot moves to the old Map. An ACQUIRE and its RELEASE then
- * touch one array slot and allocate nothing: a Map's deletions leave holes that a rehash clears,
- * and its table grows and shrinks with the churn, each time a new table for the garbage collector
- * (on one Map of 200 000 leases the churn cost about 5x what it costs on a small one). Only items
- * that outlive YOUNG_SLOTS newer ids (a delivery's lease, a long wait) reach the old Map.
- */
-const YOUNG_SLOTS = 2048;
-class IdMap<V> {
-  /** the id in each slot, -1: empty */
-  readonly #ids = new Float64Array(YOUNG_SLOTS).fill(-1);
-  readonly #values: (V | undefined)[] = new Array<V | undefined>(YOUNG_SLOTS).fill(undefined);
-  #young = 0;
-  readonly #old = new Map<number, V>();
-
-  get size(): number {
-    return this.#young + this.#old.size;
-  }
-
-  get(id: number): V | undefined {
-    const i = id % YOUNG_SLOTS; // NaN, a fraction or a negative id: no slot (undefined !== id)
-    return this.#ids[i] === id ? this.#values[i] : this.#old.get(id);
-  }
-
-  /** `id` must be new (larger than every id set before). */
-  set(id: number, v: V): void {
-    const i = id % YOUNG_SLOTS;
-    const held = this.#ids[i] as number;
-    if (held !== -1) this.#old.set(held, this.#values[i] as V);
-    else this.#young++;
-    this.#ids[i] = id;
-    this.#values[i] = v;
-  }
-
-  delete(id: number): boolean {
-    const i = id % YOUNG_SLOTS;
-    if (this.#ids[i] !== id) return this.#old.delete(id);
-    this.#ids[i] = -1;
-    this.#values[i] = undefined;
-    this.#young--;
-    return true;
   }
 }
 
