@@ -666,6 +666,19 @@ export class ThrottleManager {
   }
 
   /**
+   * release() when nobody waits at the lease's throttle, so that nothing is served and no time is
+   * needed (true: done, or no such lease); otherwise changes nothing and returns false: call release().
+   */
+  releaseIfIdle(leaseId: number): boolean {
+    const lease = this.#leases.get(leaseId);
+    if (lease === undefined) return true;
+    const t = this.#throttles.get(lease.key);
+    if (t !== undefined && (t.connectionQueue !== null || t.messageQueue !== null)) return false;
+    this.release(leaseId, NaN); // the time is read only to serve waiters: there are none
+    return true;
+  }
+
+  /**
    * Gives a message token back: the message it was taken for was not accepted (the destination
    * refused MAIL FROM), so it does not count against max_messages_per_hour.
    */

@@ -108,6 +108,8 @@ export class ThrottleService {
   }
 
   release(leaseId: number): void {
+    // nobody waits at its throttle (the usual case): no clock to read, no events to dispatch
+    if (this.manager.releaseIfIdle(leaseId)) return;
     this.#dispatch(this.manager.release(leaseId, this.#now()));
   }
 
@@ -131,7 +133,8 @@ export class ThrottleService {
   }
 
   #dispatch(events: readonly ThrottleEvent[]): void {
-    for (const e of events) {
+    for (let i = 0; i < events.length; i++) {
+      const e = events[i] as ThrottleEvent;
       const done = this.#waiting.get(e.waitId);
       this.#waiting.delete(e.waitId);
       if (done === undefined) {
