@@ -4,7 +4,8 @@
 // operation over 5 runs of 300 000. Steadier than bench/throttle.mjs on a loaded machine (no
 // syscalls, no scheduler): for before/after comparisons of the handler path. --wire: each round's
 // requests arrive as one Buffer through a LineSplitter (as native.ts reads them), not as strings.
-// Also prints the scavenges per 10 000 operations over the measured runs (the allocations).
+// Also prints this process's scavenges per 10 000 operations over the measured runs (the harness's
+// own line building and reply parsing included: compare like with like).
 //
 //   node bench/throttle-cpu.mjs [DIST=dist] [--metrics] [--wire]     (npm run build first)
 import { EventEmitter } from 'node:events';
@@ -61,4 +62,4 @@ scavenges = 0;
 for (let i = 0; i < 5; i++) r.push(await run(300000));
 await new Promise((r) => setTimeout(r, 10));
 r.sort((a, b) => a - b);
-console.log(`${dist.replace(/^.*\//, "")}${withMetrics ? ' +metrics' : ''}${wire ? ' +wire' : ''}: µs/op (ACQUIRE+RELEASE, JS side) median ${r[2].toFixed(3)} min ${r[0].toFixed(3)} max ${r[4].toFixed(3)}; scavenges per 10k ops ${((scavenges * 10000) / 1_500_000).toFixed(2)}`);
+console.log(`${dist.replace(/^.*\//, "")}${withMetrics ? ' +metrics' : ''}${wire ? ' +wire' : ''}: µs/op (ACQUIRE+RELEASE, JS side) median ${r[2].toFixed(3)} min ${r[0].toFixed(3)} max ${r[4].toFixed(3)}; scavenges per 10k ops (this process: the harness's own allocations included) ${((scavenges * 10000) / 1_500_000).toFixed(2)}`);
