@@ -13,6 +13,7 @@ import type { Declaration } from '../throttle/manager.js';
 import { formatBacklog, formatReply, formatRequest, MAX_CONTROL_LINE, parseControlLine, type Backlog } from '../protocol/control.js';
 import { authLine, NONCE_BYTES, parseGreeting, PROTOCOL_VERSION, tlsExporter, verifyServerProof, type ChannelBinding } from '../protocol/handshake.js';
 import { LineSplitter } from '../protocol/lines.js';
+import { IdMap } from '../throttle/idmap.js';
 
 export type { Backlog, Declaration };
 
@@ -242,6 +243,13 @@ const LEASE = 1;
 const VOID = 2;
 type ReplyShape = typeof RAW | typeof LEASE | typeof VOID;
 
+/**
+ * The young table of pending requests by tag (the tags count up from 1): a request and its reply
+ * add and remove no Map entry (whose table would grow and shrink with the churn); one still
+ * unanswered after this many newer requests moves to a Map.
+ */
+const PENDING_SLOTS = 1024;
+
 /** One request waiting for its reply: no closure of its own (the hot path allocates little). */
 interface Pending {
   readonly verb: string;
@@ -250,14 +258,31 @@ interface Pending {
   reject(err: Error): void;
 }
 
-/** "lease <digits>" -> the id, anything else (a message token's "message") -> null, as /^lease (\d+)$/ did */
-function leaseOf(text: string): number | null {
-  if (text.length <= 6 || !text.startsWith('lease ')) return null;
-  for (let i = 6; i < text.length; i++) {
-    const c = text.charCodeAt(i);
+/**
+ * The reply text from `at` to the end: "lease <digits>" -> the id, anything else (a message
+ * token's "message") -> null, as /^lease (\d+)$/ did (a number past 15 digits via Number(), as then).
+ */
+function leaseAt(line: string, at: number): number | null {
+  if (line.length <= at + 6 || !line.startsWith('lease ', at)) return null;
+  const v = decimal(line, at + 6, line.length);
+  if (v >= 0) return v;
+  for (let i = at + 6; i < line.length; i++) {
+    const c = line.charCodeAt(i);
     if (c < 48 || c > 57) return null;
   }
-  return Number(text.slice(6));
+  return Number(line.slice(at + 6));
+}
+
+/** The decimal digits of line[from, to) as a number (1-15 of them: exact), or -1. */
+function decimal(line: string, from: number, to: number): number {
+  if (to - from < 1 || to - from > 15) return -1;
+  let v = 0;
+  for (let i = from; i < to; i++) {
+    const c = line.charCodeAt(i);
+    if (c < 48 || c > 57) return -1;
+    v = v * 10 + (c - 48);
+  }
+  return v;
 }
 
 /** Connects and authenticates; resolves with the socket and the lines already received after OK. */
@@ -342,7 +367,7 @@ export class ControlClient {
   readonly name: string;
   readonly #socket: Socket;
   /** by tag: the tags this client chooses are decimal */
-  readonly #pending = new Map<number, Pending>();
+  readonly #pending = new IdMap<Pending>(PENDING_SLOTS);
   #nextTag = 1;
   #closeReason: string | null = null;
   readonly closed: Promise<string>;
@@ -365,7 +390,7 @@ export class ControlClient {
     socket.on('close', () => {
       this.#closeReason ??= 'connection closed';
       const err = new ProxyError('ECONNECTION', `session closed: ${this.#closeReason}`);
-      for (const p of this.#pending.values()) p.reject(err);
+      for (const [, p] of this.#pending.entries()) p.reject(err);
       this.#pending.clear();
       onClosed(this.#closeReason);
     });
@@ -387,6 +412,23 @@ export class ControlClient {
   #awaitingStart: { resolve(): void; reject(err: Error): void } | null = null;
 
   #onLine(line: string): void {
+    // the usual line, a reply to one of our requests: "<decimal tag> <3 digits> <text>", read
+    // without parseControlLine's slices and message object (any other line takes the general path)
+    const sp = line.indexOf(' ');
+    if (sp > 0 && sp <= 10 && line.length > sp + 4 && line.charCodeAt(sp + 4) === 32 && this.#awaitingStart === null) {
+      const tag = decimal(line, 0, sp);
+      const code = decimal(line, sp + 1, sp + 4);
+      if (tag >= 0 && code >= 0) {
+        const p = this.#pending.get(tag);
+        if (p === undefined) return;
+        this.#pending.delete(tag);
+        if (code >= 400) p.reject(new ProxyError('EREPLY', `${p.verb}: ${code} ${line.slice(sp + 5)}`, code));
+        else if (p.shape === LEASE) p.resolve(leaseAt(line, sp + 5));
+        else if (p.shape === VOID) p.resolve(undefined);
+        else p.resolve({ code, text: line.slice(sp + 5) });
+        return;
+      }
+    }
     if (this.#awaitingStart !== null) {
       const start = this.#awaitingStart;
       this.#awaitingStart = null;
@@ -401,13 +443,13 @@ export class ControlClient {
       if (p === undefined) return;
       this.#pending.delete(tag);
       if (msg.code >= 400) p.reject(new ProxyError('EREPLY', `${p.verb}: ${msg.code} ${msg.text}`, msg.code));
-      else if (p.shape === LEASE) p.resolve(leaseOf(msg.text));
+      else if (p.shape === LEASE) p.resolve(leaseAt(msg.text, 0));
       else if (p.shape === VOID) p.resolve(undefined);
       else p.resolve({ code: msg.code, text: msg.text });
     } else if (msg.kind === 'request') {
       // the proxy's own requests (PING) are answered at once; that round trip is its RTT
-      if (msg.verb === 'PING') this.#send(formatReply(msg.tag, 250, 'PONG'));
-      else this.#send(formatReply(msg.tag, 500, `unknown command ${msg.verb}`));
+      if (msg.verb === 'PING') this.#send(`${formatReply(msg.tag, 250, 'PONG')}\n`);
+      else this.#send(`${formatReply(msg.tag, 500, `unknown command ${msg.verb}`)}\n`);
     } else if (msg.kind === 'notice') {
       this.notices.push(`${msg.code} ${msg.text}`);
       if (msg.code >= 400) this.#closeReason = `${msg.code} ${msg.text}`;
@@ -416,21 +458,22 @@ export class ControlClient {
 
   /** Sends a request; resolves with the reply, rejects on a 4xx/5xx reply or a closed session. */
   request(verb: string, args: readonly (string | number)[] = []): Promise<{ code: number; text: string }> {
-    return this.#request(verb, args, RAW) as Promise<{ code: number; text: string }>;
+    return this.#request(verb, args.length === 0 ? '' : ` ${args.join(' ')}`, RAW) as Promise<{ code: number; text: string }>;
   }
 
-  #request(verb: string, args: readonly (string | number)[], shape: ReplyShape): Promise<unknown> {
+  /** `rest`: the request's arguments, each after a space ("" for none) */
+  #request(verb: string, rest: string, shape: ReplyShape): Promise<unknown> {
     if (this.#socket.destroyed) return Promise.reject(new ProxyError('ECONNECTION', `session closed: ${this.#closeReason ?? 'not connected'}`));
     const tag = this.#nextTag++;
     return new Promise((resolve, reject) => {
       this.#pending.set(tag, { verb, shape, resolve, reject });
-      this.#send(formatRequest(String(tag), verb, args));
+      this.#send(`${tag} ${verb}${rest}\n`);
     });
   }
 
   /** Sends a request that gets no reply (tag "-"): for RELEASE on a hot path. */
   notify(verb: string, args: readonly (string | number)[] = []): void {
-    if (!this.#socket.destroyed) this.#send(formatRequest('-', verb, args));
+    if (!this.#socket.destroyed) this.#send(`${formatRequest('-', verb, args)}\n`);
   }
 
   /**
@@ -439,9 +482,9 @@ export class ControlClient {
    * calls that awaiting code makes when a batch of replies arrives (each RELEASE and the next
    * ACQUIRE, several promise hops apart) leave in one write instead of one per hop.
    */
-  #send(line: string): void {
+  #send(text: string): void {
     if (this.#outbox === '') process.nextTick(this.#flush);
-    this.#outbox += `${line}\n`;
+    this.#outbox += text;
   }
 
   readonly #flush = (): void => {
@@ -477,16 +520,16 @@ export class ControlClient {
 
   /** Takes a connection slot (resolves with its lease id) or a message token (resolves with null). */
   acquire(key: string, kind: 'connection' | 'message', waitMs?: number): Promise<number | null> {
-    return this.#request('ACQUIRE', waitMs === undefined ? [key, kind] : [key, kind, `wait=${waitMs}`], LEASE) as Promise<number | null>;
+    return this.#request('ACQUIRE', waitMs === undefined ? ` ${key} ${kind}` : ` ${key} ${kind} wait=${waitMs}`, LEASE) as Promise<number | null>;
   }
 
   release(leaseId: number): Promise<void> {
-    return this.#request('RELEASE', [leaseId], VOID) as Promise<void>;
+    return this.#request('RELEASE', ` ${leaseId}`, VOID) as Promise<void>;
   }
 
   /** Releases without waiting for (or getting) a reply. */
   releaseNow(leaseId: number): void {
-    this.notify('RELEASE', [leaseId]);
+    if (!this.#socket.destroyed) this.#send(`- RELEASE ${leaseId}\n`);
   }
 
   async quit(): Promise<void> {

@@ -26,12 +26,30 @@ export class LineSplitter {
   push(chunk: Buffer): string[] {
     const data = this.#pending === null ? chunk : Buffer.concat([this.#pending, chunk]);
     const lines: string[] = [];
+    const last = data.lastIndexOf(10);
     let start = 0;
-    for (let nl = data.indexOf(10, start); nl !== -1; nl = data.indexOf(10, start)) {
-      const end = nl > start && data[nl - 1] === 13 ? nl - 1 : nl;
-      if (end - start > this.#maxLength) throw new LineTooLongError(this.#maxLength);
-      lines.push(data.toString('utf8', start, end));
-      start = nl + 1;
+    if (last !== -1) {
+      // All the complete lines decoded at once, then split as a string: one native call per read
+      // instead of one per line. A "\n" byte never sits inside a UTF-8 sequence, so this reads
+      // each line as decoding it alone would. With one UTF-16 unit per byte (ASCII: the protocol's
+      // lines), lengths in the string are lengths in bytes; otherwise the limit is checked per line
+      // on the bytes.
+      const text = data.toString('utf8', 0, last + 1);
+      if (text.length === last + 1) {
+        for (let nl = text.indexOf('\n'); nl !== -1; nl = text.indexOf('\n', start)) {
+          const end = nl > start && text.charCodeAt(nl - 1) === 13 ? nl - 1 : nl;
+          if (end - start > this.#maxLength) throw new LineTooLongError(this.#maxLength);
+          lines.push(text.slice(start, end));
+          start = nl + 1;
+        }
+      } else {
+        for (let nl = data.indexOf(10, start); nl !== -1; nl = data.indexOf(10, start)) {
+          const end = nl > start && data[nl - 1] === 13 ? nl - 1 : nl;
+          if (end - start > this.#maxLength) throw new LineTooLongError(this.#maxLength);
+          lines.push(data.toString('utf8', start, end));
+          start = nl + 1;
+        }
+      }
     }
     const rest = data.length - start;
     // a pending "\r" may still turn out to be part of the line's "\r\n"

@@ -250,24 +250,30 @@ export function serveNative(socket: Socket, ctx: NativeContext, opts: NativeOpti
       for (const l of lines) queued.push(l); // keep the order: the batch before goes first
       return;
     }
-    run(lines);
+    run(lines, 0);
   };
   const gate = new InputGate(socket);
-  /** lines of a session's batch not handled yet (at most one read's worth) */
+  /** a session's batch not handled yet: its lines from queuedFrom on (at most one read's worth; [] when none) */
   let queued: string[] = [];
-  const run = (lines: string[]): void => {
+  let queuedFrom = 0;
+  /** the next turn of a batch (no closure per turn, no copy of the rest of the lines) */
+  const nextTurn = (): void => {
+    const rest = queued;
+    const from = queuedFrom;
+    queued = [];
+    queuedFrom = 0;
+    if (socket.destroyed || state.step !== 'session' || state.session.closed) return;
+    run(rest, from);
+    if (queued.length === 0) gate.release('batch');
+  };
+  const run = (lines: string[], from: number): void => {
     let budget = LINES_PER_TURN;
-    for (let i = 0; i < lines.length; i++) {
+    for (let i = from; i < lines.length; i++) {
       if (state.step === 'session' && budget-- <= 0) {
-        queued = lines.slice(i);
+        queued = lines;
+        queuedFrom = i;
         gate.hold('batch');
-        setImmediate(() => {
-          const rest = queued;
-          queued = [];
-          if (socket.destroyed || state.step !== 'session' || state.session.closed) return;
-          run(rest);
-          if (queued.length === 0) gate.release('batch');
-        });
+        setImmediate(nextTurn);
         return;
       }
       pendingLines = lines.length - i - 1;

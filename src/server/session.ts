@@ -74,7 +74,7 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
   },
   RELEASE: (s, tag, args) => {
     const id = Number(args[0]);
-    release(s, tag, args.length === 1 && Number.isInteger(id) ? id : -1, String(args[0]));
+    release(s, tag, args.length === 1 && Number.isInteger(id) ? id : -1, String(args[0]), 0);
   },
   QUIT: (s, tag) => {
     s.reply(tag, 221, 'bye');
@@ -86,7 +86,7 @@ const HANDLERS: Readonly<Record<string, Handler>> = {
 function acquire(s: ControlSession, tag: string, key: string, kind: LeaseKind, waitMs: number | null): void {
   if (s.waitingTags.size >= MAX_WAITING_ACQUIRES) return s.reply(tag, 452, `too many ACQUIREs waiting on this session (${MAX_WAITING_ACQUIRES})`);
   // replies are matched by tag: a second waiting request with the same tag is a client bug
-  if (s.waitingTags.has(tag)) return s.reply(tag, 501, `tag ${tag} is already used by a waiting ACQUIRE; use a new tag per request`);
+  if (s.waitingTags.size > 0 && s.waitingTags.has(tag)) return s.reply(tag, 501, `tag ${tag} is already used by a waiting ACQUIRE; use a new tag per request`);
   const maxWait = s.services.egress().throttleWaitTimeoutMs;
   const r = s.services.throttle.begin(s.id, key, kind, Math.min(waitMs ?? maxWait, maxWait));
   // a request answered at once (the common case) makes no callback and never enters waitingTags
@@ -105,11 +105,11 @@ function acquire(s: ControlSession, tag: string, key: string, kind: LeaseKind, w
   });
 }
 
-/** RELEASE of lease `id` (-1: not a lease id; `shown`: the argument as given, for the error). */
-function release(s: ControlSession, tag: string, id: number, shown: string): void {
+/** RELEASE of lease `id` (-1: not a lease id); `shown` from `at` on: the argument as given, for the error (sliced only then). */
+function release(s: ControlSession, tag: string, id: number, shown: string, at: number): void {
   const lease = id >= 0 ? s.services.throttle.manager.lease(id) : undefined;
   // a delivery's slot is released by the delivery's end, never by a RELEASE
-  if (lease === undefined || lease.session !== s.id || lease.heldByDelivery) return s.reply(tag, 550, `no lease ${shown.slice(0, 20)} held by this session`);
+  if (lease === undefined || lease.session !== s.id || lease.heldByDelivery) return s.reply(tag, 550, `no lease ${shown.slice(at, at + 20)} held by this session`);
   s.services.throttle.release(id);
   s.reply(tag, 250, 'released');
 }
@@ -293,7 +293,9 @@ export class ControlSession {
     const tag = line.slice(0, sp);
     if (tag === '-' || !isTag(tag)) return false;
     const key = line.slice(keyAt, keyEnd);
-    if (!THROTTLE_KEY.test(key)) return false;
+    // a key this session declared passed THROTTLE_KEY then (and the Set's hash of it is the one the
+    // throttle manager's lookup reuses); any other goes through the check
+    if (!this.declaredKeys.has(key) && !THROTTLE_KEY.test(key)) return false;
     this.#forwardIn++;
     acquire(this, tag, key, kind, waitMs);
     return true;
@@ -306,7 +308,7 @@ export class ControlSession {
     const tag = line.slice(0, sp);
     if (!isTag(tag)) return false;
     this.#forwardIn++;
-    release(this, tag, id, line.slice(sp + 9));
+    release(this, tag, id, line, sp + 9);
     return true;
   }
 
@@ -315,7 +317,7 @@ export class ControlSession {
     if (this.#closed) return;
     this.#forwardIn = Math.max(0, this.#forwardIn - 1);
     this.#forwardOut++;
-    this.#write(leaseId === null ? `${tag} 250 message` : `${tag} 250 lease ${leaseId}`, 'reply');
+    this.#append(leaseId === null ? `${tag} 250 message\n` : `${tag} 250 lease ${leaseId}\n`, 'reply');
   }
 
   reply(tag: string, code: number, text: string): void {
@@ -402,8 +404,13 @@ export class ControlSession {
    * pipelined batch of requests leave in one write, not one syscall each.
    */
   #write(line: string, kind: 'reply' | 'ping' | 'notice'): void {
+    this.#append(`${line}\n`, kind);
+  }
+
+  /** #write() of a line that already ends with "\n". */
+  #append(text: string, kind: 'reply' | 'ping' | 'notice'): void {
     if (this.#socket.destroyed || !this.#socket.writable) return;
-    this.#batch += `${line}\n`;
+    this.#batch += text;
     this.#batchLines++;
     if (kind === 'reply') this.#batchReplies++;
     else if (kind === 'ping') this.#batchPings++;

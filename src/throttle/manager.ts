@@ -13,6 +13,8 @@
 // indexes by wait id and by session. So acquire, release, cancel and each grant or timeout cost
 // O(log n), nextWakeup O(1), and leave and setBacklog touch only what concerns that session.
 
+import { IdMap } from './idmap.js';
+
 export type Mode = 'sum' | 'average';
 export type LeaseKind = 'connection' | 'message';
 
@@ -230,36 +232,15 @@ class HeapOps<T> {
 }
 
 /**
- * A Map by increasing integer id for items that are mostly short-lived but may be very many: new
- * entries go to a small young Map, and only once it holds YOUNG_MAX live entries do they move to
- * the old one. A Map's deletions leave holes that a rehash of the whole table clears, so churn (an
- * ACQUIRE and its RELEASE) on one Map of 200 000 leases costs about 5x what it costs on a small one,
- * and each rehash leaves a multi-megabyte table for the GC; here the churn stays in the young Map.
+ * A lease as the manager keeps it: a control session's own connection leases are linked into
+ * that session's list (for its leave), so taking and returning one adds and removes no entry of a
+ * Set (whose table would grow and shrink with the churn).
  */
-const YOUNG_MAX = 64;
-class IdMap<V> {
-  #young = new Map<number, V>();
-  readonly #old = new Map<number, V>();
-
-  get size(): number {
-    return this.#young.size + this.#old.size;
-  }
-
-  get(id: number): V | undefined {
-    return this.#young.get(id) ?? this.#old.get(id);
-  }
-
-  set(id: number, v: V): void {
-    if (this.#young.size >= YOUNG_MAX) {
-      for (const [k, x] of this.#young) this.#old.set(k, x);
-      this.#young = new Map();
-    }
-    this.#young.set(id, v);
-  }
-
-  delete(id: number): boolean {
-    return this.#young.delete(id) || this.#old.delete(id);
-  }
+interface LeaseRecord extends Lease {
+  /** the session whose list holds it (null: a delivery's lease, or a message token: in no list) */
+  owner: SessionState | null;
+  prev: LeaseRecord | null;
+  next: LeaseRecord | null;
 }
 
 interface Waiter {
@@ -343,8 +324,8 @@ interface SessionState {
   readonly members: Member[];
   /** the session's waiting requests, all throttles, in arrival order; null: none */
   waiters: Set<Waiter> | null;
-  /** ids of the connection leases taken by the session's own ACQUIREs (not deliveries'); null: none yet */
-  leases: Set<number> | null;
+  /** the connection leases taken by the session's own ACQUIREs (not deliveries'), newest first; null: none */
+  leases: LeaseRecord | null;
 }
 
 const byTag = (a: Waiter, b: Waiter): boolean => a.tag < b.tag || (a.tag === b.tag && a.id < b.id);
@@ -428,9 +409,24 @@ function unlinkFromSession(member: Member): void {
   member.slot = -1;
 }
 
+/** What an operation that changed nothing for any waiter returns (shared: never to be changed). */
+const NO_EVENTS: readonly ThrottleEvent[] = Object.freeze([]);
+
+/** Takes a lease out of its session's list (if in one). */
+function unlinkLease(lease: LeaseRecord): void {
+  const s = lease.owner;
+  if (s === null) return;
+  if (lease.prev === null) s.leases = lease.next;
+  else lease.prev.next = lease.next;
+  if (lease.next !== null) lease.next.prev = lease.prev;
+  lease.owner = null;
+  lease.prev = null;
+  lease.next = null;
+}
+
 export class ThrottleManager {
   readonly #throttles = new Map<string, Throttle>();
-  readonly #leases = new IdMap<Lease>();
+  readonly #leases = new IdMap<LeaseRecord>();
   readonly #sessions = new Map<string, SessionState>();
   readonly #waiters = new IdMap<Waiter>();
   readonly #deadlines: Waiter[] = [];
@@ -651,17 +647,35 @@ export class ThrottleManager {
   }
 
   /** Returns a connection slot (message tokens are consumed, releasing them is a no-op). */
-  release(leaseId: number, now: number): ThrottleEvent[] {
+  release(leaseId: number, now: number): readonly ThrottleEvent[] {
     const lease = this.#leases.get(leaseId);
-    if (lease === undefined) return [];
+    if (lease === undefined) return NO_EVENTS;
     this.#leases.delete(leaseId);
-    this.#sessions.get(lease.session)?.leases?.delete(leaseId);
+    unlinkLease(lease);
     const t = this.#throttles.get(lease.key);
-    if (t === undefined) return [];
+    if (t === undefined) return NO_EVENTS;
     if (lease.kind === 'connection') t.connectionsInUse--;
+    // nobody waits here (the usual case): nothing to serve, and no events array to allocate
+    if (t.connectionQueue === null && t.messageQueue === null) {
+      this.#afterChange(t);
+      return NO_EVENTS;
+    }
     const events: ThrottleEvent[] = [];
     this.#serve(t, now, events);
     return events;
+  }
+
+  /**
+   * release() when nobody waits at the lease's throttle, so that nothing is served and no time is
+   * needed (true: done, or no such lease); otherwise changes nothing and returns false: call release().
+   */
+  releaseIfIdle(leaseId: number): boolean {
+    const lease = this.#leases.get(leaseId);
+    if (lease === undefined) return true;
+    const t = this.#throttles.get(lease.key);
+    if (t !== undefined && (t.connectionQueue !== null || t.messageQueue !== null)) return false;
+    this.release(leaseId, NaN); // the time is read only to serve waiters: there are none
+    return true;
   }
 
   /**
@@ -709,16 +723,20 @@ export class ThrottleManager {
     this.#sessions.delete(session);
     // throttles that got slots back; those the session is a member of are settled with its members
     let freed: Set<Throttle> | null = null;
-    for (const id of s.leases ?? []) {
-      const lease = this.#leases.get(id);
-      if (lease === undefined) continue;
-      this.#leases.delete(id);
+    for (let lease = s.leases, next: LeaseRecord | null; lease !== null; lease = next) {
+      // the whole list goes: no unlinking one by one
+      next = lease.next;
+      lease.owner = null;
+      lease.prev = null;
+      lease.next = null;
+      this.#leases.delete(lease.id);
       const t = this.#throttles.get(lease.key);
       if (t !== undefined && lease.kind === 'connection') {
         t.connectionsInUse--;
         (freed ??= new Set()).add(t);
       }
     }
+    s.leases = null;
     // every wait goes before any throttle serves again: none may be granted to this session
     for (const w of s.waiters ?? []) {
       const t = w.member.throttle;
@@ -862,11 +880,18 @@ export class ThrottleManager {
   }
 
   #grant(t: Throttle, session: string, kind: LeaseKind, tag: number, heldByDelivery: boolean): Lease {
-    const lease: Lease = { id: this.#nextId++, session, key: t.key, kind, heldByDelivery };
+    const lease: LeaseRecord = { id: this.#nextId++, session, key: t.key, kind, heldByDelivery, owner: null, prev: null, next: null };
     if (kind === 'connection') {
       t.connectionsInUse++;
       this.#leases.set(lease.id, lease);
-      if (!heldByDelivery) (this.#session(session).leases ??= new Set()).add(lease.id);
+      if (!heldByDelivery) {
+        const s = this.#session(session);
+        const head = s.leases;
+        lease.owner = s;
+        lease.next = head;
+        if (head !== null) head.prev = lease;
+        s.leases = lease;
+      }
     } else {
       t.tokens -= 1;
     }

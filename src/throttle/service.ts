@@ -108,6 +108,8 @@ export class ThrottleService {
   }
 
   release(leaseId: number): void {
+    // nobody waits at its throttle (the usual case): no clock to read, no events to dispatch
+    if (this.manager.releaseIfIdle(leaseId)) return;
     this.#dispatch(this.manager.release(leaseId, this.#now()));
   }
 
@@ -130,8 +132,9 @@ export class ThrottleService {
     this.#timer = null;
   }
 
-  #dispatch(events: ThrottleEvent[]): void {
-    for (const e of events) {
+  #dispatch(events: readonly ThrottleEvent[]): void {
+    for (let i = 0; i < events.length; i++) {
+      const e = events[i] as ThrottleEvent;
       const done = this.#waiting.get(e.waitId);
       this.#waiting.delete(e.waitId);
       if (done === undefined) {
@@ -148,13 +151,15 @@ export class ThrottleService {
 
   /** One timer, set for the earliest moment a tick can change anything. */
   #schedule(): void {
-    const next = this.manager.nextWakeup(this.#now());
-    if (next === null) {
+    // the earliest moment, without reading the clock when there is none (the usual case)
+    const due = this.manager.nextWakeup(-Infinity);
+    if (due === null) {
       if (this.#timer !== null) clearTimeout(this.#timer);
       this.#timer = null;
       this.#timerAt = Infinity;
       return;
     }
+    const next = Math.max(this.#now(), due);
     if (this.#timer !== null && this.#timerAt <= next) return;
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timerAt = next;

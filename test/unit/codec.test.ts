@@ -31,6 +31,48 @@ describe('LineSplitter', () => {
     expect(s.push(bytes.subarray(0, 1))).toEqual([]);
     expect(s.push(bytes.subarray(1))).toEqual(['é€']);
   });
+
+  // the splitter decodes a read's complete lines at once; each line must read as decoding its own
+  // bytes did (the reference below), the byte limit must hold for lines with multi-byte and invalid
+  // UTF-8, and how the stream is cut into reads must not matter
+  it('agrees with decoding each line alone, for any bytes and any cut into reads', () => {
+    const reference = (stream: Buffer, max: number): string[] | 'too long' => {
+      const out: string[] = [];
+      let start = 0;
+      for (let nl = stream.indexOf(10); nl !== -1; nl = stream.indexOf(10, start)) {
+        const end = nl > start && stream[nl - 1] === 13 ? nl - 1 : nl;
+        if (end - start > max) return 'too long';
+        out.push(stream.toString('utf8', start, end));
+        start = nl + 1;
+      }
+      return out;
+    };
+    // bytes biased toward newlines, CR, ASCII, UTF-8 lead and continuation bytes, invalid ones
+    const byte = fc.oneof(fc.constantFrom(10, 13, 0x41, 0x20, 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xf0, 0x9f, 0xff), fc.integer({ min: 0, max: 255 }));
+    fc.assert(
+      fc.property(fc.array(byte, { maxLength: 80 }), fc.array(fc.integer({ min: 0, max: 80 }), { maxLength: 6 }), fc.integer({ min: 1, max: 12 }), (bytes, cuts, max) => {
+        const stream = Buffer.from(bytes);
+        const want = reference(stream, max);
+        const s = new LineSplitter(max);
+        const got: string[] = [];
+        const points = [...new Set(cuts.map((c) => Math.min(c, stream.length)))].sort((a, b) => a - b);
+        let from = 0;
+        try {
+          for (const to of [...points, stream.length]) {
+            got.push(...s.push(stream.subarray(from, to)));
+            from = to;
+          }
+        } catch (err) {
+          expect(err).toBeInstanceOf(LineTooLongError);
+          // a line too long is refused once it is complete, or before: while still buffered past the limit
+          if (want !== 'too long') expect(stream.length - stream.lastIndexOf(10) - 1).toBeGreaterThan(max);
+          return;
+        }
+        expect(got).toEqual(want);
+      }),
+      { numRuns: 3000 },
+    );
+  });
 });
 
 /** parseControlLine as it was written with regular expressions: the hand-written one must agree */

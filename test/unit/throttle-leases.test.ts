@@ -79,3 +79,48 @@ describe('leases held by deliveries', () => {
     expect(m.inUse('gmail')).toBe(1);
   });
 });
+
+describe('lease bookkeeping under churn', () => {
+  // young leases sit in a direct-mapped table and a session's own leases in a linked list: a
+  // long-held lease must survive thousands of newer ids (moved to the old table), releases in any
+  // order must unlink the right ones, and a leave must return exactly what is still held
+  it('keeps every slot accounted for: long-held leases, releases in any order, then a leave', () => {
+    const m = new ThrottleManager();
+    m.declare('a#1', decl({ maxConnections: 100_000 }), 0);
+    m.declare('b#1', decl({ maxConnections: 100_000 }), 0);
+    const old = [leaseId(m.acquire('a#1', 'gmail', 'connection', 0, 0)), leaseId(m.acquire('b#1', 'gmail', 'connection', 0, 0))];
+    const held = new Map<number, string>();
+    let seed = 7;
+    const random = (): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    for (let i = 0; i < 20_000; i++) {
+      const session = random() < 0.5 ? 'a#1' : 'b#1';
+      held.set(leaseId(m.acquire(session, 'gmail', 'connection', 0, 0)), session);
+      // release a random held one (not always the newest: the list is unlinked in the middle too)
+      if (held.size > 40 || random() < 0.45) {
+        const ids = [...held.keys()];
+        const id = ids[Math.floor(random() * ids.length)] as number;
+        expect(m.lease(id)?.session).toBe(held.get(id));
+        expect(m.release(id, 0)).toEqual([]);
+        expect(m.lease(id)).toBeUndefined();
+        held.delete(id);
+      }
+    }
+    // the two first leases outlived 20 000 newer ids
+    expect(m.lease(old[0] as number)?.session).toBe('a#1');
+    expect(m.lease(old[1] as number)?.session).toBe('b#1');
+    expect(m.inUse('gmail')).toBe(held.size + 2);
+    expect(m.leaseCount).toBe(held.size + 2);
+    const ofA = [...held.values()].filter((s) => s === 'a#1').length;
+    m.leave('a#1', 0);
+    expect(m.inUse('gmail')).toBe(held.size - ofA + 1);
+    expect(m.leaseCount).toBe(held.size - ofA + 1);
+    expect(m.lease(old[0] as number)).toBeUndefined();
+    for (const [id, s] of held) expect(m.lease(id)?.session).toBe(s === 'a#1' ? undefined : s);
+    // a release of a lease that went with its session changes nothing
+    expect(m.release(old[0] as number, 0)).toEqual([]);
+    expect(m.inUse('gmail')).toBe(held.size - ofA + 1);
+    m.leave('b#1', 0);
+    expect(m.leaseCount).toBe(0);
+    expect(m.inUse('gmail')).toBe(0);
+  });
+});

@@ -199,7 +199,7 @@ describe('ThrottleManager', () => {
     const sessions = ['a', 'b', 'c', 'd'];
     const leases: Lease[] = [];
     let now = 0;
-    const check = (events: ThrottleEvent[] | ReturnType<ThrottleManager['acquire']>): void => {
+    const check = (events: readonly ThrottleEvent[] | ReturnType<ThrottleManager['acquire']>): void => {
       for (const e of Array.isArray(events) ? events : [events]) {
         if ('lease' in e && e.lease !== undefined) {
           leases.push(e.lease);
