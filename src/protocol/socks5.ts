@@ -79,7 +79,9 @@ export function parseGreeting(buf: Uint8Array): Parsed<Greeting> {
   const n = buf[1] as number;
   if (n === 0) return { status: 'error', reason: 'greeting offers no authentication method (NMETHODS=0)' };
   if (buf.length < 2 + n) return INCOMPLETE;
-  return { status: 'ok', value: { methods: [...buf.subarray(2, 2 + n)] }, length: 2 + n };
+  const methods: number[] = [];
+  for (let i = 2; i < 2 + n; i++) methods.push(buf[i] as number);
+  return { status: 'ok', value: { methods }, length: 2 + n };
 }
 
 /** RFC 1929: +----+------+----------+------+----------+  VER=1, ULEN 1..255, UNAME, PLEN 1..255, PASSWD */
@@ -179,18 +181,41 @@ export function chooseMethod(offered: readonly number[], policy: MethodPolicy): 
   return METHOD.noAcceptable;
 }
 
+// The replies that carry no address are the same bytes every time: made once, shared. A shared
+// Buffer handed to socket.write() is only read (by the write, and by a queued write later), so
+// the callers must not modify what these functions return.
+const METHOD_SELECTIONS: (Buffer | undefined)[] = [];
+const AUTH_OK = Buffer.from([AUTH_VERSION, 0x00]);
+const AUTH_FAILED = Buffer.from([AUTH_VERSION, 0x01]);
+const FAILURE_REPLIES: (Buffer | undefined)[] = [];
+
+/** VER, METHOD (shared: do not modify). */
 export function encodeMethodSelection(method: number): Buffer {
-  return Buffer.from([SOCKS_VERSION, method]);
+  const m = method & 0xff;
+  let out = METHOD_SELECTIONS[m];
+  if (out === undefined) METHOD_SELECTIONS[m] = out = Buffer.from([SOCKS_VERSION, m]);
+  return out;
 }
 
+/** RFC 1929 VER, STATUS (shared: do not modify). */
 export function encodeAuthStatus(ok: boolean): Buffer {
-  return Buffer.from([AUTH_VERSION, ok ? 0x00 : 0x01]);
+  return ok ? AUTH_OK : AUTH_FAILED;
 }
 
-/** VER, REP, RSV, ATYP, BND.ADDR, BND.PORT; a failure carries 0.0.0.0:0 (as KumoProxy sends). */
+/**
+ * VER, REP, RSV, ATYP, BND.ADDR, BND.PORT; a failure carries 0.0.0.0:0 (as KumoProxy sends). A
+ * reply without an address is shared (do not modify); one with an address is new.
+ */
 export function encodeReply(rep: ReplyCode, bound: { ip: string; port: number } | null = null): Buffer {
-  const address = addressBytes(bound === null ? '0.0.0.0' : bound.ip);
-  const port = bound?.port ?? 0;
+  if (bound === null) {
+    let out = FAILURE_REPLIES[rep];
+    if (out === undefined) FAILURE_REPLIES[rep] = out = replyBytes(rep, addressBytes('0.0.0.0'), 0);
+    return out;
+  }
+  return replyBytes(rep, addressBytes(bound.ip), bound.port);
+}
+
+function replyBytes(rep: ReplyCode, address: Uint8Array, port: number): Buffer {
   const out = Buffer.allocUnsafe(4 + address.length + 2);
   out[0] = SOCKS_VERSION;
   out[1] = rep;
@@ -200,6 +225,39 @@ export function encodeReply(rep: ReplyCode, bound: { ip: string; port: number } 
   out[4 + address.length] = port >> 8;
   out[5 + address.length] = port & 0xff;
   return out;
+}
+
+/**
+ * The CONNECT's success reply for the delivery's local address "ip:port" (Node's
+ * localAddress:localPort): encodeReply(REP.succeeded, splitHostPort(local)), without the
+ * intermediate strings and object (0.0.0.0:0 if `local` is not an address and port).
+ */
+export function encodeBoundReply(local: string): Buffer {
+  const at = local.lastIndexOf(':');
+  let port = -1;
+  if (at >= 1 && at < local.length - 1 && at >= local.length - 6) {
+    // up to five decimal digits (what Number() would also read as an integer in 0..65535)
+    port = 0;
+    for (let i = at + 1; i < local.length; i++) {
+      const c = local.charCodeAt(i) - 0x30;
+      if (c < 0 || c > 9) {
+        port = -1;
+        break;
+      }
+      port = port * 10 + c;
+    }
+    if (port > 65535) port = -1;
+  }
+  if (port < 0) return encodeReply(REP.succeeded, splitHostPort(local));
+  const bytes = addressBytesOf(local, at);
+  if (bytes === null) return encodeReply(REP.succeeded, splitHostPort(local));
+  return replyBytes(REP.succeeded, bytes, port);
+}
+
+/** The address bytes of local's text before `at`, if it is a valid IP. */
+function addressBytesOf(local: string, at: number): Uint8Array | null {
+  const ip = local.slice(0, at);
+  return isValidIp(ip) ? addressBytes(ip) : null;
 }
 
 /**

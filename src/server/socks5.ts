@@ -2,16 +2,20 @@
 // way of choosing the source address). See docs/socks5.md. The byte parsing and every decision
 // that needs no socket live in src/protocol/socks5.ts; this is the state machine around them.
 import { closeSoon } from '../net/close.js';
+import { OWNER, type OwnedSocket } from '../net/owner.js';
 import type { Socket } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import type { Socks5Config, Socks5User } from '../config/parse.js';
 import { deliver, type DeliveryContext, type DeliveryReplies } from '../egress/delivery.js';
+import type { ConnectRequest, Refusal } from '../egress/policy.js';
 import { derivedDeclaration } from '../throttle/derived.js';
 import type { Logger } from '../log/logger.js';
+import type { WheelTimer } from '../net/wheel.js';
 import {
   AccountTable,
   chooseMethod,
   encodeAuthStatus,
+  encodeBoundReply,
   encodeMethodSelection,
   encodeReply,
   METHOD,
@@ -22,7 +26,6 @@ import {
   REP,
   REPLY_TEXT,
   replyForRefusal,
-  splitHostPort,
   type ReplyCode,
 } from '../protocol/socks5.js';
 
@@ -49,169 +52,226 @@ function accountsOf(config: Socks5Config): AccountTable<Socks5User> {
 type Step = 'greeting' | 'auth' | 'request' | 'done';
 
 const EMPTY = Buffer.alloc(0);
-const ignore = (): void => {};
 
-export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
-  const peer = `${socket.remoteAddress}:${socket.remotePort}`;
-  const config = ctx.config;
-  let step: Step = 'greeting';
-  let received: Buffer = EMPTY;
-  let user: Socks5User | null = null;
+type NegotiationSocket = OwnedSocket;
+
+function negotiationOf(s: NegotiationSocket): Negotiation | undefined {
+  const n = s[OWNER];
+  return n instanceof Negotiation ? n : undefined;
+}
+
+function onSocksData(this: NegotiationSocket, chunk: Buffer): void {
+  negotiationOf(this)?.data(chunk);
+}
+
+function onSocksEnd(this: NegotiationSocket): void {
+  const n = negotiationOf(this);
+  if (n === undefined) return;
+  n.refuse('eof', `client closed the connection during the SOCKS5 ${n.step}`);
+}
+
+function onSocksClose(this: NegotiationSocket): void {
+  negotiationOf(this)?.stop();
+}
+
+/**
+ * One connection's SOCKS5 negotiation: a class whose methods every connection shares and module
+ * functions as the socket's listeners (no closures per connection but the timeout's). It is also
+ * the delivery's replies (connected/refused are its methods), so a delivery costs no object of its
+ * own for them; the delivery drops it once the tunnel is open (nothing of it stays with the socket).
+ */
+class Negotiation implements DeliveryReplies {
+  readonly socket: NegotiationSocket;
+  readonly ctx: Socks5Context;
+  readonly peer: string;
+  step: Step = 'greeting';
+  // never more than 2048 bytes (data() refuses more)
+  received: Buffer = EMPTY;
+  user: Socks5User | null = null;
   /** the source address a KumoMTA-style BIND chose for the CONNECT that follows */
-  let boundSource: string | null = null;
+  boundSource: string | null = null;
+  readonly timer: WheelTimer;
 
-  const who = (): string => (user === null ? 'socks5' : `socks5:${user.username}`);
+  constructor(socket: Socket, ctx: Socks5Context) {
+    this.socket = socket;
+    this.ctx = ctx;
+    this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    // on the daemon's timer wheel: no timer of its own per connection
+    this.timer = ctx.delivery.smtp.wheel.add(ctx.handshakeTimeoutMs, this.timedOut);
+  }
 
-  const stop = (): void => {
-    step = 'done';
-    timer.cancel();
-    socket.removeListener('data', onData);
-    socket.removeListener('end', onEnd);
-    // nothing of the negotiation's scope stays with the socket (an idle tunnel holds it for hours);
-    // the daemon's own 'error' listener stays
-    socket.removeListener('close', onClose);
-    socket.removeListener('error', ignore);
+  readonly timedOut = (): void => {
+    this.refuse('timeout', `SOCKS5 negotiation not finished within ${this.ctx.handshakeTimeoutMs}ms (step: ${this.step})`);
   };
 
+  who(): string {
+    return this.user === null ? 'socks5' : `socks5:${this.user.username}`;
+  }
+
+  stop(): void {
+    if (this.step === 'done') return;
+    this.step = 'done';
+    this.timer.cancel();
+    const socket = this.socket;
+    socket.removeListener('data', onSocksData);
+    socket.removeListener('end', onSocksEnd);
+    // nothing of the negotiation stays with the socket (an idle tunnel holds it for hours); the
+    // daemon's own 'error' listener stays
+    socket.removeListener('close', onSocksClose);
+    socket[OWNER] = undefined;
+  }
+
   /** Ends the negotiation: an optional last message, a log line with the reason, close. */
-  const refuse = (code: string, reason: string, last: Buffer | null = null): void => {
-    if (step === 'done') return;
-    stop();
-    ctx.log.warn({ mtaproxy_event: 'socks5_refused', peer, session: who(), code }, `socks5: ${peer}: refused: ${reason}; closing`);
+  refuse(code: string, reason: string, last: Buffer | null = null): void {
+    if (this.step === 'done') return;
+    this.stop();
+    const { socket, peer } = this;
+    this.ctx.log.warn({ mtaproxy_event: 'socks5_refused', peer, session: this.who(), code }, `socks5: ${peer}: refused: ${reason}; closing`);
     if (last !== null && !socket.destroyed) {
       socket.end(last);
       closeSoon(socket);
     } else {
       socket.destroy();
     }
-  };
-  const refuseRequest = (rep: ReplyCode, reason: string): void => refuse(`rep_${rep}`, `${reason} (reply: ${REPLY_TEXT[rep]})`, encodeReply(rep));
+  }
 
-  // on the daemon's timer wheel: no timer of its own per connection
-  const timer = ctx.delivery.smtp.wheel.add(ctx.handshakeTimeoutMs, () => refuse('timeout', `SOCKS5 negotiation not finished within ${ctx.handshakeTimeoutMs}ms (step: ${step})`));
-
-  const onEnd = (): void => refuse('eof', `client closed the connection during the SOCKS5 ${step}`);
+  refuseRequest(rep: ReplyCode, reason: string): void {
+    this.refuse(`rep_${rep}`, `${reason} (reply: ${REPLY_TEXT[rep]})`, encodeReply(rep));
+  }
 
   /** Which address a CONNECT goes out from: BIND's, the account's, the listener's default, or the address the client reached us on. */
-  const sourceFor = (): string | null => {
-    if (boundSource !== null) return boundSource;
+  sourceFor(): string | null {
+    if (this.boundSource !== null) return this.boundSource;
+    const user = this.user;
     if (user?.sourceIp) return user.sourceIp;
-    if (config.sourceIp !== null) return config.sourceIp;
-    const local = socket.localAddress;
+    const configured = this.ctx.config.sourceIp;
+    if (configured !== null) return configured;
+    const local = this.socket.localAddress;
     if (local !== undefined && ipaddr.isValid(local)) {
       const ip = ipaddr.process(local).toString();
-      if (ctx.delivery.egress().sourceIps.includes(ip)) return ip;
+      if (this.ctx.delivery.egress().sourceIps.includes(ip)) return ip;
     }
     return null;
-  };
+  }
 
-  const handleRequest = (): boolean => {
-    const parsed = parseRequest(received);
+  /** The delivery's "connected": the reply names the address it went out from. */
+  connected(local: string): void {
+    this.socket.write(encodeBoundReply(local));
+  }
+
+  /** The delivery's refusal: its reply, then close. */
+  refused(r: Refusal): void {
+    const rep = replyForRefusal(r.code);
+    const socket = this.socket;
+    if (socket.destroyed) return;
+    socket.end(encodeReply(rep));
+    closeSoon(socket);
+  }
+
+  handleRequest(): boolean {
+    const parsed = parseRequest(this.received);
     if (parsed.status === 'incomplete') return false;
     if (parsed.status === 'error') {
-      refuseRequest(parsed.reply, parsed.reason);
+      this.refuseRequest(parsed.reply, parsed.reason);
       return false;
     }
     const request = parsed.value;
-    received = received.subarray(parsed.length);
+    this.received = this.received.subarray(parsed.length);
     if (request.command === 'udp-associate') {
-      refuseRequest(REP.commandNotSupported, 'UDP ASSOCIATE is not supported');
+      this.refuseRequest(REP.commandNotSupported, 'UDP ASSOCIATE is not supported');
       return false;
     }
+    const { ctx, user } = this;
     if (request.command === 'bind') {
       // KumoMTA: BIND names the source address (port 0); one reply, then CONNECT on this stream.
-      if (boundSource !== null) {
-        refuseRequest(REP.commandNotSupported, 'a second BIND on one connection');
+      if (this.boundSource !== null) {
+        this.refuseRequest(REP.commandNotSupported, 'a second BIND on one connection');
         return false;
       }
       if (request.kind === 'domain') {
-        refuseRequest(REP.addressTypeNotSupported, 'BIND needs the source IP address, not a name');
+        this.refuseRequest(REP.addressTypeNotSupported, 'BIND needs the source IP address, not a name');
         return false;
       }
       if (!ctx.delivery.egress().sourceIps.includes(request.host)) {
-        refuseRequest(REP.notAllowed, `BIND to ${request.host}: not in egress.source_ips`);
+        this.refuseRequest(REP.notAllowed, `BIND to ${request.host}: not in egress.source_ips`);
         return false;
       }
       // an account pinned to a source address (its reputation, its tenant) cannot pick another
       if (user?.sourceIp && user.sourceIp !== request.host) {
-        refuseRequest(REP.notAllowed, `BIND to ${request.host}: account ${user.username} sends from ${user.sourceIp} only`);
+        this.refuseRequest(REP.notAllowed, `BIND to ${request.host}: account ${user.username} sends from ${user.sourceIp} only`);
         return false;
       }
-      boundSource = request.host;
-      socket.write(encodeReply(REP.succeeded, { ip: request.host, port: 0 }));
-      if (ctx.log.isLevelEnabled('debug')) ctx.log.debug({ mtaproxy_event: 'socks5_bind', peer, session: who(), source_ip: request.host }, `socks5: ${peer}: source ${request.host} chosen by BIND`);
+      this.boundSource = request.host;
+      this.socket.write(encodeReply(REP.succeeded, { ip: request.host, port: 0 }));
+      if (ctx.log.isLevelEnabled('debug')) ctx.log.debug({ mtaproxy_event: 'socks5_bind', peer: this.peer, session: this.who(), source_ip: request.host }, `socks5: ${this.peer}: source ${request.host} chosen by BIND`);
       return true; // the CONNECT follows
     }
-    const sourceIp = sourceFor();
+    const sourceIp = this.sourceFor();
     if (sourceIp === null) {
-      refuseRequest(REP.notAllowed, 'no source address: send BIND <source-ip> first, or set source_ip for the account or for [socks5]');
+      this.refuseRequest(REP.notAllowed, 'no source address: send BIND <source-ip> first, or set source_ip for the account or for [socks5]');
       return false;
     }
-    stop();
+    this.stop();
     // the delivery reads from here on (in this turn: nothing is missed); what followed the
     // request in this read is handed to it
-    const first = received.length > 0 ? received : null;
-    received = EMPTY; // the closure outlives the negotiation (the 'close' listener): keep no bytes
+    const first = this.received.length > 0 ? this.received : null;
+    this.received = EMPTY; // this object is the delivery's replies until the tunnel opens: keep no bytes
     // the derived throttle's declaration, made once here for deliver() (its key is req.throttle)
     const derived = derivedDeclaration(ctx.delivery.derivedThrottle(), sourceIp, request.host, request.port);
-    const req = { sourceIp, host: request.host, port: request.port, throttle: derived.key, waitMs: null, smtp: null };
-    const replies: DeliveryReplies = {
-      connected: (local) => socket.write(encodeReply(REP.succeeded, splitHostPort(local))),
-      refused: (r) => {
-        const rep = replyForRefusal(r.code);
-        if (socket.destroyed) return;
-        socket.end(encodeReply(rep));
-        closeSoon(socket);
-      },
-    };
-    deliver(ctx.delivery, socket, { who: who(), req, owner: null, derived }, replies, first);
+    const req: ConnectRequest = { sourceIp, host: request.host, port: request.port, throttle: derived.key, waitMs: null, smtp: null };
+    deliver(ctx.delivery, this.socket, { who: this.who(), req, owner: null, derived }, this, first);
     return false;
-  };
+  }
 
   /** Runs the state machine over what has been received; each step consumes its message. */
-  const advance = (): void => {
+  advance(): void {
+    const config = this.ctx.config;
     for (;;) {
+      const step = this.step;
       if (step === 'greeting') {
-        const g = parseGreeting(received);
+        const g = parseGreeting(this.received);
         if (g.status === 'incomplete') return;
-        if (g.status === 'error') return refuse('greeting', g.reason);
-        received = received.subarray(g.length);
+        if (g.status === 'error') return this.refuse('greeting', g.reason);
+        this.received = this.received.subarray(g.length);
         const method = chooseMethod(g.value.methods, { hasUsers: config.users.length > 0, allowUnauthenticated: config.allowUnauthenticated });
         if (method === METHOD.noAcceptable) {
           const offered = g.value.methods.map((m) => `0x${m.toString(16).padStart(2, '0')}`).join(',');
-          return refuse('no_method', `no acceptable authentication method (offered ${offered}; ${config.allowUnauthenticated ? 'username/password or none' : 'username/password required'})`, encodeMethodSelection(METHOD.noAcceptable));
+          return this.refuse('no_method', `no acceptable authentication method (offered ${offered}; ${config.allowUnauthenticated ? 'username/password or none' : 'username/password required'})`, encodeMethodSelection(METHOD.noAcceptable));
         }
-        socket.write(encodeMethodSelection(method));
-        step = method === METHOD.usernamePassword ? 'auth' : 'request';
+        this.socket.write(encodeMethodSelection(method));
+        this.step = method === METHOD.usernamePassword ? 'auth' : 'request';
       } else if (step === 'auth') {
-        const c = parseCredentials(received);
+        const c = parseCredentials(this.received);
         if (c.status === 'incomplete') return;
-        if (c.status === 'error') return refuse('auth', c.reason, encodeAuthStatus(false));
-        received = received.subarray(c.length);
+        if (c.status === 'error') return this.refuse('auth', c.reason, encodeAuthStatus(false));
+        this.received = this.received.subarray(c.length);
         const account = accountsOf(config).match(c.value);
         // the username is client input: logged escaped, the password never
-        if (account === null) return refuse('auth_failed', `wrong username or password (username "${printable(c.value.username)}")`, encodeAuthStatus(false));
-        user = account;
-        socket.write(encodeAuthStatus(true));
-        step = 'request';
+        if (account === null) return this.refuse('auth_failed', `wrong username or password (username "${printable(c.value.username)}")`, encodeAuthStatus(false));
+        this.user = account;
+        this.socket.write(encodeAuthStatus(true));
+        this.step = 'request';
       } else if (step === 'request') {
-        if (!handleRequest()) return;
+        if (!this.handleRequest()) return;
       } else {
         return;
       }
     }
-  };
+  }
 
-  const onData = (chunk: Buffer): void => {
-    received = received.length === 0 ? chunk : Buffer.concat([received, chunk]);
+  data(chunk: Buffer): void {
+    const received = this.received.length === 0 ? chunk : Buffer.concat([this.received, chunk]);
+    this.received = received;
     // a well-behaved client never has more than greeting + auth + request (≤ 1032 bytes) outstanding here
-    if (received.length > 2048) return refuse('oversized', `${received.length} bytes without a complete SOCKS5 message`);
-    advance();
-  };
+    if (received.length > 2048) return this.refuse('oversized', `${received.length} bytes without a complete SOCKS5 message`);
+    this.advance();
+  }
+}
 
-  socket.on('data', onData);
-  socket.on('end', onEnd);
-  const onClose = (): void => timer.cancel();
-  socket.on('error', ignore);
-  socket.on('close', onClose);
+export function serveSocks5(socket: Socket, ctx: Socks5Context): void {
+  const s = socket as NegotiationSocket;
+  s[OWNER] = new Negotiation(socket, ctx);
+  s.on('data', onSocksData);
+  s.on('end', onSocksEnd);
+  s.on('close', onSocksClose);
 }

@@ -15,6 +15,9 @@ import {
   AccountTable,
   chooseMethod,
   domainHost,
+  encodeAuthStatus,
+  encodeBoundReply,
+  encodeMethodSelection,
   encodeReply,
   METHOD,
   parseCredentials,
@@ -88,6 +91,32 @@ describe('SOCKS5 codec', () => {
     expect(encodeReply(REP.succeeded, { ip: '2001:db8::2', port: 25 })).toHaveLength(22);
     expect(splitHostPort('2001:db8::2:2525')).toEqual({ ip: '2001:db8::2', port: 2525 });
     expect(splitHostPort('nonsense')).toBeNull();
+  });
+
+  it('encodes the success reply from "ip:port" text as encodeReply(splitHostPort()) does, odd texts included', () => {
+    const texts = [
+      '127.0.0.2:1234', '10.1.2.3:0', '10.1.2.3:65535', '10.1.2.3:65536', '10.1.2.3:99999', '10.1.2.3:025', '10.1.2.3:',
+      '10.1.2.3:+25', '10.1.2.3: 25', '10.1.2.3:2.5', '10.1.2.3:1e3', '10.1.2.3:123456', '2001:db8::2:2525', '[2001:db8::2]:25',
+      '::ffff:192.0.2.1:25', '::1:0', 'nonsense', ':25', '', 'host.example:25', '1.2.3:25', '999.1.1.1:25',
+    ];
+    for (const t of texts) expect([...encodeBoundReply(t)], t).toEqual([...encodeReply(REP.succeeded, splitHostPort(t))]);
+    expect([...encodeBoundReply('127.0.0.2:4660')]).toEqual([5, 0, 0, 1, 127, 0, 0, 2, 0x12, 0x34]);
+    expect([...encodeBoundReply('nonsense')]).toEqual([5, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    // a reply with an address is new each time (its port differs per connection)
+    expect(encodeBoundReply('127.0.0.2:25')).not.toBe(encodeBoundReply('127.0.0.2:25'));
+  });
+
+  it('shares the replies that carry no address, with the same bytes', () => {
+    for (const m of [METHOD.noAuth, METHOD.usernamePassword, METHOD.noAcceptable, 0x80]) {
+      expect([...encodeMethodSelection(m)]).toEqual([5, m]);
+      expect(encodeMethodSelection(m)).toBe(encodeMethodSelection(m));
+    }
+    expect([...encodeAuthStatus(true)]).toEqual([1, 0]);
+    expect([...encodeAuthStatus(false)]).toEqual([1, 1]);
+    for (const rep of Object.values(REP)) {
+      expect([...encodeReply(rep)]).toEqual([5, rep, 0, 1, 0, 0, 0, 0, 0, 0]);
+      expect(encodeReply(rep)).toBe(encodeReply(rep));
+    }
   });
 
   it('maps every delivery refusal to a reply', () => {
