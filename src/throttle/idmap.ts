@@ -13,7 +13,7 @@
 const YOUNG_SLOTS = 2048;
 export class IdMap<V> {
   readonly #slots: number;
-  /** the id in each slot, -1: empty */
+  /** the id in each slot, NaN: empty (equal to no id, whatever slot an odd id maps to) */
   readonly #ids: Float64Array;
   readonly #values: (V | undefined)[];
   #young = 0;
@@ -22,7 +22,7 @@ export class IdMap<V> {
   /** `slots`: the size of the young table (ids non-negative integers) */
   constructor(slots = YOUNG_SLOTS) {
     this.#slots = slots;
-    this.#ids = new Float64Array(slots).fill(-1);
+    this.#ids = new Float64Array(slots).fill(NaN);
     this.#values = new Array<V | undefined>(slots).fill(undefined);
   }
 
@@ -39,7 +39,7 @@ export class IdMap<V> {
   set(id: number, v: V): void {
     const i = id % this.#slots;
     const held = this.#ids[i] as number;
-    if (held !== -1) this.#old.set(held, this.#values[i] as V);
+    if (held === held) this.#old.set(held, this.#values[i] as V); // not NaN: a slot taken
     else this.#young++;
     this.#ids[i] = id;
     this.#values[i] = v;
@@ -48,7 +48,7 @@ export class IdMap<V> {
   delete(id: number): boolean {
     const i = id % this.#slots;
     if (this.#ids[i] !== id) return this.#old.delete(id);
-    this.#ids[i] = -1;
+    this.#ids[i] = NaN;
     this.#values[i] = undefined;
     this.#young--;
     return true;
@@ -57,12 +57,12 @@ export class IdMap<V> {
   /** All entries, in increasing id order (not for a hot path). */
   entries(): [number, V][] {
     const all: [number, V][] = [...this.#old];
-    for (let i = 0; i < this.#slots; i++) if (this.#ids[i] !== -1) all.push([this.#ids[i] as number, this.#values[i] as V]);
+    for (let i = 0; i < this.#slots; i++) if (!Number.isNaN(this.#ids[i])) all.push([this.#ids[i] as number, this.#values[i] as V]);
     return all.sort((a, b) => a[0] - b[0]);
   }
 
   clear(): void {
-    this.#ids.fill(-1);
+    this.#ids.fill(NaN);
     this.#values.fill(undefined);
     this.#young = 0;
     this.#old.clear();
