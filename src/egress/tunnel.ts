@@ -215,7 +215,15 @@ class Tunnel {
   /** `to` is flushed after its end (the other side's FIN passed on) */
   flushed(to: Socket, err?: Error | null): void {
     if (err) return; // the socket's 'error' ends the tunnel
-    this.snap(to);
+    // 'finish': every write to `to` completed, so all that was dispatched was taken. Not the
+    // snapshot: a TLS socket's write queue may still hold its own close_notify (24 bytes), which
+    // is no byte of the tunnel's
+    const all = dispatched(to);
+    if (to === this.remote) {
+      if (all - this.upBase > this.up) this.up = all - this.upBase;
+    } else if (all - this.downBase > this.down) {
+      this.down = all - this.downBase;
+    }
     if (++this.ended === 2) this.finish('closed');
   }
 

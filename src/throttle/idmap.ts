@@ -19,7 +19,7 @@ export class IdMap<V> {
   #young = 0;
   readonly #old = new Map<number, V>();
 
-  /** `slots`: the size of the young table (ids non-negative integers) */
+  /** `slots`: the size of the young table (ids non-negative safe integers) */
   constructor(slots = YOUNG_SLOTS) {
     this.#slots = slots;
     this.#ids = new Float64Array(slots).fill(NaN);

