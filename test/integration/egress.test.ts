@@ -169,6 +169,16 @@ describe('deliveries', () => {
   });
 });
 
+/** A daemon that may deliver to 127.0.0.1:port, an MTA session that declared throttle k, and a tunnel there. */
+async function tunnelTo(port: number): Promise<{ d: RunningDaemon; t: Awaited<ReturnType<typeof openTunnel>> }> {
+  const d = await startDaemon({ extra: `[egress]\nsource_ips = ["127.0.0.2"]\nports = [${port}]\nallow_private_destinations = true\n` });
+  running.push(d);
+  const a = await session(d, 'server-a');
+  await a.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 100, mode: 'sum' });
+  const t = await openTunnel({ host: '127.0.0.1', port: d.port, name: 'server-a', secret: SECRET, source: '127.0.0.2', destination: { host: '127.0.0.1', port }, throttle: 'k' });
+  return { d, t };
+}
+
 describe('the destination side of a tunnel', () => {
   // The destination's bytes reach the proxy through net.connect's onread (one shared buffer,
   // copied per read): what matters is that none is lost, reordered or overwritten when the MTA
@@ -185,11 +195,7 @@ describe('the destination side of a tunnel', () => {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const port = (server.address() as AddressInfo).port;
     try {
-      const d = await startDaemon({ extra: `[egress]\nsource_ips = ["127.0.0.2"]\nports = [${port}]\nallow_private_destinations = true\n` });
-      running.push(d);
-      const a = await session(d, 'server-a');
-      await a.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 100, mode: 'sum' });
-      const t = await openTunnel({ host: '127.0.0.1', port: d.port, name: 'server-a', secret: SECRET, source: '127.0.0.2', destination: { host: '127.0.0.1', port }, throttle: 'k' });
+      const { d, t } = await tunnelTo(port);
       // the MTA reads nothing for a second (openTunnel hands the socket over paused)
       await new Promise((r) => setTimeout(r, 1000));
       expect(destination).not.toBeNull();
@@ -234,11 +240,7 @@ describe('the destination side of a tunnel', () => {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const port = (server.address() as AddressInfo).port;
     try {
-      const d = await startDaemon({ extra: `[egress]\nsource_ips = ["127.0.0.2"]\nports = [${port}]\nallow_private_destinations = true\n` });
-      running.push(d);
-      const a = await session(d, 'server-a');
-      await a.declare({ key: 'k', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 100, mode: 'sum' });
-      const t = await openTunnel({ host: '127.0.0.1', port: d.port, name: 'server-a', secret: SECRET, source: '127.0.0.2', destination: { host: '127.0.0.1', port }, throttle: 'k' });
+      const { d, t } = await tunnelTo(port);
       const chunks: Buffer[] = [];
       t.socket.on('data', (c: Buffer) => chunks.push(c));
       await new Promise<void>((resolve) => {
