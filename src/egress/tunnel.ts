@@ -182,15 +182,30 @@ class Tunnel {
     this.downBase = dispatched(client);
   }
 
+  /** `taken` bytes of all written to `to` (before the tunnel too) are known to be delivered */
+  taken(to: Socket, taken: number): void {
+    if (to === this.remote) {
+      if (taken - this.upBase > this.up) this.up = taken - this.upBase;
+    } else if (taken - this.downBase > this.down) {
+      this.down = taken - this.downBase;
+    }
+  }
+
   /** the snapshot of what the kernel took of the writes to `to` */
   snap(to: Socket): void {
     const k = kernelAccepted(to);
-    if (k === null) return;
-    if (to === this.remote) {
-      if (k - this.upBase > this.up) this.up = k - this.upBase;
-    } else if (k - this.downBase > this.down) {
-      this.down = k - this.downBase;
-    }
+    if (k !== null) this.taken(to, k);
+  }
+
+  /** a chunk read from `from` goes to the other side; reading stops past MAX_BUFFERED unsent */
+  forward(from: Socket, chunk: Buffer): void {
+    this.active = performance.now();
+    const to = from === this.client ? this.remote : this.client;
+    this.write(to, chunk);
+    // A read is up to 64 KiB, the socket's high-water mark 16 KiB: pausing whenever write() says
+    // "full" would stop and restart reading on every chunk of a bulk transfer. Pause only past
+    // MAX_BUFFERED; 'drain' still comes (write() returned false) once the buffer is empty.
+    if (to.writableLength >= MAX_BUFFERED) from.pause();
   }
 
   write(to: Socket, chunk: Buffer): void {
@@ -212,18 +227,14 @@ class Tunnel {
     this.onDone({ bytesUp: this.up, bytesDown: this.down, durationMs: performance.now() - this.started, outcome: why });
   }
 
-  /** `to` is flushed after its end (the other side's FIN passed on) */
-  flushed(to: Socket, err?: Error | null): void {
-    if (err) return; // the socket's 'error' ends the tunnel
-    // 'finish': every write to `to` completed, so all that was dispatched was taken. Not the
-    // snapshot: a TLS socket's write queue may still hold its own close_notify (24 bytes), which
-    // is no byte of the tunnel's
-    const all = dispatched(to);
-    if (to === this.remote) {
-      if (all - this.upBase > this.up) this.up = all - this.upBase;
-    } else if (all - this.downBase > this.down) {
-      this.down = all - this.downBase;
-    }
+  /**
+   * `to` is flushed after its end (the other side's FIN passed on; a failed flush is an 'error'
+   * instead): every write to it completed, so all that was dispatched was taken. Not the
+   * snapshot: a TLS socket's write queue may still hold its own close_notify (24 bytes), which is
+   * no byte of the tunnel's.
+   */
+  flushed(to: Socket): void {
+    this.taken(to, dispatched(to));
     if (++this.ended === 2) this.finish('closed');
   }
 
@@ -257,22 +268,12 @@ function onRemoteRead(this: TunnelSocket, n: number, buf: Buffer): boolean {
     this.destroy();
     return false;
   }
-  t.active = performance.now();
-  const to = t.client;
-  t.write(to, Buffer.from(buf.subarray(0, n)));
-  if (to.writableLength >= MAX_BUFFERED) this.pause();
+  t.forward(this, Buffer.from(buf.subarray(0, n)));
   return true;
 }
 
 function onTunnelData(this: TunnelSocket, chunk: Buffer): void {
-  const t = this[OWNER] as Tunnel;
-  t.active = performance.now();
-  const to = this === t.client ? t.remote : t.client;
-  t.write(to, chunk);
-  // A read is up to 64 KiB, the socket's high-water mark 16 KiB: pausing whenever write() says
-  // "full" would stop and restart reading on every chunk of a bulk transfer. Pause only past
-  // MAX_BUFFERED; 'drain' still comes (write() returned false) once the buffer is empty.
-  if (to.writableLength >= MAX_BUFFERED) this.pause();
+  (this[OWNER] as Tunnel).forward(this, chunk);
 }
 
 /** `this` drained: what it was written from may read again */

@@ -157,16 +157,12 @@ export function createStdoutSink(fd = 1, flushMs = STDOUT_FLUSH_MS): LogSink {
       // stdout closed: nothing sensible left to do with a log line
     }
   };
-  const due = (): void => {
-    timer = null;
-    flush();
-  };
   process.on('exit', flush);
   const add = (record: LogRecord): void => {
     pending += renderLine(record, Date.now());
     if (pending.length >= STDOUT_BATCH_CHARS || record.level >= 40) return flush();
     if (timer === null) {
-      timer = setTimeout(due, flushMs);
+      timer = setTimeout(flush, flushMs);
       // a pending line does not keep the process alive: 'exit' writes it
       timer.unref();
     }

@@ -228,39 +228,6 @@ function replyBytes(rep: ReplyCode, address: Uint8Array, port: number): Buffer {
 }
 
 /**
- * The CONNECT's success reply for the delivery's local address "ip:port" (Node's
- * localAddress:localPort): encodeReply(REP.succeeded, splitHostPort(local)), without the
- * intermediate strings and object (0.0.0.0:0 if `local` is not an address and port).
- */
-export function encodeBoundReply(local: string): Buffer {
-  const at = local.lastIndexOf(':');
-  let port = -1;
-  if (at >= 1 && at < local.length - 1 && at >= local.length - 6) {
-    // up to five decimal digits (what Number() would also read as an integer in 0..65535)
-    port = 0;
-    for (let i = at + 1; i < local.length; i++) {
-      const c = local.charCodeAt(i) - 0x30;
-      if (c < 0 || c > 9) {
-        port = -1;
-        break;
-      }
-      port = port * 10 + c;
-    }
-    if (port > 65535) port = -1;
-  }
-  if (port < 0) return encodeReply(REP.succeeded, splitHostPort(local));
-  const bytes = addressBytesOf(local, at);
-  if (bytes === null) return encodeReply(REP.succeeded, splitHostPort(local));
-  return replyBytes(REP.succeeded, bytes, port);
-}
-
-/** The address bytes of local's text before `at`, if it is a valid IP. */
-function addressBytesOf(local: string, at: number): Uint8Array | null {
-  const ip = local.slice(0, at);
-  return isValidIp(ip) ? addressBytes(ip) : null;
-}
-
-/**
  * ipaddr.process(ip).toByteArray(), remembered: a reply names the source address the delivery
  * went out from (one of egress.source_ips), so the few addresses are parsed once. Bounded.
  */

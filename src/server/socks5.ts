@@ -15,7 +15,6 @@ import {
   AccountTable,
   chooseMethod,
   encodeAuthStatus,
-  encodeBoundReply,
   encodeMethodSelection,
   encodeReply,
   METHOD,
@@ -26,6 +25,7 @@ import {
   REP,
   REPLY_TEXT,
   replyForRefusal,
+  splitHostPort,
   type ReplyCode,
 } from '../protocol/socks5.js';
 
@@ -156,7 +156,7 @@ class Negotiation implements DeliveryReplies {
 
   /** The delivery's "connected": the reply names the address it went out from. */
   connected(local: string): void {
-    this.socket.write(encodeBoundReply(local));
+    this.socket.write(encodeReply(REP.succeeded, splitHostPort(local)));
   }
 
   /** The delivery's refusal: its reply, then close. */

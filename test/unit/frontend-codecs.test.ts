@@ -16,7 +16,6 @@ import {
   chooseMethod,
   domainHost,
   encodeAuthStatus,
-  encodeBoundReply,
   encodeMethodSelection,
   encodeReply,
   METHOD,
@@ -93,17 +92,10 @@ describe('SOCKS5 codec', () => {
     expect(splitHostPort('nonsense')).toBeNull();
   });
 
-  it('encodes the success reply from "ip:port" text as encodeReply(splitHostPort()) does, odd texts included', () => {
-    const texts = [
-      '127.0.0.2:1234', '10.1.2.3:0', '10.1.2.3:65535', '10.1.2.3:65536', '10.1.2.3:99999', '10.1.2.3:025', '10.1.2.3:',
-      '10.1.2.3:+25', '10.1.2.3: 25', '10.1.2.3:2.5', '10.1.2.3:1e3', '10.1.2.3:123456', '2001:db8::2:2525', '[2001:db8::2]:25',
-      '::ffff:192.0.2.1:25', '::1:0', 'nonsense', ':25', '', 'host.example:25', '1.2.3:25', '999.1.1.1:25',
-    ];
-    for (const t of texts) expect([...encodeBoundReply(t)], t).toEqual([...encodeReply(REP.succeeded, splitHostPort(t))]);
-    expect([...encodeBoundReply('127.0.0.2:4660')]).toEqual([5, 0, 0, 1, 127, 0, 0, 2, 0x12, 0x34]);
-    expect([...encodeBoundReply('nonsense')]).toEqual([5, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+  it('encodes the success reply from the delivery\'s "ip:port" text, each a new buffer', () => {
+    expect([...encodeReply(REP.succeeded, splitHostPort('127.0.0.2:4660'))]).toEqual([5, 0, 0, 1, 127, 0, 0, 2, 0x12, 0x34]);
     // a reply with an address is new each time (its port differs per connection)
-    expect(encodeBoundReply('127.0.0.2:25')).not.toBe(encodeBoundReply('127.0.0.2:25'));
+    expect(encodeReply(REP.succeeded, splitHostPort('127.0.0.2:25'))).not.toBe(encodeReply(REP.succeeded, splitHostPort('127.0.0.2:25')));
   });
 
   it('shares the replies that carry no address, with the same bytes', () => {
