@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { lstatSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
+import { setFlagsFromString } from 'node:v8';
 import { parse as parseToml } from 'smol-toml';
 import { configWarnings, DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG_PATH, DIRECTIVES, formatConfigError, TABLES } from '../config/parse.js';
 import { loadConfigFile } from '../config/load.js';
@@ -17,6 +18,7 @@ import { adminSocketsToTry, defaultAdminSockets, isDefaultAdminSocket } from '..
 import { askDaemon } from './admin-client.js';
 import { simulate } from './simulate.js';
 import { generateSelfSigned } from '../config/x509.js';
+import { heapFlags } from './heap.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -128,6 +130,8 @@ async function askFirst(configured: string, command: AdminCommand | AdminRequest
 }
 
 async function run(configFile: string): Promise<void> {
+  // the daemon's GC sizing (./heap.ts says why): read by V8 at each collection, so set before load
+  for (const flag of heapFlags(process.execArgv)) setFlagsFromString(flag);
   const { sink, kind } = chooseSink();
   const log = createLogger(sink, false);
   const loaded = loadConfigFile(configFile);
