@@ -4,7 +4,11 @@
 // Nothing else: no policy, no throttle, no record, no timeouts, no metrics. bench/tunnel.mjs and
 // bench/idle.mjs run it as the reference for mtaproxy's front-ends.
 //
-//   node bench/bare-forwarder.mjs [--listen=127.0.0.1:0]    prints "listening HOST:PORT" once bound
+// --socks5=SOURCE: the same floor for SOCKS5 (RFC 1928) instead: the no-auth method round trip, then
+// CONNECT (IPv4 or IPv6 literal) from SOURCE, the success reply, the pump. What the protocol's extra
+// round trip costs any SOCKS5 proxy, against the PROXY v2 floor.
+//
+//   node bench/bare-forwarder.mjs [--listen=127.0.0.1:0] [--socks5=SOURCE]    prints "listening HOST:PORT" once bound
 import { connect, createServer } from 'node:net';
 
 const SIGNATURE = Buffer.from('0d0a0d0a000d0a515549540a', 'hex');
@@ -70,9 +74,60 @@ function serve(client) {
   client.on('error', () => client.destroy());
 }
 
+/** SOCKS5: greeting -> [5, 0]; CONNECT -> the tunnel from `source` (no checks but the format). */
+function serveSocks5(client, source) {
+  let received = null;
+  let greeted = false;
+  const onData = (chunk) => {
+    received = received === null ? chunk : Buffer.concat([received, chunk]);
+    if (!greeted) {
+      if (received.length < 2 || received.length < 2 + received[1]) return;
+      if (received[0] !== 5 || !received.subarray(2, 2 + received[1]).includes(0)) return void client.destroy();
+      received = received.length > 2 + received[1] ? received.subarray(2 + received[1]) : null;
+      greeted = true;
+      client.write(Buffer.from([5, 0]));
+      if (received === null) return;
+    }
+    if (received.length < 5) return;
+    const atyp = received[3];
+    const length = atyp === 1 ? 10 : atyp === 4 ? 22 : -1;
+    if (received[0] !== 5 || received[1] !== 1 || length < 0) return void client.destroy();
+    if (received.length < length) return;
+    client.removeListener('data', onData);
+    client.pause();
+    const host = atyp === 1 ? `${received[4]}.${received[5]}.${received[6]}.${received[7]}` : Array.from({ length: 8 }, (_, i) => received.readUInt16BE(4 + 2 * i).toString(16)).join(':');
+    const port = received.readUInt16BE(length - 2);
+    const rest = received.subarray(length);
+    received = null;
+    const remote = connect({ host, port, localAddress: source, allowHalfOpen: true, noDelay: true });
+    let finished = 0;
+    const close = () => {
+      client.destroy();
+      remote.destroy();
+    };
+    remote.once('connect', () => {
+      const reply = Buffer.from([5, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+      const bound = remote.localAddress.split('.').map(Number);
+      if (bound.length === 4) reply.set(bound, 4);
+      reply.writeUInt16BE(remote.localPort, 8);
+      client.write(reply);
+      if (rest.length > 0) remote.write(rest);
+      pump(client, remote, () => ++finished === 2 && close());
+      pump(remote, client, () => ++finished === 2 && close());
+      client.resume();
+    });
+    remote.on('error', close);
+    remote.on('close', close);
+    client.on('close', close);
+  };
+  client.on('data', onData);
+  client.on('error', () => client.destroy());
+}
+
+const socks5Source = process.argv.find((a) => a.startsWith('--socks5='))?.slice(9) ?? null;
 const listen = process.argv.find((a) => a.startsWith('--listen='))?.slice(9) ?? '127.0.0.1:0';
 const at = listen.lastIndexOf(':');
-const server = createServer({ allowHalfOpen: true, noDelay: true }, serve);
+const server = createServer({ allowHalfOpen: true, noDelay: true }, socks5Source === null ? serve : (client) => serveSocks5(client, socks5Source));
 server.on('error', (err) => {
   console.error(`bare-forwarder: ${err.message}`);
   process.exit(1);
