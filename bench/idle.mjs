@@ -26,7 +26,11 @@ const TLS = process.argv.includes('--tls');
 // --cpu-prof=DIR: the proxies run under node --cpu-prof (where opening N tunnels spends its time)
 const CPU_PROF = arg('cpu-prof', null);
 const SINK_PORT = arg('sink', null); // set only in the sink's child process
-const SOURCE = '127.0.0.2';
+// each path connects from its own loopback source (127.0.0.2, .3, …): the previous path's tunnels
+// hold their source ports in TIME_WAIT for 60 s after they close, and the kernel's search for a free
+// port in bind(source, 0) slows as a source's ports fill (9,500 tunnels took 55 s to open from a
+// source the path before had just used, 8 s from a fresh one)
+const sourceOf = (index) => `127.0.0.${2 + index}`;
 const PARALLEL = 50; // tunnels being opened at once (under max_pending_handshakes_per_peer = 100)
 const WARMUP = 500;
 
@@ -80,7 +84,7 @@ async function openOne(path) {
   const s = await path.open();
   s.on('error', () => {});
   const line = await firstLine(s, path.skip ?? 0);
-  if (!line.startsWith(`220 idle ${SOURCE}\r`)) throw new Error(`unexpected greeting ${JSON.stringify(line)}`);
+  if (!line.startsWith(`220 idle ${path.source}\r`)) throw new Error(`unexpected greeting ${JSON.stringify(line)}`);
   return s;
 }
 
@@ -125,13 +129,13 @@ async function startBare(dir, inspect) {
 }
 
 /** A fresh proxy process for one path: { pid, open(), stop() }. */
-async function startPath(name, sinkPort, dir) {
+async function startPath(name, sinkPort, dir, SOURCE) {
   const header = Buffer.concat([Buffer.from('0d0a0d0a000d0a515549540a2111000c', 'hex'), ipv4(SOURCE), ipv4('127.0.0.1'), port16(0), port16(sinkPort)]);
   // every proxy runs with the inspector on: the bench asks it for a full GC before it reads RSS
   const inspect = await freePort();
   if (name === 'bare forwarder') {
     const bare = await startBare(dir, inspect);
-    return { pid: bare.pid, inspect, open: () => dial(bare.port).then((s) => (s.write(header), s)), stop: () => bare.stop() };
+    return { pid: bare.pid, inspect, source: SOURCE, open: () => dial(bare.port).then((s) => (s.write(header), s)), stop: () => bare.stop() };
   }
   const socksPort = await freePort();
   const pv2Port = await freePort();
@@ -143,7 +147,7 @@ async function startPath(name, sinkPort, dir) {
     '[proxy_v2]', `listen = ["127.0.0.1:${pv2Port}"]`,
     '[derived_throttle]', `max_connections = ${TUNNELS + WARMUP + 100}`,
   ].join('\n');
-  const proxy = await startProxy({ ports: [sinkPort], extra, nodeArgs: [`--inspect=127.0.0.1:${inspect}`, ...(CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`])] });
+  const proxy = await startProxy({ ports: [sinkPort], extra, sourceIps: [SOURCE], nodeArgs: [`--inspect=127.0.0.1:${inspect}`, ...(CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`])] });
   const control = await ControlClient.connect({ host: '127.0.0.1', port: proxy.port, name: 'bench', secret: SECRET, ...(plaintext ? { tls: false } : {}) });
   await control.declare({ key: 'idle', sourceIp: SOURCE, maxConnections: TUNNELS + WARMUP + 100, maxMessagesPerHour: 100_000_000, mode: 'sum' });
   const tunnel = { host: '127.0.0.1', port: proxy.port, name: 'bench', secret: SECRET, source: SOURCE, destination: { host: '127.0.0.1', port: sinkPort }, throttle: 'idle', ...(plaintext ? { tls: false } : {}) };
@@ -158,7 +162,7 @@ async function startPath(name, sinkPort, dir) {
     'mtaproxy native': async () => (await openTunnel(tunnel)).socket,
     'mtaproxy native TLS': async () => (await openTunnel(tunnel)).socket,
   }[name];
-  return { pid: proxy.pid, inspect, open, skip: name === 'mtaproxy SOCKS5' ? 12 : 0, stop: async () => { control.destroy(); await proxy.stop(); } };
+  return { pid: proxy.pid, inspect, source: SOURCE, open, skip: name === 'mtaproxy SOCKS5' ? 12 : 0, stop: async () => { control.destroy(); await proxy.stop(); } };
 }
 
 async function main() {
@@ -172,8 +176,8 @@ async function main() {
   const names = ['bare forwarder', 'mtaproxy PROXY v2', 'mtaproxy SOCKS5', 'mtaproxy native', ...(TLS ? ['mtaproxy native TLS'] : [])].filter((n) => ONLY === null || ONLY.includes(n));
   const rows = [];
   const results = new Map();
-  for (const name of names) {
-    const path = await startPath(name, sinkPort, dir);
+  for (const [index, name] of names.entries()) {
+    const path = await startPath(name, sinkPort, dir, sourceOf(index));
     // warm-up: tunnels opened, held a moment, closed (the JIT, the heap spaces, the socket pools)
     const warm = await openMany(path, WARMUP);
     await closeAll(warm.sockets);
