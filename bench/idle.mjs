@@ -182,7 +182,7 @@ async function main() {
     const warm = await openMany(path, WARMUP);
     await closeAll(warm.sockets);
     await sleep(SETTLE_S * 1000);
-    collectGarbage(path.inspect);
+    const baseUsage = collectGarbage(path.inspect, { memory: true });
     const base = rssKiB(path.pid);
     const t0 = performance.now();
     const { sockets, failed, firstError } = await openMany(path, TUNNELS);
@@ -190,7 +190,7 @@ async function main() {
     let closedEarly = 0;
     for (const s of sockets) s.once('close', () => closedEarly++);
     await sleep(SETTLE_S * 1000);
-    collectGarbage(path.inspect);
+    const heldUsage = collectGarbage(path.inspect, { memory: true });
     const samples = [];
     for (let i = 0; i < 3; i++) {
       samples.push(rssKiB(path.pid));
@@ -200,13 +200,15 @@ async function main() {
     const perTunnel = (held - base) / sockets.length;
     const errors = failed + closedEarly + warm.failed;
     results.set(name, perTunnel);
-    rows.push([name, fmt(sockets.length), String(errors), fmt(base / 1024, 1), fmt(held / 1024, 1), fmt(perTunnel, 2), fmt(openS, 1)]);
+    // where a tunnel's bytes are: V8's heap (JavaScript objects) or outside it (libuv, OpenSSL, malloc's arenas)
+    const heapPer = (heldUsage.heapUsed - baseUsage.heapUsed) / 1024 / sockets.length;
+    rows.push([name, fmt(sockets.length), String(errors), fmt(base / 1024, 1), fmt(held / 1024, 1), fmt(perTunnel, 2), fmt(heapPer, 2), fmt(perTunnel - heapPer, 2), fmt(openS, 1)]);
     if (firstError !== null || warm.firstError !== null) console.log(`# ${name}: first failure: ${firstError ?? warm.firstError}`);
     await closeAll(sockets);
     await path.stop();
   }
   console.log(`\n## ${fmt(TUNNELS)} idle tunnels, each path in a fresh process; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}\n`);
-  printTable(['path', 'tunnels open', 'errors', 'baseline RSS MiB', 'RSS with tunnels MiB', 'KiB per tunnel', 'open time s'], rows);
+  printTable(['path', 'tunnels open', 'errors', 'baseline RSS MiB', 'RSS with tunnels MiB', 'KiB per tunnel', 'of it V8 heap KiB', 'of it outside the heap KiB', 'open time s'], rows);
   const bare = results.get('bare forwarder');
   console.log('\n## Targets\n');
   const targets = names.filter((n) => n.startsWith('mtaproxy') && n !== 'mtaproxy native TLS').map((n) => {

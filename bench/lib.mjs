@@ -249,7 +249,7 @@ export function writeRatioChart(file, { title, categories, series, marks = [] })
  * (HeapProfiler.collectGarbage over the inspector protocol, twice), so that its RSS shows what
  * it holds, not the garbage of the moment. Blocks until done (a child with Node's WebSocket).
  */
-export function collectGarbage(inspectPort) {
+export function collectGarbage(inspectPort, { memory = false } = {}) {
   const script = `
     const list = await (await fetch('http://127.0.0.1:${inspectPort}/json/list')).json();
     const ws = new WebSocket(list[0].webSocketDebuggerUrl);
@@ -257,6 +257,13 @@ export function collectGarbage(inspectPort) {
     for (const id of [1, 2]) {
       await new Promise((r) => { ws.onmessage = (m) => JSON.parse(m.data).id === id && r(); ws.send(JSON.stringify({ id, method: 'HeapProfiler.collectGarbage' })); });
     }
+    ${memory ? `const usage = await new Promise((r) => {
+      ws.onmessage = (m) => { const d = JSON.parse(m.data); if (d.id === 3) r(d.result.result.value); };
+      ws.send(JSON.stringify({ id: 3, method: 'Runtime.evaluate', params: { expression: 'JSON.stringify(process.memoryUsage())', returnByValue: true } }));
+    });
+    process.stdout.write(usage);` : ''}
     ws.close();`;
-  execFileSync(process.execPath, ['--experimental-websocket', '--no-warnings', '--input-type=module', '-e', script], { timeout: 30_000 });
+  const out = execFileSync(process.execPath, ['--experimental-websocket', '--no-warnings', '--input-type=module', '-e', script], { timeout: 30_000, encoding: 'utf8' });
+  // memory: the process's own process.memoryUsage() after the collection (rss, heapUsed, external, arrayBuffers: bytes)
+  return memory ? JSON.parse(out) : null;
 }
