@@ -433,10 +433,7 @@ async function main() {
     await Promise.all([proxyTls.proc, proxyPlain.proc].map((p) => p.exitCode === null && p.signalCode === null ? new Promise((r) => { p.once('exit', r); p.kill('SIGTERM'); }) : null));
     copyFileSync(proxyTls.logFile, join(keep, 'mtaproxy-tls.log'));
     copyFileSync(proxyPlain.logFile, join(keep, 'mtaproxy-plaintext.log'));
-    if (proxyBase !== null) {
-      await proxyBase.stop();
-      copyFileSync(proxyBase.logFile, join(keep, 'mtaproxy-base.log'));
-    }
+    if (proxyBase !== null) await proxyBase.stop(join(keep, 'mtaproxy-base.log'));
   }
   await proxyTls.stop();
   await proxyPlain.stop();
