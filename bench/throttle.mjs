@@ -4,6 +4,12 @@
 //
 //   node bench/throttle.mjs [--seconds=2] [--only=REGEX] [--levels=1,16,64] [--cpu-prof=DIR] [--no-queue]
 //        [--daemon-node-args=--trace-gc,--max-semi-space-size=4] [--keep-logs=DIR]  (the daemons' Node flags; their logs kept)
+//        [--base-dist=DIR] [--base-node-args=A,B]  (a third, plaintext daemon from another build, measured beside main's)
+//
+// With --trace-gc among a daemon's Node flags, each of its cells also reports the daemon's
+// scavenges per 10 000 operations, their median and largest pause, and its mark-compacts (read
+// from the part of its log written during the cell). Every cell reports this process's own
+// scavenges (the client side's, from a PerformanceObserver) the same way.
 //
 // Needs: npm run build; redis-server on PATH (apt-get install redis-server, built with TLS);
 // ioredis (devDependency); openssl (a throwaway certificate for Redis's TLS port).
@@ -21,11 +27,12 @@
 // --cpu-prof=DIR: the daemons run under node --cpu-prof (run this script itself under
 // `node --cpu-prof --cpu-prof-dir=DIR` for the client side); --only: just the variants whose name matches.
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, readFileSync } from 'node:fs';
+import { closeSync, copyFileSync, fstatSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { constants, PerformanceObserver } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
 import { ControlClient } from '../dist/client/index.js';
 import { cpuSeconds, fmt, freePort, machine, percentile, printTable, SECRET, sleep, spawnPeer, startProxy, verdict, waitForPort } from './lib.mjs';
@@ -57,6 +64,37 @@ return 0`;
 
 const load1 = () => loadavg()[0];
 
+// this process's own scavenges (the client side's), durations in ms, while a cell is measured
+const clientScavenges = [];
+let countClientGc = false;
+new PerformanceObserver((list) => {
+  if (countClientGc) for (const e of list.getEntries()) if (e.detail?.kind === constants.NODE_PERFORMANCE_GC_MINOR) clientScavenges.push(e.duration);
+}).observe({ entryTypes: ['gc'] });
+
+/** the bytes of `file` from `from` on (a daemon's log, for the --trace-gc lines written during a cell) */
+function logFrom(file, from) {
+  const fd = openSync(file, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    const buf = Buffer.alloc(Math.max(0, size - from));
+    readSync(fd, buf, 0, buf.length, from);
+    return { text: buf.toString('latin1'), size };
+  } finally { closeSync(fd); }
+}
+const logSize = (file) => statSync(file).size;
+
+/** --trace-gc lines: scavenges (count, pauses in ms) and mark-compacts */
+function gcStats(text) {
+  const pauses = [];
+  let marks = 0;
+  for (const m of text.matchAll(/: (Scavenge|Mark-Compact|Mark-sweep|Minor Mark-Compact)[^\n]*? MB, ([\d.]+) \/ [\d.]+ ms/g)) {
+    if (m[1] === 'Scavenge') pauses.push(Number(m[2]));
+    else marks++;
+  }
+  pauses.sort((a, b) => a - b);
+  return { scavenges: pauses.length, median: pauses.length === 0 ? NaN : pauses[pauses.length >> 1], max: pauses.length === 0 ? NaN : pauses[pauses.length - 1], marks };
+}
+
 /** read and write system calls of a process so far (/proc/PID/io: syscr, syscw) */
 function syscalls(pid) {
   const text = readFileSync(`/proc/${pid}/io`, 'utf8');
@@ -71,7 +109,7 @@ function syscalls(pid) {
 // latencies go to a preallocated typed array: a growing JS array of numbers made this process's
 // own scavenges (4-7 ms each) part of every variant's p99
 let LATENCIES = new Float64Array(1 << 21);
-async function measure(inFlight, seconds, op, serverPid) {
+async function measure(inFlight, seconds, op, serverPid, serverLog) {
   const warmEnd = performance.now() + 300;
   let count = 0;
   const loop = async (until, record) => {
@@ -94,20 +132,28 @@ async function measure(inFlight, seconds, op, serverPid) {
   const client0 = process.cpuUsage();
   const sys0 = syscalls(serverPid);
   const csys0 = syscalls(process.pid);
+  const log0 = serverLog === undefined ? 0 : logSize(serverLog);
+  clientScavenges.length = 0;
+  countClientGc = true;
   const start = performance.now();
   const end = start + seconds * 1000;
   await Promise.all(Array.from({ length: inFlight }, () => loop(end, true)));
   const elapsed = (performance.now() - start) / 1000;
+  countClientGc = false;
+  await sleep(0); // the observer's last entries
+  const cgc = clientScavenges.slice().sort((a, b) => a - b);
   const client = process.cpuUsage(client0);
   const server = cpuSeconds(serverPid) - server0;
   const sys1 = syscalls(serverPid);
   const csys1 = syscalls(process.pid);
+  const gc = serverLog === undefined ? null : gcStats(logFrom(serverLog, log0).text);
   const latencies = LATENCIES.subarray(0, count).sort();
   const n = latencies.length;
   return {
     ops: n / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), n,
     clientUs: (client.user + client.system) / n, serverUs: (server * 1e6) / n, load: load1(),
     serverReads: (sys1.r - sys0.r) / n, serverWrites: (sys1.w - sys0.w) / n, clientReads: (csys1.r - csys0.r) / n, clientWrites: (csys1.w - csys0.w) / n,
+    gc, clientGc: { scavenges: cgc.length, median: cgc.length === 0 ? NaN : cgc[cgc.length >> 1], max: cgc.length === 0 ? NaN : cgc[cgc.length - 1] },
   };
 }
 
@@ -195,6 +241,14 @@ async function main() {
   const nodeArgs = [...(CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`]), ...(arg('daemon-node-args', '') || '').split(',').filter(Boolean)];
   const proxyTls = await startProxy({ ports: [25], nodeArgs, extra: `metrics_listen = "127.0.0.1:${metricsPorts[0]}"` });
   const proxyPlain = await startProxy({ ports: [25], nodeArgs, extra: `tls = false\nmetrics_listen = "127.0.0.1:${metricsPorts[1]}"` });
+  const BASE_DIST = arg('base-dist', null);
+  const baseNodeArgs = arg('base-node-args', null) === null ? nodeArgs : arg('base-node-args', '').split(',').filter(Boolean);
+  if (BASE_DIST !== null) metricsPorts.push(await freePort());
+  const proxyBase = BASE_DIST === null ? null : await startProxy({
+    ports: [25], nodeArgs: baseNodeArgs, cli: join(BASE_DIST, 'cli/main.js'), extra: `tls = false\nmetrics_listen = "127.0.0.1:${metricsPorts[2]}"`,
+  });
+  const traceGc = [...nodeArgs, ...baseNodeArgs].some((a) => /^--trace[-_]gc$/.test(a));
+  const logOf = new Map([[proxyTls.pid, proxyTls.logFile], [proxyPlain.pid, proxyPlain.logFile], ...(proxyBase === null ? [] : [[proxyBase.pid, proxyBase.logFile]])]);
   const dir = proxyTls.dir;
   execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'redis.key'), '-out', join(dir, 'redis.crt'), '-days', '1', '-subj', '/CN=localhost'], { stdio: 'ignore' });
   const redisPort = await freePort();
@@ -221,6 +275,7 @@ async function main() {
   };
   const sTls = await openSession(proxyTls, true);
   const sPlain = await openSession(proxyPlain, false);
+  const sBase = proxyBase === null ? null : await openSession(proxyBase, false);
 
   const makeRedis = (autoPipelining, tls) => {
     const r = new Redis({
@@ -260,6 +315,7 @@ async function main() {
     ['mtaproxy TLS, releaseNow()', 'mtaproxy', 'tls', async () => sTls.releaseNow(await sTls.acquire(KEY, 'connection', 0)), M],
     ['mtaproxy plaintext, release() awaited', 'mtaproxy', 'plain', async () => sPlain.release(await sPlain.acquire(KEY, 'connection', 0)), P],
     ['mtaproxy plaintext, releaseNow()', 'mtaproxy', 'plain', async () => sPlain.releaseNow(await sPlain.acquire(KEY, 'connection', 0)), P],
+    ...(sBase === null ? [] : [[`base (${BASE_DIST}) plaintext, releaseNow()`, 'base', 'plain', async () => sBase.releaseNow(await sBase.acquire(KEY, 'connection', 0)), proxyBase.pid]]),
     ['redis, ZREM awaited', 'redis', 'plain', redisOp(redisClients.plain, true), R],
     ['redis autopipelining, ZREM awaited', 'redis', 'plain', redisOp(redisClients.auto, true), R],
     ['redis, ZREM not awaited', 'redis', 'plain', redisOp(redisClients.plain, false), R],
@@ -281,17 +337,18 @@ async function main() {
     [`mtaproxy TLS queued (limit ${QUEUE_LIMIT}), release() awaited`, 'mtaproxy', 'tls', async () => sTls.release(await sTls.acquire(QUEUE_KEY, 'connection', 10_000)), M],
     [`mtaproxy TLS queued (limit ${QUEUE_LIMIT}), releaseNow()`, 'mtaproxy', 'tls', async () => sTls.releaseNow(await sTls.acquire(QUEUE_KEY, 'connection', 10_000)), M],
     [`mtaproxy plaintext queued (limit ${QUEUE_LIMIT}), releaseNow()`, 'mtaproxy', 'plain', async () => sPlain.releaseNow(await sPlain.acquire(QUEUE_KEY, 'connection', 10_000)), P],
+    ...(sBase === null ? [] : [[`base plaintext queued (limit ${QUEUE_LIMIT}), releaseNow()`, 'base', 'plain', async () => sBase.releaseNow(await sBase.acquire(QUEUE_KEY, 'connection', 10_000)), proxyBase.pid]]),
     [`redis (limit ${QUEUE_LIMIT}), retry after ${RETRY_MS} ms, ZREM awaited`, 'redis', 'plain', redisQueued(redisClients.plain), R],
     [`redis autopipelining (limit ${QUEUE_LIMIT}), retry after ${RETRY_MS} ms, ZREM awaited`, 'redis', 'plain', redisQueued(redisClients.auto), R],
   ] : []).filter(([name]) => ONLY === null || ONLY.test(name));
   const results = new Map();
   for (const [name, , , op, pid] of queueVariants) {
-    results.set(`${name}@${QUEUE_IN_FLIGHT}`, await measure(QUEUE_IN_FLIGHT, SECONDS, op, pid));
+    results.set(`${name}@${QUEUE_IN_FLIGHT}`, await measure(QUEUE_IN_FLIGHT, SECONDS, op, pid, logOf.get(pid)));
     await sleep(50);
   }
   for (const level of LEVELS) {
     for (const [name, , , op, pid] of variants) {
-      results.set(`${name}@${level}`, await measure(level, SECONDS, op, pid));
+      results.set(`${name}@${level}`, await measure(level, SECONDS, op, pid, logOf.get(pid)));
       await sleep(50);
     }
   }
@@ -305,9 +362,12 @@ async function main() {
   };
   const heldTls = await inUse(metricsPorts[0]);
   const heldPlain = await inUse(metricsPorts[1]);
+  const heldBase = proxyBase === null ? null : await inUse(metricsPorts[2]);
 
-  const row = (name, level, r) => [name, level, fmt(r.ops), fmt(r.p50, 3), fmt(r.p99, 3), fmt(r.clientUs, 1), fmt(r.serverUs, 1), `${fmt(r.serverReads, 2)} / ${fmt(r.serverWrites, 2)}`, `${fmt(r.clientReads, 2)} / ${fmt(r.clientWrites, 2)}`, fmt(r.load, 2), fmt(r.n)];
-  const header = ['variant', 'in flight', 'ops/s', 'p50 ms', 'p99 ms', 'client CPU µs/op', 'server CPU µs/op', 'server reads / writes per op', 'client reads / writes per op', 'load', 'ops'];
+  const gcCells = (r) => (!traceGc ? [] : r.gc === null ? ['-', '-', '-'] : [fmt((r.gc.scavenges * 10_000) / r.n, 2), `${fmt(r.gc.median, 2)} / ${fmt(r.gc.max, 2)}`, fmt(r.gc.marks)]).concat([fmt((r.clientGc.scavenges * 10_000) / r.n, 2), `${fmt(r.clientGc.median, 2)} / ${fmt(r.clientGc.max, 2)}`]);
+  const row = (name, level, r) => [name, level, fmt(r.ops), fmt(r.p50, 3), fmt(r.p99, 3), fmt(r.clientUs, 1), fmt(r.serverUs, 1), `${fmt(r.serverReads, 2)} / ${fmt(r.serverWrites, 2)}`, `${fmt(r.clientReads, 2)} / ${fmt(r.clientWrites, 2)}`, ...gcCells(r), fmt(r.load, 2), fmt(r.n)];
+  const header = ['variant', 'in flight', 'ops/s', 'p50 ms', 'p99 ms', 'client CPU µs/op', 'server CPU µs/op', 'server reads / writes per op', 'client reads / writes per op',
+    ...(traceGc ? ['daemon scavenges / 10k ops', 'scavenge median / max ms', 'daemon marks'] : []), 'client scavenges / 10k ops', 'client scavenge median / max ms', 'load', 'ops'];
   console.log('\n## Per variant (one operation = ACQUIRE connection + RELEASE)\n');
   const rows = [];
   for (const level of LEVELS) for (const [name] of variants) rows.push(row(name, level, results.get(`${name}@${level}`)));
@@ -358,10 +418,11 @@ async function main() {
       }
     }
   }
-  console.log(`\n# leftover Redis leases: ${left}; daemon connections in use: TLS ${heldTls}, plaintext ${heldPlain}; overall: ${allOk ? 'all targets met' : 'TARGET MISSED (see table)'}; load average now ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  console.log(`\n# leftover Redis leases: ${left}; daemon connections in use: TLS ${heldTls}, plaintext ${heldPlain}${heldBase === null ? '' : `, base ${heldBase}`}; overall: ${allOk ? 'all targets met' : 'TARGET MISSED (see table)'}; load average now ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 
   sTls.destroy();
   sPlain.destroy();
+  sBase?.destroy();
   floor.close();
   resp.close();
   for (const r of Object.values(redisClients)) r.disconnect();
@@ -372,9 +433,11 @@ async function main() {
     await Promise.all([proxyTls.proc, proxyPlain.proc].map((p) => p.exitCode === null && p.signalCode === null ? new Promise((r) => { p.once('exit', r); p.kill('SIGTERM'); }) : null));
     copyFileSync(proxyTls.logFile, join(keep, 'mtaproxy-tls.log'));
     copyFileSync(proxyPlain.logFile, join(keep, 'mtaproxy-plaintext.log'));
+    if (proxyBase !== null) await proxyBase.stop(join(keep, 'mtaproxy-base.log'));
   }
   await proxyTls.stop();
   await proxyPlain.stop();
+  await proxyBase?.stop();
 }
 
 main().then(() => process.exit(0), (err) => { console.error(err); process.exit(1); });
