@@ -4,7 +4,6 @@ import { randomBytes } from 'node:crypto';
 import { lstatSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
-import { setFlagsFromString } from 'node:v8';
 import { parse as parseToml } from 'smol-toml';
 import { configWarnings, DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG_PATH, DIRECTIVES, formatConfigError, TABLES } from '../config/parse.js';
 import { loadConfigFile } from '../config/load.js';
@@ -18,7 +17,7 @@ import { adminSocketsToTry, defaultAdminSockets, isDefaultAdminSocket } from '..
 import { askDaemon } from './admin-client.js';
 import { simulate } from './simulate.js';
 import { generateSelfSigned } from '../config/x509.js';
-import { heapFlags } from './heap.js';
+import { startHeapPolicy } from './heap-policy.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -130,8 +129,6 @@ async function askFirst(configured: string, command: AdminCommand | AdminRequest
 }
 
 async function run(configFile: string): Promise<void> {
-  // the daemon's GC sizing (./heap.ts says why): read by V8 at each collection, so set before load
-  for (const flag of heapFlags(process.execArgv)) setFlagsFromString(flag);
   const { sink, kind } = chooseSink();
   const log = createLogger(sink, false);
   const loaded = loadConfigFile(configFile);
@@ -164,7 +161,12 @@ async function run(configFile: string): Promise<void> {
     process.exit(70);
   });
 
-  log.info({ mtaproxy_event: 'starting', version: VERSION, config: configFile, log_sink: kind }, `mtaproxy ${VERSION} starting with ${configFile}`);
+  // the daemon's GC sizing (./heap.ts says why), moved as the live heap grows and shrinks
+  const heap = startHeapPolicy((percent, live) => {
+    const mib = Math.round(live / 1024 / 1024);
+    log.info({ mtaproxy_event: 'heap_growing_factor', heap_growing_percent: percent, live_heap_mib: mib }, percent === 0 ? `heap: ${mib} MiB live after a full collection: V8's own growing factor` : `heap: ${mib} MiB live after a full collection: growing factor ${1 + percent / 100}`);
+  });
+  log.info({ mtaproxy_event: 'starting', version: VERSION, config: configFile, log_sink: kind, heap_growing_percent: heap.percent() }, `mtaproxy ${VERSION} starting with ${configFile}`);
   try {
     await daemon.start();
   } catch (err) {

@@ -25,6 +25,14 @@ export const EVENTS = {
 
 Nothing to do. If "started" does not follow, a "config_error" or "start_failed" entry says why.`,
   },
+  heap_growing_factor: {
+    id: '0168f11b13b34611989eac1d8bee215b',
+    level: 'INFO',
+    subject: "mtaproxy changed V8's heap growing factor",
+    text: `After a full garbage collection the live heap (LIVE_HEAP_MIB) crossed a line: above 64 MiB the daemon uses V8's own growing factor (HEAP_GROWING_PERCENT=0), below 48 MiB again its fixed factor of 5 (HEAP_GROWING_PERCENT=400), which spares a small heap V8's needless full marks (docs/operations.md, "Limits").
+
+Nothing to do. Starting node with --heap-growing-percent=N of your own turns this off.`,
+  },
   config_error: {
     id: '9adeb04aca7d481dbe694c5999443877',
     level: 'ERROR',
