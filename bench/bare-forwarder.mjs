@@ -5,7 +5,8 @@
 // bench/idle.mjs run it as the reference for mtaproxy's front-ends.
 //
 // --socks5=SOURCE: the same floor for SOCKS5 (RFC 1928) instead: the no-auth method round trip, then
-// CONNECT (IPv4 or IPv6 literal) from SOURCE, the success reply, the pump. What the protocol's extra
+// CONNECT (IPv4 or IPv6 literal) from SOURCE, the success reply (its bound address as IPv4 only: the
+// bench connects from 127.0.0.2), the pump. What the protocol's extra
 // round trip costs any SOCKS5 proxy, against the PROXY v2 floor.
 //
 //   node bench/bare-forwarder.mjs [--listen=127.0.0.1:0] [--socks5=SOURCE]    prints "listening HOST:PORT" once bound

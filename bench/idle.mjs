@@ -1,11 +1,14 @@
 // Idle tunnels: the proxy's resident memory per open, idle tunnel. For each path, a fresh proxy
 // process: warm-up (sessions opened and closed, so the JIT and the heap's spaces are in use),
 // a full GC (over the inspector: RSS without the garbage of the moment), baseline RSS, then N tunnels opened (each gets the sink's greeting through it, naming the source
-// address it came from, which must be 127.0.0.2), held idle, a full GC, and RSS again:
+// address it came from, which must be the path's own: 127.0.0.2 for the first path, .3 for the next…), held idle, a full GC, and RSS again:
 // (RSS - baseline) / N. Paths: the bare forwarder (bench/bare-forwarder.mjs, the floor), mtaproxy's
 // PROXY v2 and SOCKS5 front-ends and its native tunnel (plaintext; --tls adds native over TLS).
 //
-//   node bench/idle.mjs [--tunnels=9500] [--paths=NAME,...] [--tls] [--settle=3] [--cpu-prof=DIR]
+//   node bench/idle.mjs [--tunnels=9500] [--paths=NAME,...] [--tls] [--settle=3] [--cpu-prof=DIR] [--source-base=2]
+//
+//   --source-base=N: the first path connects from 127.0.0.N (default 2), the next from N+1…: a run
+//   within 60 s of another should start where that one ended (its ports are in TIME_WAIT)
 //
 // Needs: npm run build; ulimit -n above 2 x tunnels + 100 (the proxy holds two sockets a tunnel).
 // Target (issue 14): <= 8 KiB of RSS per tunnel over the idle baseline at 9 500 tunnels, no errors.
@@ -30,7 +33,8 @@ const SINK_PORT = arg('sink', null); // set only in the sink's child process
 // hold their source ports in TIME_WAIT for 60 s after they close, and the kernel's search for a free
 // port in bind(source, 0) slows as a source's ports fill (9,500 tunnels took 55 s to open from a
 // source the path before had just used, 8 s from a fresh one)
-const sourceOf = (index) => `127.0.0.${2 + index}`;
+const SOURCE_BASE = Number(arg('source-base', 2));
+const sourceOf = (index) => `127.0.0.${SOURCE_BASE + index}`;
 const PARALLEL = 50; // tunnels being opened at once (under max_pending_handshakes_per_peer = 100)
 const WARMUP = 500;
 
@@ -129,13 +133,13 @@ async function startBare(dir, inspect) {
 }
 
 /** A fresh proxy process for one path: { pid, open(), stop() }. */
-async function startPath(name, sinkPort, dir, SOURCE) {
-  const header = Buffer.concat([Buffer.from('0d0a0d0a000d0a515549540a2111000c', 'hex'), ipv4(SOURCE), ipv4('127.0.0.1'), port16(0), port16(sinkPort)]);
+async function startPath(name, sinkPort, dir, source) {
+  const header = Buffer.concat([Buffer.from('0d0a0d0a000d0a515549540a2111000c', 'hex'), ipv4(source), ipv4('127.0.0.1'), port16(0), port16(sinkPort)]);
   // every proxy runs with the inspector on: the bench asks it for a full GC before it reads RSS
   const inspect = await freePort();
   if (name === 'bare forwarder') {
     const bare = await startBare(dir, inspect);
-    return { pid: bare.pid, inspect, source: SOURCE, open: () => dial(bare.port).then((s) => (s.write(header), s)), stop: () => bare.stop() };
+    return { pid: bare.pid, inspect, source: source, open: () => dial(bare.port).then((s) => (s.write(header), s)), stop: () => bare.stop() };
   }
   const socksPort = await freePort();
   const pv2Port = await freePort();
@@ -143,14 +147,14 @@ async function startPath(name, sinkPort, dir, SOURCE) {
   const extra = [
     ...(plaintext ? ['tls = false'] : []),
     `max_pending_handshakes_per_peer = ${PARALLEL * 2}`,
-    '[socks5]', `listen = ["127.0.0.1:${socksPort}"]`, 'allow_unauthenticated = true', `source_ip = "${SOURCE}"`,
+    '[socks5]', `listen = ["127.0.0.1:${socksPort}"]`, 'allow_unauthenticated = true', `source_ip = "${source}"`,
     '[proxy_v2]', `listen = ["127.0.0.1:${pv2Port}"]`,
     '[derived_throttle]', `max_connections = ${TUNNELS + WARMUP + 100}`,
   ].join('\n');
-  const proxy = await startProxy({ ports: [sinkPort], extra, sourceIps: [SOURCE], nodeArgs: [`--inspect=127.0.0.1:${inspect}`, ...(CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`])] });
+  const proxy = await startProxy({ ports: [sinkPort], extra, sourceIps: [source], nodeArgs: [`--inspect=127.0.0.1:${inspect}`, ...(CPU_PROF === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`])] });
   const control = await ControlClient.connect({ host: '127.0.0.1', port: proxy.port, name: 'bench', secret: SECRET, ...(plaintext ? { tls: false } : {}) });
-  await control.declare({ key: 'idle', sourceIp: SOURCE, maxConnections: TUNNELS + WARMUP + 100, maxMessagesPerHour: 100_000_000, mode: 'sum' });
-  const tunnel = { host: '127.0.0.1', port: proxy.port, name: 'bench', secret: SECRET, source: SOURCE, destination: { host: '127.0.0.1', port: sinkPort }, throttle: 'idle', ...(plaintext ? { tls: false } : {}) };
+  await control.declare({ key: 'idle', sourceIp: source, maxConnections: TUNNELS + WARMUP + 100, maxMessagesPerHour: 100_000_000, mode: 'sum' });
+  const tunnel = { host: '127.0.0.1', port: proxy.port, name: 'bench', secret: SECRET, source: source, destination: { host: '127.0.0.1', port: sinkPort }, throttle: 'idle', ...(plaintext ? { tls: false } : {}) };
   const open = {
     'mtaproxy PROXY v2': () => dial(pv2Port).then((s) => (s.write(header), s)),
     'mtaproxy SOCKS5': async () => {
@@ -162,7 +166,7 @@ async function startPath(name, sinkPort, dir, SOURCE) {
     'mtaproxy native': async () => (await openTunnel(tunnel)).socket,
     'mtaproxy native TLS': async () => (await openTunnel(tunnel)).socket,
   }[name];
-  return { pid: proxy.pid, inspect, source: SOURCE, open, skip: name === 'mtaproxy SOCKS5' ? 12 : 0, stop: async () => { control.destroy(); await proxy.stop(); } };
+  return { pid: proxy.pid, inspect, source: source, open, skip: name === 'mtaproxy SOCKS5' ? 12 : 0, stop: async () => { control.destroy(); await proxy.stop(); } };
 }
 
 async function main() {
@@ -200,15 +204,18 @@ async function main() {
     const perTunnel = (held - base) / sockets.length;
     const errors = failed + closedEarly + warm.failed;
     results.set(name, perTunnel);
-    // where a tunnel's bytes are: V8's heap (JavaScript objects) or outside it (libuv, OpenSSL, malloc's arenas)
-    const heapPer = (heldUsage.heapUsed - baseUsage.heapUsed) / 1024 / sockets.length;
-    rows.push([name, fmt(sockets.length), String(errors), fmt(base / 1024, 1), fmt(held / 1024, 1), fmt(perTunnel, 2), fmt(heapPer, 2), fmt(perTunnel - heapPer, 2), fmt(openS, 1)]);
+    // where a tunnel's bytes are (process.memoryUsage() after each full GC, per tunnel): V8's used
+    // heap (JavaScript objects), its reserved heap (used + pages it holds free), the memory it is
+    // told of outside (Buffers' and other external bytes), and the RSS left outside the reserved
+    // heap (OpenSSL, libuv, malloc's arenas and their free chunks; RSS is the worst of 3, the rest one reading)
+    const d = (key) => (heldUsage[key] - baseUsage[key]) / 1024 / sockets.length;
+    rows.push([name, fmt(sockets.length), String(errors), fmt(base / 1024, 1), fmt(held / 1024, 1), fmt(perTunnel, 2), fmt(d('heapUsed'), 2), fmt(d('heapTotal'), 2), fmt(d('external'), 2), fmt(perTunnel - d('heapTotal'), 2), fmt(openS, 1)]);
     if (firstError !== null || warm.firstError !== null) console.log(`# ${name}: first failure: ${firstError ?? warm.firstError}`);
     await closeAll(sockets);
     await path.stop();
   }
   console.log(`\n## ${fmt(TUNNELS)} idle tunnels, each path in a fresh process; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}\n`);
-  printTable(['path', 'tunnels open', 'errors', 'baseline RSS MiB', 'RSS with tunnels MiB', 'KiB per tunnel', 'of it V8 heap KiB', 'of it outside the heap KiB', 'open time s'], rows);
+  printTable(['path', 'tunnels open', 'errors', 'baseline RSS MiB', 'RSS with tunnels MiB', 'KiB per tunnel', 'V8 heap used KiB', 'V8 heap reserved KiB', 'external KiB', 'RSS outside the V8 heap KiB', 'open time s'], rows);
   const bare = results.get('bare forwarder');
   console.log('\n## Targets\n');
   const targets = names.filter((n) => n.startsWith('mtaproxy') && n !== 'mtaproxy native TLS').map((n) => {
