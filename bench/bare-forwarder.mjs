@@ -44,6 +44,26 @@ function pump(from, to, done) {
   from.on('end', () => to.end(done));
 }
 
+/** Connects to host:port from source, then (after `connected`, if any) pumps both ways; `rest` goes first. */
+function tunnel(client, host, port, source, rest, connected) {
+  const remote = connect({ host, port, localAddress: source, allowHalfOpen: true, noDelay: true });
+  let finished = 0;
+  const close = () => {
+    client.destroy();
+    remote.destroy();
+  };
+  remote.once('connect', () => {
+    connected?.(remote);
+    if (rest.length > 0) remote.write(rest);
+    pump(client, remote, () => ++finished === 2 && close());
+    pump(remote, client, () => ++finished === 2 && close());
+    client.resume();
+  });
+  remote.on('error', close);
+  remote.on('close', close);
+  client.on('close', close);
+}
+
 function serve(client) {
   let received = null;
   const onData = (chunk) => {
@@ -55,21 +75,7 @@ function serve(client) {
     client.pause();
     const rest = received.subarray(h.length);
     received = null;
-    const remote = connect({ host: h.destination, port: h.port, localAddress: h.source, allowHalfOpen: true, noDelay: true });
-    let finished = 0;
-    const close = () => {
-      client.destroy();
-      remote.destroy();
-    };
-    remote.once('connect', () => {
-      if (rest.length > 0) remote.write(rest);
-      pump(client, remote, () => ++finished === 2 && close());
-      pump(remote, client, () => ++finished === 2 && close());
-      client.resume();
-    });
-    remote.on('error', close);
-    remote.on('close', close);
-    client.on('close', close);
+    tunnel(client, h.destination, h.port, h.source, rest, null);
   };
   client.on('data', onData);
   client.on('error', () => client.destroy());
@@ -100,26 +106,13 @@ function serveSocks5(client, source) {
     const port = received.readUInt16BE(length - 2);
     const rest = received.subarray(length);
     received = null;
-    const remote = connect({ host, port, localAddress: source, allowHalfOpen: true, noDelay: true });
-    let finished = 0;
-    const close = () => {
-      client.destroy();
-      remote.destroy();
-    };
-    remote.once('connect', () => {
+    tunnel(client, host, port, source, rest, (remote) => {
       const reply = Buffer.from([5, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
       const bound = remote.localAddress.split('.').map(Number);
       if (bound.length === 4) reply.set(bound, 4);
       reply.writeUInt16BE(remote.localPort, 8);
       client.write(reply);
-      if (rest.length > 0) remote.write(rest);
-      pump(client, remote, () => ++finished === 2 && close());
-      pump(remote, client, () => ++finished === 2 && close());
-      client.resume();
     });
-    remote.on('error', close);
-    remote.on('close', close);
-    client.on('close', close);
   };
   client.on('data', onData);
   client.on('error', () => client.destroy());

@@ -20,7 +20,8 @@
 // session checks it is 127.0.0.2 ("wrong source" column). --smtp-sink: Postfix's smtp-sink
 // instead (faster, but it does not say who connected: no check).
 // Measures: (a) MiB/s of the DATA phase of one session carrying 10 MiB (median of 5, after
-// 10 warm-up sessions through the same path: steady state, not the JIT's first minutes), and the
+// 10 warm-up sessions through every path: steady state, not the JIT's first minutes; the 5 runs
+// in rounds, one of each path per round, the order reversed every other round), and the
 // proxy's CPU per MiB over those 5 (a slow sink caps MiB/s for every path alike; CPU/MiB it does not);
 // (b) whole sessions/s (connect + proxy setup, EHLO, MAIL, RCPT, 1 KiB DATA, QUIT) from
 // 16 concurrent loops, and the proxy's CPU per session (/proc/PID/stat utime+stime, forked children
@@ -498,19 +499,26 @@ async function main() {
   const results = new Map();
   const wrong = (ehlo) => (CHECK_SOURCE && !ehlo.includes(`greets ${SOURCE}\r\n`) ? 1 : 0);
   for (let i = 0; i < (RUNS === 0 ? 0 : 3); i++) await session(paths[0], BIG); // warms the client and the sink up (JIT)
-  for (const p of paths) {
-    // and each path: ~100 MiB, so that a JIT-compiled proxy is measured warm, as it runs for days
-    let wrongSource = 0;
-    for (let i = 0; i < WARMUP; i++) wrongSource += wrong((await session(p, BIG)).ehlo);
-    const runs = [];
-    const cpu0 = p.pid === null ? NaN : cpuSeconds(p.pid);
-    for (let i = 0; i < RUNS; i++) {
+  // each path's warm-up (~100 MiB, so that a JIT-compiled proxy is measured warm, as it runs for
+  // days), then the measured runs in rounds, one run of every path per round: the client and the
+  // sink (this process and its child) keep getting faster over the first minutes, and paths measured
+  // one after another read 1.5-2x apart by their place in the order alone (the first ones slowest)
+  const bulk = new Map(paths.map((p) => [p.name, { wrongSource: 0, runs: [], cpuS: 0 }]));
+  for (const p of paths) for (let i = 0; i < WARMUP; i++) bulk.get(p.name).wrongSource += wrong((await session(p, BIG)).ehlo);
+  for (let i = 0; i < RUNS; i++) {
+    for (const p of (i % 2 === 0 ? paths : [...paths].reverse())) {
+      const b = bulk.get(p.name);
+      const cpu0 = p.pid === null ? NaN : cpuSeconds(p.pid);
       const r = await session(p, BIG);
-      runs.push(r.mib);
-      wrongSource += wrong(r.ehlo);
+      b.cpuS += p.pid === null ? NaN : cpuSeconds(p.pid) - cpu0;
+      b.runs.push(r.mib);
+      b.wrongSource += wrong(r.ehlo);
     }
-    // the proxy's CPU per MiB carried: what the sink's own speed does not hide
-    const cpuMsPerMib = p.pid === null ? NaN : ((cpuSeconds(p.pid) - cpu0) * 1000) / ((RUNS * BIG.length) / 1024 / 1024);
+  }
+  for (const p of paths) {
+    const { runs, cpuS, wrongSource } = bulk.get(p.name);
+    // the proxy's CPU per MiB carried (during its own runs): what the sink's own speed does not hide
+    const cpuMsPerMib = (cpuS * 1000) / ((RUNS * BIG.length) / 1024 / 1024);
     results.set(p.name, { mib: median(runs), mibMin: Math.min(...runs), mibMax: Math.max(...runs), cpuMsPerMib, bulkWrongSource: wrongSource });
   }
   const loadBefore = loadavg()[0];
