@@ -5,7 +5,7 @@
 // (16 MB once the session path has grown it). V8 then starts a full incremental mark "in case the
 // next scavenge promotes everything": during a 10 MiB DATA phase, whose 64 KiB reads allocate
 // almost nothing on the JS heap, one full mark per delivery (15–25 per 15 deliveries in
-// `--trace-incremental-marking`), which made the proxy's CPU per MiB 1.2–1.5x what it was without
+// `--trace-incremental-marking`), which made the proxy's CPU per MiB 1.1–1.5x what it was without
 // them (same-run A/Bs). A fixed factor of 5 (heap_growing_percent=400) leaves the old generation
 // room above the young generation's capacity: 1–2 marks in the same run. A factor of 4 (300)
 // still marked 9 times.
