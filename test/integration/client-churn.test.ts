@@ -15,6 +15,16 @@ afterEach(async () => {
 
 const egress = '[egress]\nsource_ips = ["127.0.0.2"]\nports = [25]\n';
 
+/** A fresh daemon and one control session to it (both closed after the test). */
+async function daemonAndSession(name: string): Promise<{ d: RunningDaemon; c: ControlClient }> {
+  const port = await freePort();
+  const d = await startDaemon({ listen: `127.0.0.1:${port}`, extra: egress });
+  running.push(d);
+  const c = await ControlClient.connect({ host: '127.0.0.1', port, name, secret: SECRET });
+  clients.push(c);
+  return { d, c };
+}
+
 interface ThrottleJson { key: string; connections_in_use: number; max_connections: number; waiting_connections: number; waiting_messages: number }
 
 async function throttles(d: RunningDaemon): Promise<Map<string, ThrottleJson>> {
@@ -45,11 +55,7 @@ async function outcome(p: Promise<unknown>, kind: 'acquire' | 'message' | 'ping'
 
 describe('ControlClient: thousands of requests in flight on one session', () => {
   it('5000 concurrent ACQUIREs interleaved with other requests: each reply reaches its own request; all released, 0 in use', async () => {
-    const port = await freePort();
-    const d = await startDaemon({ listen: `127.0.0.1:${port}`, extra: egress });
-    running.push(d);
-    const c = await ControlClient.connect({ host: '127.0.0.1', port, name: 'churn-a', secret: SECRET });
-    clients.push(c);
+    const { d, c } = await daemonAndSession('churn-a');
     expect(await c.declare({ key: 'wide', sourceIp: '127.0.0.2', maxConnections: 100_000, maxMessagesPerHour: 100_000_000, mode: 'sum' })).toContain('max_connections=100000');
 
     for (let round = 0; round < 3; round++) {
@@ -104,11 +110,7 @@ describe('ControlClient: thousands of requests in flight on one session', () => 
   }, 60_000);
 
   it('1000 waiting ACQUIREs on a one-slot throttle, answered out of order between immediate replies: each grant reaches a waiter once', async () => {
-    const port = await freePort();
-    const d = await startDaemon({ listen: `127.0.0.1:${port}`, extra: egress });
-    running.push(d);
-    const c = await ControlClient.connect({ host: '127.0.0.1', port, name: 'churn-b', secret: SECRET });
-    clients.push(c);
+    const { d, c } = await daemonAndSession('churn-b');
     await c.declare({ key: 'narrow', sourceIp: '127.0.0.2', maxConnections: 1, maxMessagesPerHour: 100_000_000, mode: 'sum' });
     await c.declare({ key: 'wide', sourceIp: '127.0.0.2', maxConnections: 100_000, maxMessagesPerHour: 100_000_000, mode: 'sum' });
 
