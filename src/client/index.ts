@@ -13,6 +13,7 @@ import type { Declaration } from '../throttle/manager.js';
 import { formatBacklog, formatReply, formatRequest, MAX_CONTROL_LINE, parseControlLine, type Backlog } from '../protocol/control.js';
 import { authLine, NONCE_BYTES, parseGreeting, PROTOCOL_VERSION, tlsExporter, verifyServerProof, type ChannelBinding } from '../protocol/handshake.js';
 import { LineSplitter } from '../protocol/lines.js';
+import { decimalString } from '../protocol/decimal.js';
 import { IdMap } from '../throttle/idmap.js';
 
 export type { Backlog, Declaration };
@@ -467,7 +468,7 @@ export class ControlClient {
     const tag = this.#nextTag++;
     return new Promise((resolve, reject) => {
       this.#pending.set(tag, { verb, shape, resolve, reject });
-      this.#send(`${tag} ${verb}${rest}\n`);
+      this.#send(`${decimalString(tag)} ${verb}${rest}\n`);
     });
   }
 
@@ -524,12 +525,12 @@ export class ControlClient {
   }
 
   release(leaseId: number): Promise<void> {
-    return this.#request('RELEASE', ` ${leaseId}`, VOID) as Promise<void>;
+    return this.#request('RELEASE', ` ${decimalString(leaseId)}`, VOID) as Promise<void>;
   }
 
   /** Releases without waiting for (or getting) a reply. */
   releaseNow(leaseId: number): void {
-    if (!this.#socket.destroyed) this.#send(`- RELEASE ${leaseId}\n`);
+    if (!this.#socket.destroyed) this.#send(`- RELEASE ${decimalString(leaseId)}\n`);
   }
 
   async quit(): Promise<void> {

@@ -18,6 +18,7 @@ import type { SessionSnapshot } from '../status/format.js';
 import type { EgressConfig } from '../config/parse.js';
 import { parseDeclare, parseAcquire } from '../protocol/throttle.js';
 import { THROTTLE_KEY } from '../protocol/syntax.js';
+import { decimalString } from '../protocol/decimal.js';
 import type { LeaseKind } from '../throttle/manager.js';
 import { QueuedAcquire, type ThrottleService } from '../throttle/service.js';
 
@@ -317,7 +318,7 @@ export class ControlSession {
     if (this.#closed) return;
     this.#forwardIn = Math.max(0, this.#forwardIn - 1);
     this.#forwardOut++;
-    this.#append(leaseId === null ? `${tag} 250 message\n` : `${tag} 250 lease ${leaseId}\n`, 'reply');
+    this.#append(leaseId === null ? `${tag} 250 message\n` : `${tag} 250 lease ${decimalString(leaseId)}\n`, 'reply');
   }
 
   reply(tag: string, code: number, text: string): void {
