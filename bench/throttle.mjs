@@ -35,6 +35,9 @@ import { fileURLToPath } from 'node:url';
 import { constants, PerformanceObserver } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
 import { ControlClient } from '../dist/client/index.js';
+// the bare clients' counters in decimal as mtaproxy's client makes them: String(n) of a counter keeps
+// each new text alive in V8's number-string cache until the next scavenge (src/protocol/decimal.ts)
+import { decimalString } from '../dist/protocol/decimal.js';
 import { cpuSeconds, fmt, freePort, machine, percentile, printTable, SECRET, sleep, spawnPeer, startProxy, verdict, waitForPort } from './lib.mjs';
 
 const argv = process.argv.join(' ');
@@ -186,7 +189,7 @@ async function floorClient(port) {
   return {
     op: async () => {
       const tag = nextTag++;
-      await new Promise((resolve) => { pending.set(tag, resolve); send(`${tag} ACQUIRE ${KEY} connection wait=0\n`); });
+      await new Promise((resolve) => { pending.set(tag, resolve); send(`${decimalString(tag)} ACQUIRE ${KEY} connection wait=0\n`); });
       send('- RELEASE 1\n');
     },
     close: () => socket.destroy(),
@@ -292,7 +295,7 @@ async function main() {
   const resp = await respClient(redisPort, sha);
   let leaseSerial = 0;
   const respOp = (awaitRelease) => async () => {
-    const id = `r${++leaseSerial}`;
+    const id = `r${decimalString(++leaseSerial)}`;
     const granted = await resp.acquire(KEY, Date.now(), 300_000, LIMIT, id);
     if (granted !== 1) throw new Error('redis limiter refused: the limit must never be reached here');
     if (awaitRelease) await resp.zrem(KEY, id, true);
