@@ -30,7 +30,7 @@
 // forwarder's, sessions/s >= 0.95x the bare forwarder's, MiB/s >= 0.9x HAProxy's, no failed
 // session, every connection from 127.0.0.2. The native front-end's cost is broken down (handshake,
 // TLS, tunnel) from the differences between paths. --svg=FILE writes a chart of the ratios.
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { connect, createServer } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
@@ -652,12 +652,14 @@ async function main() {
   control.destroy();
   plainControl.destroy();
   for (const p of paths) await p.stop?.();
-  await bare.stop();
-  await bareSocks.stop();
   await sink.stop();
   // SIGTERM: the daemon exits by itself, so --cpu-prof writes its profile
-  const keep = arg('keep-logs', null); // --keep-logs=DIR: the daemons' output (e.g. with --daemon-node-args=--trace-deopt) kept
+  // --keep-logs=DIR: the daemons' and the bare forwarders' output (e.g. with --daemon-node-args=--trace-deopt or --bare-node-args=--trace-gc) kept
+  const keep = arg('keep-logs', null);
   const kept = (name) => (keep === null ? null : join(keep, name));
+  await bare.stop();
+  await bareSocks.stop();
+  if (keep !== null) for (const [peer, name] of [[bare, 'bare-forwarder.log'], [bareSocks, 'bare-socks5.log']]) copyFileSync(peer.logFile, join(keep, name));
   await proxy.stop(kept('mtaproxy-tls.log'));
   await plain.stop(kept('mtaproxy-plaintext.log'));
   await baseProxy?.stop(kept('mtaproxy-base.log'));
