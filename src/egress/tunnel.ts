@@ -2,7 +2,7 @@
 // destination: a hand-written write/drain loop per direction (half the memory of stream.pipe()
 // per idle tunnel, design.md §9), half-close passed through, one idle timeout for both directions.
 import { connect, type Socket } from 'node:net';
-import { OWNER, type OwnedSocket } from '../net/owner.js';
+import { adopt, OWNER, type OwnedSocket } from '../net/owner.js';
 import type { TimerWheel, WheelTimer } from '../net/wheel.js';
 import { CONNECT_CODES, type Refusal } from './policy.js';
 
@@ -70,6 +70,7 @@ export function openFrom(sourceIp: string, address: string, port: number, timeou
   } catch (err) {
     return done(new EgressError({ code: CONNECT_CODES.unreachable, message: `${address}:${port} from ${sourceIp}: ${(err as Error).message}` }), null);
   }
+  adopt(socket); // its one hidden class before its first listener (owner.ts)
   const timer = wheel.add(timeoutMs, () => {
     socket.removeListener('error', onError);
     socket.removeListener('connect', onConnect);

@@ -1,6 +1,7 @@
 // The daemon: owns the current config, the listeners, the sessions and the timers, and applies
 // reloads atomically (everything new is prepared first; on any failure the old state stays).
 import { closeSoon } from '../net/close.js';
+import { adopt } from '../net/owner.js';
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { hostname } from 'node:os';
@@ -353,6 +354,10 @@ export class Daemon {
     })(this);
 
   #accept(socket: Socket, endpoint: Endpoint): void {
+    // the peer's address first (Node adds its _peername field then), then OWNER, then the
+    // listeners: every accepted socket has one hidden class from its first listener on (owner.ts)
+    const address = socket.remoteAddress;
+    adopt(socket);
     socket.on('error', this.#onSocketError);
     if (this.#stopping) {
       socket.destroy();
@@ -362,7 +367,6 @@ export class Daemon {
       this.#serveAdmin(socket);
       return;
     }
-    const address = socket.remoteAddress;
     const refusal = this.#refusal(endpoint.frontEnd, address);
     if (refusal !== null) {
       socket.destroy(); // paused since accept: nothing was read, nothing is written
