@@ -27,7 +27,7 @@
 // --cpu-prof=DIR: the daemons run under node --cpu-prof (run this script itself under
 // `node --cpu-prof --cpu-prof-dir=DIR` for the client side); --only: just the variants whose name matches.
 import { execFileSync } from 'node:child_process';
-import { closeSync, copyFileSync, fstatSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { closeSync, copyFileSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { loadavg } from 'node:os';
@@ -46,6 +46,8 @@ const SECONDS = Number(arg('seconds', 2));
 const LEVELS = arg('levels', '1,16,64').split(',').map(Number);
 const ONLY = arg('only', null) === null ? null : new RegExp(arg('only', ''));
 const CPU_PROF = arg('cpu-prof', null);
+// --keep-logs=DIR is made now: a missing one must not fail the run at its end, with its peers still up
+if (arg('keep-logs', null) !== null) mkdirSync(arg('keep-logs', null), { recursive: true });
 const QUEUE = !argv.includes('--no-queue');
 const KEY = 'bench';
 const LIMIT = 1_000_000; // never the bottleneck: every acquire is granted at once

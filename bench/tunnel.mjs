@@ -30,7 +30,7 @@
 // forwarder's, sessions/s >= 0.95x the bare forwarder's, MiB/s >= 0.9x HAProxy's, no failed
 // session, every connection from 127.0.0.2. The native front-end's cost is broken down (handshake,
 // TLS, tunnel) from the differences between paths. --svg=FILE writes a chart of the ratios.
-import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { connect, createServer } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
@@ -54,6 +54,8 @@ const ONLY = arg('paths', null)?.split(',') ?? null;
 // --cpu-prof=DIR: both proxies run under node --cpu-prof (a .cpuprofile each in DIR, written when
 // they stop; summarize with node bench/cpuprofile.mjs FILE); best with --paths= one proxy path
 const CPU_PROF = arg('cpu-prof', null);
+// --keep-logs=DIR is made now: a missing one must not fail the run at its end, with its peers still up
+if (arg('keep-logs', null) !== null) mkdirSync(arg('keep-logs', null), { recursive: true });
 // --daemon-node-args=--trace-gc,--max-semi-space-size=4: Node flags for the mtaproxy daemons (not the bare forwarder)
 const DAEMON_NODE_ARGS = arg('daemon-node-args', '').split(',').filter((a) => a !== '');
 // --bare-node-args=A,B: Node flags for the bare forwarder
