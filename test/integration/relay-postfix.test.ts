@@ -131,7 +131,6 @@ describe.skipIf(unavailable !== null)(`relay front-end with Postfix as the sendi
   it('Postfix relayhost: recipients at two destinations in one message: the second gets 452 4.5.3, is deferred, and is delivered at the next queue run', async () => {
     const mark = await viaSmtp.mark();
     await submit(viaSmtp, 's@a.test', ['two-a@a.test', 'two-b@b.test'], 'Subject: split\r\n\r\nx\r\n');
-    // the waits fit in the test's own timeout, so that a stall fails with Postfix's log in the message
     await viaSmtp.waitForLogLine(/to=<two-a@a\.test>.*status=sent/, { since: mark, timeoutMs: 20_000 });
     const deferred = await viaSmtp.waitForLogLine(/to=<two-b@b\.test>.*status=deferred/, { since: mark, timeoutMs: 10_000 });
     expect(deferred).toMatch(/said: 452 4\.5\.3 mtaproxy relay: b\.test is another destination/);
@@ -170,4 +169,4 @@ describe.skipIf(unavailable !== null)(`relay front-end with Postfix as the sendi
     expect(id(sentA)).toBe(id(sentB));
     expect(b.transactions.find((x) => x.to.includes('l2@b.test'))?.remoteAddress).toBe('127.0.0.1');
   });
-});
+}, 70_000); // every test's log waits fit in it: a stall fails with Postfix's log, not a bare test timeout
