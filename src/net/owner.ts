@@ -14,11 +14,11 @@ export interface OwnedSocket extends Socket {
 /**
  * Gives a new socket its OWNER property now, before any listener is added to it. Node's stream
  * and event code (`on`, `emit`, `read`, the `_readableState` getters…) looks fields up on every
- * socket it is handed; each hidden class a socket passes through while those sites see it is one
- * more shape there. A socket that got OWNER only after its first listeners went through two
- * classes at those sites, and with the accepted and the outbound sockets, each before and after,
- * they saw five or more: megamorphic (`--log-ic`), a generic lookup at every call. A bare Node
- * forwarder's sites see two.
+ * socket it is handed, and each hidden class a socket passes through while those sites see it is
+ * one more shape for them. A socket that got OWNER after its first listeners showed them one
+ * class more; past four, a site is megamorphic (a generic lookup at every call). `--log-ic` over
+ * a PROXY v2 run: 229 megamorphic sites in the daemon before, 196 with this (a bare Node
+ * forwarder, whose sockets get no property of its own: 105).
  */
 export function adopt(socket: Socket): void {
   const s = socket as OwnedSocket;
