@@ -46,8 +46,9 @@ const SECONDS = Number(arg('seconds', 2));
 const LEVELS = arg('levels', '1,16,64').split(',').map(Number);
 const ONLY = arg('only', null) === null ? null : new RegExp(arg('only', ''));
 const CPU_PROF = arg('cpu-prof', null);
-// --keep-logs=DIR is made now: a missing one must not fail the run at its end, with its peers still up
-if (arg('keep-logs', null) !== null) mkdirSync(arg('keep-logs', null), { recursive: true });
+// --keep-logs=DIR: made now, so that a missing one cannot fail the run at its end with its peers still up
+const KEEP_LOGS = arg('keep-logs', null);
+if (KEEP_LOGS !== null) mkdirSync(KEEP_LOGS, { recursive: true });
 const QUEUE = !argv.includes('--no-queue');
 const KEY = 'bench';
 const LIMIT = 1_000_000; // never the bottleneck: every acquire is granted at once
@@ -433,7 +434,7 @@ async function main() {
   for (const r of Object.values(redisClients)) r.disconnect();
   await echo.stop();
   await redis.stop();
-  const keep = arg('keep-logs', null);
+  const keep = KEEP_LOGS;
   if (keep !== null) {
     await Promise.all([proxyTls.proc, proxyPlain.proc].map((p) => p.exitCode === null && p.signalCode === null ? new Promise((r) => { p.once('exit', r); p.kill('SIGTERM'); }) : null));
     copyFileSync(proxyTls.logFile, join(keep, 'mtaproxy-tls.log'));

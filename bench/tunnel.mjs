@@ -54,8 +54,9 @@ const ONLY = arg('paths', null)?.split(',') ?? null;
 // --cpu-prof=DIR: both proxies run under node --cpu-prof (a .cpuprofile each in DIR, written when
 // they stop; summarize with node bench/cpuprofile.mjs FILE); best with --paths= one proxy path
 const CPU_PROF = arg('cpu-prof', null);
-// --keep-logs=DIR is made now: a missing one must not fail the run at its end, with its peers still up
-if (arg('keep-logs', null) !== null) mkdirSync(arg('keep-logs', null), { recursive: true });
+// --keep-logs=DIR: made now, so that a missing one cannot fail the run at its end with its peers still up
+const KEEP_LOGS = arg('keep-logs', null);
+if (KEEP_LOGS !== null) mkdirSync(KEEP_LOGS, { recursive: true });
 // --daemon-node-args=--trace-gc,--max-semi-space-size=4: Node flags for the mtaproxy daemons (not the bare forwarder)
 const DAEMON_NODE_ARGS = arg('daemon-node-args', '').split(',').filter((a) => a !== '');
 // --bare-node-args=A,B: Node flags for the bare forwarder
@@ -657,7 +658,7 @@ async function main() {
   await sink.stop();
   // SIGTERM: the daemon exits by itself, so --cpu-prof writes its profile
   // --keep-logs=DIR: the daemons' and the bare forwarders' output (e.g. with --daemon-node-args=--trace-deopt or --bare-node-args=--trace-gc) kept
-  const keep = arg('keep-logs', null);
+  const keep = KEEP_LOGS;
   const kept = (name) => (keep === null ? null : join(keep, name));
   await bare.stop();
   await bareSocks.stop();

@@ -355,7 +355,7 @@ export class Daemon {
 
   #accept(socket: Socket, endpoint: Endpoint): void {
     // the peer's address first (Node adds its _peername field then), then OWNER, then the
-    // listeners: every accepted socket has one hidden class from its first listener on (owner.ts)
+    // listeners: every accepted socket has the same fields when its first listener is added (owner.ts)
     const address = socket.remoteAddress;
     adopt(socket);
     socket.on('error', this.#onSocketError);
