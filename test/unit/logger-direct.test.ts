@@ -2,7 +2,7 @@
 // sinks exactly what the JSON path gives them: decodeRecord() of pino's own line.
 import { describe, expect, it } from 'vitest';
 import { pino } from 'pino';
-import { createLogger, decodeRecord, plainRecord, type LogRecord } from '../../src/log/logger.js';
+import { createLogger, decodeRecord, plainRecord, printableText, renderLine, type LogRecord } from '../../src/log/logger.js';
 
 /** What the sink got through pino's JSON (write only) and through the direct path (record). */
 function both(call: (log: ReturnType<typeof createLogger>) => void): { viaJson: LogRecord[]; direct: LogRecord[] } {
@@ -54,5 +54,45 @@ describe('logger direct path', () => {
     const line: string[] = [];
     pino({ base: null }, { write: (l: string) => line.push(l) }).info({ a: 'b' }, 'm');
     expect(plainRecord(30, { a: 'b' }, 'm')).toEqual(decodeRecord(line[0] ?? ''));
+  });
+});
+
+describe('printableText and renderLine: one pass over the characters, the same answers as the regular expressions', () => {
+  // the definitions the one-pass scan replaced (logger.ts before it): what must be escaped, what is a bare value
+  const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+  const BARE_VALUE = /^[^\s"=]+$/;
+  const escaped = (t: string): string => t.replace(UNSAFE, (c) => {
+    const code = c.charCodeAt(0);
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
+  });
+  const rendered = (t: string): string => (BARE_VALUE.test(t) ? t : JSON.stringify(t));
+  const at = new Date('2026-12-02T00:00:00.000Z');
+
+  it('agrees for every UTF-16 code unit, alone and inside a bare word', () => {
+    let checked = 0;
+    const wrong: string[] = [];
+    for (let c = 0; c <= 0xffff; c++) {
+      for (const text of [String.fromCharCode(c), `ab${String.fromCharCode(c)}cd`]) {
+        const safe = escaped(text);
+        if (printableText(text) !== safe) wrong.push(`printableText U+${c.toString(16)}`);
+        if (renderLine({ level: 30, msg: 'm', fields: { k: safe } }, at) !== `2026-12-02T00:00:00.000Z INFO m k=${rendered(safe)}\n`) wrong.push(`renderLine U+${c.toString(16)}`);
+        checked++;
+      }
+    }
+    expect(wrong).toEqual([]);
+    expect(checked).toBe(2 * 0x10000);
+  });
+
+  it('quotes the empty string, and leaves a plain record uncopied', () => {
+    expect(renderLine({ level: 30, msg: 'm', fields: { k: '' } }, at)).toBe('2026-12-02T00:00:00.000Z INFO m k=""\n');
+    const fields = { mtaproxy_event: 'delivery', peer: '127.0.0.1:4000', bytes_up: 5 };
+    expect(plainRecord(30, fields, 'm')?.fields).toBe(fields);
+    // a field that needs changing is copied, the caller's object left as it was
+    const dirty = { a: 'x\x1by', b: -0 };
+    const r = plainRecord(30, dirty, 'm');
+    expect(r?.fields).not.toBe(dirty);
+    expect(r?.fields).toEqual({ a: 'x\\x1by', b: 0 });
+    expect(Object.is(r?.fields.b, 0)).toBe(true);
+    expect(dirty.a).toBe('x\x1by');
   });
 });
