@@ -143,13 +143,16 @@ type TunnelSocket = OwnedSocket;
  * the socket, whose OWNER property leads here), not ~20 closures per tunnel: a --cpu-prof
  * profile charged the closures and their garbage (+20–30 µs per session) against a bare forwarder.
  *
- * What the kernel took of the writes to each side, from snapshots of kernelAccepted() (exact
- * while the handle lives; the last snapshot once it is gone): after each write, and in the
- * callback of a write queued behind others (it completes later). A write on an empty queue nearly
- * always completes at once and gets no callback: any callback costs a process.nextTick per write,
- * which was the largest item of the difference to a bare forwarder in a --cpu-prof profile. A
- * write libuv could not finish at once, to a destination that then closes before any later write
- * or the end, is counted as far as the last snapshot saw it.
+ * What the kernel took of the writes to each side. A write that leaves the socket's writable
+ * length at 0 completed at once (libuv wrote it all in write()'s own call), so everything sent
+ * that way was taken: counted without asking Node's handle anything (its accessors, read per
+ * write, were ~2 % of a session in a perf profile). Otherwise a snapshot of kernelAccepted()
+ * (exact while the handle lives; the last snapshot once it is gone): after such a write, in the
+ * callback of a write queued behind others (it completes later) and on 'drain'. A write on an
+ * empty queue gets no callback: any callback costs a process.nextTick per write, which was the
+ * largest item of the difference to a bare forwarder in a --cpu-prof profile. A write libuv
+ * could not finish at once, to a destination that then closes before any later write or the
+ * end, is counted as far as the last snapshot saw it.
  */
 class Tunnel {
   readonly client: TunnelSocket;
@@ -160,7 +163,10 @@ class Tunnel {
   readonly started: number;
   outcome: string | null = null;
   ended = 0;
-  /** when a byte was last read or written on the client side (every byte either way is one) */
+  /**
+   * when a byte was last read or written on the client side (every byte either way is one), by
+   * the wheel's coarse clock: up to one resolution early (idle() allows for that)
+   */
   active: number;
   idleTimer: WheelTimer | null = null;
   /** what was written before the tunnel (the MTA side's handshake, greeting and CONNECT reply) is not the tunnel's */
@@ -168,6 +174,9 @@ class Tunnel {
   readonly downBase: number;
   up = 0;
   down = 0;
+  /** bytes the tunnel wrote to each side (taken by the kernel or not yet) */
+  upSent = 0;
+  downSent = 0;
   #upWritten: ((err?: Error | null) => void) | null = null;
   #downWritten: ((err?: Error | null) => void) | null = null;
 
@@ -178,7 +187,7 @@ class Tunnel {
     this.wheel = wheel;
     this.onDone = onDone;
     this.started = performance.now();
-    this.active = this.started;
+    this.active = wheel.coarseNow;
     this.upBase = dispatched(remote);
     this.downBase = dispatched(client);
   }
@@ -200,7 +209,7 @@ class Tunnel {
 
   /** a chunk read from `from` goes to the other side; reading stops past MAX_BUFFERED unsent */
   forward(from: Socket, chunk: Buffer): void {
-    this.active = performance.now();
+    this.active = this.wheel.coarseNow;
     const to = from === this.client ? this.remote : this.client;
     this.write(to, chunk);
     // A read is up to 64 KiB, the socket's high-water mark 16 KiB: pausing whenever write() says
@@ -210,19 +219,25 @@ class Tunnel {
   }
 
   write(to: Socket, chunk: Buffer): void {
-    const queued = to.writableLength > 0 || ((to as unknown as SocketInternals)._handle?.writeQueueSize ?? 0) > 0;
-    if (!queued) to.write(chunk);
-    else if (to === this.remote) to.write(chunk, (this.#upWritten ??= (err) => (err === null || err === undefined) && this.snap(this.remote)));
+    const up = to === this.remote;
+    if (to.writableLength === 0) to.write(chunk);
+    else if (up) to.write(chunk, (this.#upWritten ??= (err) => (err === null || err === undefined) && this.snap(this.remote)));
     else to.write(chunk, (this.#downWritten ??= (err) => (err === null || err === undefined) && this.snap(this.client)));
-    this.snap(to);
+    if (up) this.upSent += chunk.length;
+    else this.downSent += chunk.length;
+    // nothing left in the stream: this write and every one before it completed, all was taken
+    if (to.writableLength !== 0) this.snap(to);
+    else if (up) this.up = this.upSent;
+    else this.down = this.downSent;
   }
 
   finish(why: string): void {
     if (this.outcome !== null) return;
     this.outcome = why;
     this.idleTimer?.cancel();
-    this.snap(this.remote);
-    this.snap(this.client);
+    // what is not known to be taken yet, as far as the handles (if they are still there) tell
+    if (this.up !== this.upSent) this.snap(this.remote);
+    if (this.down !== this.downSent) this.snap(this.client);
     this.client.destroy();
     this.remote.destroy();
     // a destroyed socket lingers until a full GC (Node's handle keeps it): it must not keep the
@@ -249,7 +264,8 @@ class Tunnel {
   readonly idle = (): void => {
     this.idleTimer = null;
     if (this.outcome !== null) return;
-    const quiet = performance.now() - this.active;
+    // `active` may be up to one resolution early: never end a tunnel before its time for that
+    const quiet = performance.now() - this.active - this.wheel.resolutionMs;
     if (quiet >= this.idleTimeoutMs) return this.finish('idle timeout');
     this.idleTimer = this.wheel.add(this.idleTimeoutMs - quiet, this.idle);
   };

@@ -31,6 +31,7 @@ export class TimerWheel {
   readonly #buckets = new Map<number, Set<Entry>>();
   #size = 0;
   #last: number;
+  #coarse: number;
   #interval: NodeJS.Timeout | null = null;
 
   /** `auto: false` for tests: nothing fires until tick() is called. */
@@ -38,17 +39,33 @@ export class TimerWheel {
     this.#resolutionMs = opts.resolutionMs ?? 100;
     this.#now = opts.now ?? (() => performance.now());
     this.#auto = opts.auto ?? true;
-    this.#last = Math.floor(this.#now() / this.#resolutionMs);
+    this.#coarse = this.#now();
+    this.#last = Math.floor(this.#coarse / this.#resolutionMs);
   }
 
   get size(): number {
     return this.#size;
   }
 
+  get resolutionMs(): number {
+    return this.#resolutionMs;
+  }
+
+  /**
+   * The clock's reading at the wheel's last add() or tick(): while any entry is set, at most one
+   * resolution old (more only when the event loop itself is late). For a hot path that needs no
+   * more (a tunnel's last activity, per chunk): a field read instead of a clock read.
+   */
+  get coarseNow(): number {
+    return this.#coarse;
+  }
+
   /** Calls fn once, `delayMs` from now (rounded up to the resolution), unless cancelled first. */
   add(delayMs: number, fn: () => void): WheelTimer {
-    if (this.#auto && this.#interval === null) this.#last = Math.floor(this.#now() / this.#resolutionMs);
-    const bucket = Math.max(this.#last + 1, Math.ceil((this.#now() + Math.max(0, delayMs)) / this.#resolutionMs));
+    const now = this.#now();
+    this.#coarse = now;
+    if (this.#auto && this.#interval === null) this.#last = Math.floor(now / this.#resolutionMs);
+    const bucket = Math.max(this.#last + 1, Math.ceil((now + Math.max(0, delayMs)) / this.#resolutionMs));
     const entry = new Entry(fn, bucket, this);
     let set = this.#buckets.get(bucket);
     if (set === undefined) this.#buckets.set(bucket, (set = new Set()));
@@ -72,7 +89,8 @@ export class TimerWheel {
 
   /** Fires what is due. */
   tick(): void {
-    const current = Math.floor(this.#now() / this.#resolutionMs);
+    this.#coarse = this.#now();
+    const current = Math.floor(this.#coarse / this.#resolutionMs);
     const due: number[] = [];
     if (current - this.#last <= this.#buckets.size) {
       for (let b = this.#last + 1; b <= current; b++) if (this.#buckets.has(b)) due.push(b);
