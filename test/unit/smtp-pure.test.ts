@@ -218,6 +218,24 @@ describe('TimerWheel', () => {
     expect(fired).toEqual(['a', 'c']);
     expect(w.size).toBe(0);
   });
+
+  it('coarseNow is the clock at the last add() or tick(), not read again in between', () => {
+    let now = 5000;
+    let reads = 0;
+    const w = new TimerWheel({ resolutionMs: 100, now: () => (reads++, now), auto: false });
+    expect(w.coarseNow).toBe(5000);
+    now = 5070;
+    expect(w.coarseNow).toBe(5000); // no clock read: the value of the construction
+    w.add(1000, () => {});
+    expect(w.coarseNow).toBe(5070);
+    const before = reads;
+    now = 5150;
+    expect(w.coarseNow).toBe(5070);
+    w.tick();
+    expect(w.coarseNow).toBe(5150);
+    expect(reads).toBe(before + 1); // one read per tick, none per coarseNow
+    expect(w.resolutionMs).toBe(100);
+  });
 });
 
 describe('CONNECT smtp options', () => {
