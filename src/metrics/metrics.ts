@@ -71,9 +71,12 @@ export class Metrics implements MetricsHooks {
   /**
    * What delivery() counts (once per delivery, on the hot path): plain numbers by label set, one
    * Map lookup each, read into their counters at a scrape; prom-client's inc() validated and
-   * hashed the labels of three counters per delivery. Keys: "front_end mode outcome", source_ip.
+   * hashed the labels of three counters per delivery. The cells in the order of their first
+   * delivery, found by front_end, mode and outcome (constant strings: no key text made per
+   * delivery); tunnel bytes by source_ip.
    */
-  readonly #deliveryCounts = new Map<string, Cell<'front_end' | 'mode' | 'outcome'>>();
+  readonly #deliveryCounts: Cell<'front_end' | 'mode' | 'outcome'>[] = [];
+  readonly #deliveryCells = new Map<string, Map<string, Map<string, Cell<'front_end' | 'mode' | 'outcome'>>>>();
   readonly #tunnelBytes = new Map<string, { sent: number; received: number }>();
   readonly #transactions: Counter<'reply_class' | 'reused' | 'ended_by'>;
   readonly #smtpBody: Counter<'source_ip'>;
@@ -145,7 +148,7 @@ export class Metrics implements MetricsHooks {
 
     // counters kept in plain numbers here (the hot path), read at the scrape like the daemon's own
     counted('mtaproxy_deliveries_total', 'Deliveries that ended, by front-end, mode and outcome', ['front_end', 'mode', 'outcome'], (c) => {
-      for (const cell of this.#deliveryCounts.values()) c.inc(cell.labels, cell.value);
+      for (const cell of this.#deliveryCounts) c.inc(cell.labels, cell.value);
     });
     counted('mtaproxy_tunnel_sent_bytes_total', 'Bytes tunnels sent to destinations (taken by the kernel), by source address; counted when a tunnel ends', ['source_ip'], (c) => {
       for (const [ip, b] of this.#tunnelBytes) c.inc({ source_ip: ip }, b.sent);
@@ -248,10 +251,18 @@ export class Metrics implements MetricsHooks {
   }
 
   delivery(d: DeliveryEnd): void {
-    const key = `${d.frontEnd} ${d.mode} ${d.outcome}`;
-    const cell = this.#deliveryCounts.get(key);
+    let byMode = this.#deliveryCells.get(d.frontEnd);
+    if (byMode === undefined) this.#deliveryCells.set(d.frontEnd, (byMode = new Map()));
+    let byOutcome = byMode.get(d.mode);
+    if (byOutcome === undefined) byMode.set(d.mode, (byOutcome = new Map()));
+    const cell = byOutcome.get(d.outcome);
     if (cell !== undefined) cell.value++;
-    else this.#deliveryCounts.set(key, { labels: { front_end: d.frontEnd, mode: d.mode, outcome: d.outcome }, value: 1 });
+    else {
+      // bounded: front_end, mode and outcome are the few values of their types
+      const added = { labels: { front_end: d.frontEnd, mode: d.mode, outcome: d.outcome }, value: 1 };
+      byOutcome.set(d.outcome, added);
+      this.#deliveryCounts.push(added);
+    }
     // source_ip: only deliveries that passed the egress policy have one (a bounded set)
     if (d.sourceIp === undefined || (d.bytesUp === undefined && d.bytesDown === undefined)) return;
     let bytes = this.#tunnelBytes.get(d.sourceIp);

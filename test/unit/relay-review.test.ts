@@ -134,3 +134,20 @@ describe('derivedDeclaration: the [derived_throttle] rule of an MX host', () => 
     expect(derivedDeclaration(c, '192.0.2.10', 'mx.small.test', 25)).toMatchObject({ maxConnections: 10 });
   });
 });
+
+describe('derivedDeclaration: remembered per config', () => {
+  it('gives the same object for the same destination, a new one after a reload, and stays bounded', () => {
+    const c: DerivedThrottleConfig = { maxConnections: 3, maxMessagesPerHour: 0, destinations: [] };
+    const a = derivedDeclaration(c, '192.0.2.10', 'MX.example.', 25);
+    expect(derivedDeclaration(c, '192.0.2.10', 'MX.example.', 25)).toBe(a);
+    expect(a).toMatchObject({ key: '192.0.2.10>mx.example:25', maxConnections: 3 });
+    expect(derivedDeclaration(c, '192.0.2.10', 'MX.example.', 587)).not.toBe(a);
+    expect(derivedDeclaration(c, '192.0.2.11', 'MX.example.', 25).key).toBe('192.0.2.11>mx.example:25');
+    // a reloaded config is another object: its own limits, not the old ones
+    const reloaded: DerivedThrottleConfig = { ...c, maxConnections: 9 };
+    expect(derivedDeclaration(reloaded, '192.0.2.10', 'MX.example.', 25)).toMatchObject({ key: a.key, maxConnections: 9 });
+    // past the bound the memo starts again: still right, never more than 4096 remembered
+    for (let i = 0; i < 5000; i++) expect(derivedDeclaration(c, '192.0.2.10', `198.51.${i >> 8}.${i & 255}`, 25).key).toBe(`192.0.2.10>198.51.${i >> 8}.${i & 255}:25`);
+    expect(derivedDeclaration(c, '192.0.2.10', 'MX.example.', 25)).toEqual(a);
+  });
+});
