@@ -29,10 +29,12 @@ const LEVEL_NAMES: Readonly<Record<number, string>> = { 10: 'TRACE', 20: 'DEBUG'
 // a line read differently from what it holds: a client's bytes quoted in a message must not
 // move the cursor, end the line or recolour a terminal.
 const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+/** UNSAFE without the g flag: test() then keeps no lastIndex state (and is faster) */
+const HAS_UNSAFE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/;
 
 /** Escapes what must not reach a log line raw: "\x1b", "\x00", "\u202e". */
 export function printableText(text: string): string {
-  if (scan(text) !== UNSAFE_TEXT) return text; // nearly always: no copy
+  if (!HAS_UNSAFE.test(text)) return text; // nearly always: no copy
   return text.replace(UNSAFE, (c) => {
     const code = c.charCodeAt(0);
     return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
@@ -46,25 +48,16 @@ const QUOTED_TEXT = 1;
 /** scan(): holds what printableText() escapes (UNSAFE) */
 const UNSAFE_TEXT = 2;
 
+/** a bare value (/^[^\s"=]+$/) that holds nothing of UNSAFE: nearly every field, in one test */
+const SAFE_BARE = /^[^\s"=\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]+$/;
+
 /**
- * What a text needs, in one pass over its characters: the same answers as UNSAFE and
- * BARE_VALUE (/^[^\s"=]+$/, \s as JavaScript has it), without a regular expression's call per
- * test (two of them per string field of every record were a quarter of a delivery record's cost).
+ * What a text needs: one regular-expression test for a bare, printable value (nearly every field
+ * of a record), a second only for the others.
  */
 function scan(text: string): number {
-  let need = text.length === 0 ? QUOTED_TEXT : BARE_TEXT;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c < 0x7f) {
-      if (c < 0x20) return UNSAFE_TEXT;
-      if (c === 0x20 || c === 0x22 || c === 0x3d) need = QUOTED_TEXT;
-    } else if (c <= 0x9f || (c >= 0x202a && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069)) {
-      return UNSAFE_TEXT;
-    } else if (c === 0xa0 || c === 0x1680 || (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 || c === 0x202f || c === 0x205f || c === 0x3000 || c === 0xfeff) {
-      need = QUOTED_TEXT; // the rest of \s
-    }
-  }
-  return need;
+  if (SAFE_BARE.test(text)) return BARE_TEXT;
+  return HAS_UNSAFE.test(text) ? UNSAFE_TEXT : QUOTED_TEXT;
 }
 
 /**
@@ -77,14 +70,34 @@ export function plainRecord(level: number, obj: unknown, msg: string): LogRecord
   if (typeof obj !== 'object' || obj === null || Object.getPrototypeOf(obj) !== Object.prototype) return null;
   // nearly every record needs nothing changed: its own object is the record's fields (no copy)
   const fields = obj as Record<string, unknown>;
+  let bare = 0;
+  let i = 0;
   for (const key in fields) {
     const value = fields[key];
     const type = typeof value;
-    const ok = type === 'string' ? scan(value as string) !== UNSAFE_TEXT : type === 'number' ? Number.isFinite(value) && !Object.is(value, -0) : type === 'boolean' || value === null;
-    if (!ok || scan(key) === UNSAFE_TEXT) return copiedRecord(level, fields, msg);
+    let ok: boolean;
+    if (type === 'string') {
+      const need = scan(value as string);
+      ok = need !== UNSAFE_TEXT;
+      if (need === BARE_TEXT && i < 31) bare |= 1 << i;
+    } else {
+      ok = type === 'number' ? Number.isFinite(value) && !Object.is(value, -0) : type === 'boolean' || value === null;
+    }
+    if (!ok || printableKey(key) !== key) return copiedRecord(level, fields, msg);
+    i++;
   }
+  scanned = fields;
+  scannedBare = bare;
   return { level, msg: printableText(msg), fields };
 }
+
+/**
+ * What plainRecord() found of the fields it passed last: which of the first 31 are bare strings,
+ * so that renderLine(), called with them next (the stdout sink, in the same call), does not test
+ * them again. Only for that very object: anything else is tested as before.
+ */
+let scanned: object | null = null;
+let scannedBare = 0;
 
 /** plainRecord() of a record that needs something changed: a copy, made printable. */
 function copiedRecord(level: number, obj: Record<string, unknown>, msg: string): LogRecord | null {
@@ -136,10 +149,14 @@ export function renderLine(record: LogRecord, now: Date | number): string {
   const level = LEVEL_NAMES[record.level] ?? String(record.level);
   let text = `${isoTime(now)} ${level} ${record.msg}`;
   const fields = record.fields;
+  const bare = fields === scanned ? scannedBare : 0;
+  scanned = null;
   if (fields.mtaproxy_event !== 'status') {
+    let i = 0;
     for (const key in fields) {
       const value = fields[key];
-      if (value !== undefined && key !== 'mtaproxy_event') text += ` ${key}=${renderValue(value)}`;
+      if (value !== undefined && key !== 'mtaproxy_event') text += ` ${key}=${i < 31 && (bare & (1 << i)) !== 0 ? (value as string) : renderValue(value)}`;
+      i++;
     }
   }
   return `${text}\n`;

@@ -57,7 +57,7 @@ describe('logger direct path', () => {
   });
 });
 
-describe('printableText and renderLine: one pass over the characters, the same answers as the regular expressions', () => {
+describe('printableText and renderLine: the same answers as the two regular expressions they replaced', () => {
   // the definitions the one-pass scan replaced (logger.ts before it): what must be escaped, what is a bare value
   const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
   const BARE_VALUE = /^[^\s"=]+$/;
@@ -81,6 +81,23 @@ describe('printableText and renderLine: one pass over the characters, the same a
     }
     expect(wrong).toEqual([]);
     expect(checked).toBe(2 * 0x10000);
+  });
+
+  it('renders a record from the direct path as the one pino serialized, wide records too', () => {
+    const wide: Record<string, unknown> = {};
+    for (let i = 0; i < 40; i++) wide[`f${i}`] = i % 3 === 0 ? `v ${i}` : i % 3 === 1 ? `v${i}` : i;
+    const samples: Record<string, unknown>[] = [
+      { mtaproxy_event: 'delivery', session: 'proxy-v2', peer: '127.0.0.1:4000', note: 'a b', empty: '', q: 'x"y', eq: 'a=b', n: 5, t: true, z: null },
+      wide,
+    ];
+    for (const fields of samples) {
+      const lines: string[] = [];
+      pino({ base: null }, { write: (l: string) => lines.push(l) }).info(fields, 'm s');
+      const viaJson = renderLine(decodeRecord(lines[0] ?? ''), at);
+      const direct = plainRecord(30, fields, 'm s');
+      expect(direct).not.toBeNull();
+      expect(renderLine(direct as LogRecord, at)).toBe(viaJson);
+    }
   });
 
   it('quotes the empty string, and leaves a plain record uncopied', () => {
