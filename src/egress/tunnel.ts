@@ -187,7 +187,9 @@ class Tunnel {
     this.wheel = wheel;
     this.onDone = onDone;
     this.started = performance.now();
-    this.active = wheel.coarseNow;
+    // the exact time here (the wheel's may be as old as this delivery's connect): a tunnel that
+    // never carries a byte is not ended before its idle timeout for that
+    this.active = this.started;
     this.upBase = dispatched(remote);
     this.downBase = dispatched(client);
   }
