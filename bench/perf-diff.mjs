@@ -82,7 +82,7 @@ child.stdout.on('data', (c) => (out += c));
 const exited = new Promise((resolve) => child.on('exit', resolve));
 
 const bareRe = bare === 'bare SOCKS5 forwarder' ? /bare-forwarder\.mjs .*--socks5/ : /bare-forwarder\.mjs --listen=\S+\s*$/;
-const recorded = new Map(); // path -> perf.data
+const recorded = new Map(); // path -> { file: its perf.data, pid }
 let done = false;
 void exited.then(() => (done = true));
 // every second: the candidate processes again (the bench starts its peers as it goes), each one's
