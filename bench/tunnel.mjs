@@ -256,7 +256,7 @@ async function sessionRates(paths, seconds) {
  * windows. ROUNDS rounds, the paths in turn.
  */
 async function pairedRates(bare, paths, seconds) {
-  const sums = new Map(paths.map((p) => [p.name, { elapsed: 0, sessions: 0, failed: 0, cpuS: 0, bareSessions: 0, bareElapsed: 0, bareCpuS: 0 }]));
+  const sums = new Map(paths.map((p) => [p.name, { elapsed: 0, sessions: 0, failed: 0, cpuS: 0, bareSessions: 0, bareElapsed: 0, bareCpuS: 0, rounds: [] }]));
   for (let round = 0; round < ROUNDS; round++) {
     for (const p of [...paths.slice(round % paths.length), ...paths.slice(0, round % paths.length)]) {
       const [r, b] = await Promise.all([sessionRate(p, seconds / ROUNDS, 1000, LOOPS / 2), sessionRate(bare, seconds / ROUNDS, 1000, LOOPS / 2)]);
@@ -268,6 +268,8 @@ async function pairedRates(bare, paths, seconds) {
       t.bareElapsed += b.elapsed;
       t.bareSessions += b.sessions;
       t.bareCpuS += b.cpuS;
+      // each round's own CPU ratio: how far the windows of one run disagree
+      t.rounds.push(r.cpuS / r.sessions / (b.cpuS / b.sessions));
       await sleep(100);
     }
   }
@@ -532,6 +534,8 @@ async function main() {
   const ha = results.get('HAProxy');
   const floor = results.get('bare forwarder');
   const ratio = (a, b) => (b === undefined || !Number.isFinite(a / b) ? '-' : `${fmt(a / b, 2)}x`);
+  // a paired path's per-round CPU ratios, lowest to highest (the spread of the one above them)
+  const spread = (rounds) => (rounds.length === 0 ? '-' : `${fmt(Math.min(...rounds), 2)}–${fmt(Math.max(...rounds), 2)}x`);
   console.log(`\n## a) one session carrying ${fmt(BIG.length / 1024 / 1024, 1)} MiB of DATA: MiB/s of the DATA phase, median of ${RUNS}\n`);
   printTable(['path', 'MiB/s', 'min', 'max', 'vs HAProxy', 'vs bare', 'vs direct', 'proxy CPU ms/MiB'], paths.map(({ name }) => {
     const r = results.get(name);
@@ -551,14 +555,14 @@ async function main() {
     const l0 = loadavg()[0];
     const paired = await pairedRates(bare, others, SECONDS);
     console.log(`\n## b2) --paired: each path at the same time as the bare forwarder (${LOOPS / 2} loops each), ${SECONDS}s each in ${ROUNDS} rounds; load average ${fmt(l0, 2)} before, ${fmt(loadavg()[0], 2)} after\n`);
-    printTable(['path', 'sessions/s', 'bare sessions/s (same windows)', 'failed (both)', 'proxy CPU µs/session', 'bare CPU µs/session (same windows)', 'CPU vs bare', 'sessions/s vs bare'], others.map(({ name }) => {
+    printTable(['path', 'sessions/s', 'bare sessions/s (same windows)', 'failed (both)', 'proxy CPU µs/session', 'bare CPU µs/session (same windows)', 'CPU vs bare', 'CPU vs bare, per round', 'sessions/s vs bare'], others.map(({ name }) => {
       const t = paired.get(name);
       const cpu = (t.cpuS * 1e6) / t.sessions;
       const bareCpu = (t.bareCpuS * 1e6) / t.bareSessions;
       const rate = t.sessions / t.elapsed;
       const bareRate = t.bareSessions / t.bareElapsed;
       results.get(name).paired = { cpuRatio: cpu / bareCpu, rateRatio: rate / bareRate };
-      return [name, fmt(rate), fmt(bareRate), t.failed, fmt(cpu), fmt(bareCpu), ratio(cpu, bareCpu), ratio(rate, bareRate)];
+      return [name, fmt(rate), fmt(bareRate), t.failed, fmt(cpu), fmt(bareCpu), ratio(cpu, bareCpu), spread(t.rounds), ratio(rate, bareRate)];
     }));
   }
 
@@ -574,8 +578,8 @@ async function main() {
     const floorRate = t.bareSessions / t.bareElapsed;
     results.get(socksPath.name).pairedSocks = { cpuRatio: cpu / floorCpu, rateRatio: rate / floorRate };
     console.log(`\n## b2s) --paired: mtaproxy SOCKS5 at the same time as the bare SOCKS5 forwarder (${LOOPS / 2} loops each), ${SECONDS}s in ${ROUNDS} rounds; load average ${fmt(l0, 2)} before, ${fmt(loadavg()[0], 2)} after\n`);
-    printTable(['path', 'sessions/s', 'bare SOCKS5 sessions/s (same windows)', 'failed (both)', 'proxy CPU µs/session', 'bare SOCKS5 CPU µs/session (same windows)', 'CPU vs bare SOCKS5', 'sessions/s vs bare SOCKS5'], [
-      [socksPath.name, fmt(rate), fmt(floorRate), t.failed, fmt(cpu), fmt(floorCpu), ratio(cpu, floorCpu), ratio(rate, floorRate)],
+    printTable(['path', 'sessions/s', 'bare SOCKS5 sessions/s (same windows)', 'failed (both)', 'proxy CPU µs/session', 'bare SOCKS5 CPU µs/session (same windows)', 'CPU vs bare SOCKS5', 'per round', 'sessions/s vs bare SOCKS5'], [
+      [socksPath.name, fmt(rate), fmt(floorRate), t.failed, fmt(cpu), fmt(floorCpu), ratio(cpu, floorCpu), spread(t.rounds), ratio(rate, floorRate)],
     ]);
   }
 
@@ -587,10 +591,10 @@ async function main() {
       const t = (await pairedRates(b, [a], SECONDS)).get(a.name);
       const cpu = (t.cpuS * 1e6) / t.sessions;
       const baseCpu = (t.bareCpuS * 1e6) / t.bareSessions;
-      out.push([a.name, fmt(cpu), fmt(baseCpu), ratio(cpu, baseCpu), ratio(t.sessions / t.elapsed, t.bareSessions / t.bareElapsed), t.failed]);
+      out.push([a.name, fmt(cpu), fmt(baseCpu), ratio(cpu, baseCpu), spread(t.rounds), ratio(t.sessions / t.elapsed, t.bareSessions / t.bareElapsed), t.failed]);
     }
     console.log(`\n## b3) --base-dist: each front-end at the same time as the same front-end of ${BASE_DIST} (${LOOPS / 2} loops each), ${SECONDS}s in ${ROUNDS} rounds; load average ${fmt(l0, 2)} before, ${fmt(loadavg()[0], 2)} after\n`);
-    printTable(['path', 'CPU µs/session', 'base CPU µs/session (same windows)', 'CPU vs base', 'sessions/s vs base', 'failed (both)'], out);
+    printTable(['path', 'CPU µs/session', 'base CPU µs/session (same windows)', 'CPU vs base', 'CPU vs base, per round', 'sessions/s vs base', 'failed (both)'], out);
   }
 
   console.log('\n## Targets (same run): the SOCKS5 and PROXY v2 front-ends against the bare forwarder and HAProxy\n');
