@@ -106,7 +106,13 @@ while (!done && recorded.size < 2) {
   if (hit === null) continue;
   const [path, pid] = hit;
   const file = join(dir, `${path.replaceAll(' ', '-')}.data`);
-  execFileSync('perf', ['record', '-F', String(HZ), '-g', '-p', String(pid), '-o', file, '--', 'sleep', String(SECONDS)], { stdio: 'ignore' });
+  try {
+    execFileSync('perf', ['record', '-F', String(HZ), '-g', '-p', String(pid), '-o', file, '--', 'sleep', String(SECONDS)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (err) {
+    child.kill('SIGTERM');
+    console.error(`perf-diff: perf record of ${path} (pid ${pid}) failed: ${String(err.stderr ?? err.message).trim().split('\n').slice(0, 3).join(' ')}\n(run as root, or sysctl kernel.perf_event_paranoid=1)`);
+    process.exit(1);
+  }
   recorded.set(path, { file, pid });
   last.clear();
   busy.clear();

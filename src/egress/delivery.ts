@@ -196,8 +196,7 @@ class Opening {
   readonly d: Delivery;
   readonly replies: DeliveryReplies;
   readonly peer: string;
-  /** when the delivery began, for the debug record of its wait (read only when that is logged) */
-  readonly started: number;
+  readonly started = performance.now();
   readonly egress: EgressConfig;
   cancelWait: (() => void) | null = null;
   leaseId: number | null = null;
@@ -217,7 +216,6 @@ class Opening {
     this.replies = replies;
     this.egress = egress;
     this.peer = `${mta.remoteAddress}:${mta.remotePort}`;
-    this.started = ctx.log.isLevelEnabled('debug') ? performance.now() : 0;
     this.kept = first === null || first.length === 0 ? [] : [first];
     this.keptBytes = first?.length ?? 0;
   }
