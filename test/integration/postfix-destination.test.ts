@@ -165,7 +165,10 @@ describe.skipIf(unavailable !== null)('a real Postfix as SMTP destination', () =
     other.send('QUIT\r\n');
     await other.closed;
 
-    let stats = await a.waitForStats((s) => (s.byClient['127.0.0.4']?.refused ?? 0) >= 1 && (s.byClient['127.0.0.4']?.disconnects ?? 0) >= 1);
+    // each smtpd process logs on its own: wait for the lines of both clients, not just the first one's
+    let stats = await a.waitForStats(
+      (s) => (s.byClient['127.0.0.4']?.refused ?? 0) >= 1 && (s.byClient['127.0.0.4']?.disconnects ?? 0) >= 1 && (s.byClient['127.0.0.5']?.disconnects ?? 0) >= 1,
+    );
     expect(stats.byClient['127.0.0.4']).toMatchObject({ connections: 3, refused: 1, disconnects: 1 });
     expect(stats.byClient['127.0.0.5']).toMatchObject({ connections: 1, refused: 0 });
 
