@@ -201,6 +201,28 @@ export function fdLimit() {
 }
 
 export const verdict = (ok) => (ok ? 'PASS' : 'MISS');
+/**
+ * TCP sockets in TIME_WAIT whose local address is `ipv4` (/proc/net/tcp; NaN if unreadable).
+ * bind(2) of that address with port 0, which is how Node connects "from" a source, scans the
+ * ephemeral port range for a port none of them holds: with tens of thousands there, each connect
+ * from it costs up to ~1.5 ms of kernel time (bench/bind-scan.mjs), for every path alike.
+ */
+export function timeWaitOn(ipv4) {
+  const hex = ipv4.split('.').map((b) => Number(b).toString(16).padStart(2, '0').toUpperCase()).reverse().join('');
+  let text;
+  try {
+    text = readFileSync('/proc/net/tcp', 'latin1');
+  } catch {
+    return NaN;
+  }
+  let n = 0;
+  // "  sl  local_address rem_address   st ...": "   0: 0200007F:9C40 0100007F:0019 06 ..."
+  for (let i = text.indexOf(`: ${hex}:`); i !== -1; i = text.indexOf(`: ${hex}:`, i + 1)) {
+    if (text.startsWith(' 06 ', i + 2 + 8 + 5 + 14)) n++;
+  }
+  return n;
+}
+
 
 const xmlEscape = (s) => String(s).replace(/[<>&"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;' })[c]);
 

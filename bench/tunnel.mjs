@@ -38,7 +38,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ControlClient, openTunnel } from '../dist/client/index.js';
-import { writeRatioChart, cpuSeconds, fdLimit, fmt, freePort, machine, median, printTable, SECRET, sleep, spawnPeer, startProxy, verdict, waitForPort } from './lib.mjs';
+import { writeRatioChart, cpuSeconds, fdLimit, fmt, freePort, machine, median, printTable, SECRET, sleep, spawnPeer, startProxy, timeWaitOn, verdict, waitForPort } from './lib.mjs';
 
 const arg = (name, dflt) => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3) ?? dflt;
 const SECONDS = Number(arg('seconds', 6));
@@ -122,6 +122,11 @@ class Smtp {
     socket.setNoDelay(true); // on every path alike (the shipped client does not set it)
     socket.setTimeout(15_000, () => socket.destroy(new Error('no reply in 15 s')));
     this.closed = new Promise((resolve) => socket.once('close', resolve));
+    // the client closes second, on the server's FIN (after QUIT the MX closes first): closing on
+    // the 221 crossed the server's FIN in ~10 % of sessions, and such a simultaneous close leaves
+    // a TIME_WAIT socket on the source address at both ends; their pile made every later bind(2)
+    // of 127.0.0.2 scan the port range (bench/bind-scan.mjs), on every path (timeWaitLine)
+    socket.on('end', () => socket.end());
     socket.on('data', (c) => {
       this.buf += c.toString('latin1');
       this.#settle();
@@ -173,8 +178,7 @@ async function session(path, data = SMALL) {
     await smtp.cmd(data, 250);
     const mib = data.length / 1024 / 1024 / ((performance.now() - t0) / 1000);
     await smtp.cmd('QUIT\r\n', 221);
-    smtp.socket.end();
-    await smtp.closed;
+    await smtp.closed; // the server's FIN, then ours (the 'end' listener)
     return { ehlo, mib };
   } finally {
     smtp.socket.destroy();
@@ -206,6 +210,7 @@ async function sessionRate(path, seconds, warmupMs = 2000, loops = LOOPS) {
   // warm-up: the JIT compiles the path's code before the window that counts
   await Promise.all(Array.from({ length: loops }, () => loop(performance.now() + warmupMs, false)));
   const cpu = () => (path.pid === null ? NaN : cpuSeconds(path.pid));
+  const tw0 = timeWaitOn(SOURCE);
   const io0 = syscalls(path.pid);
   if (path.tunnels !== undefined) path.tunnels = path.resumed = 0; // count the measured window only
   const cpu0 = cpu();
@@ -213,8 +218,36 @@ async function sessionRate(path, seconds, warmupMs = 2000, loops = LOOPS) {
   await Promise.all(Array.from({ length: loops }, () => loop(t0 + seconds * 1000, true)));
   const elapsed = (performance.now() - t0) / 1000;
   const io1 = syscalls(path.pid);
+  noteTimeWait(tw0);
+  noteTimeWait(timeWaitOn(SOURCE));
   const resumed = path.tunnels === undefined ? null : path.resumed / path.tunnels;
   return { elapsed, sessions: ok, failed, wrongSource, firstError, cpuS: cpu() - cpu0, reads: io1.r - io0.r, writes: io1.w - io0.w, tunnels: path.tunnels ?? 0, resumedTunnels: path.resumed ?? 0, resumed };
+}
+
+/**
+ * The most TIME_WAIT sockets on SOURCE seen at a window's start or end: every connect from it
+ * (each proxy's, the direct path's) is a bind(2) that scans the port range past them, so a run
+ * that had many paid more kernel time per session on every path (bench/bind-scan.mjs). Printed
+ * with the tables, so that two runs are compared only where they had alike.
+ */
+const timeWait = { min: Infinity, max: -Infinity };
+function noteTimeWait(n) {
+  if (!Number.isFinite(n)) return;
+  timeWait.min = Math.min(timeWait.min, n);
+  timeWait.max = Math.max(timeWait.max, n);
+}
+function timeWaitLine() {
+  if (timeWait.max < 0) return `# TIME_WAIT sockets on ${SOURCE}: not readable (/proc/net/tcp)`;
+  const many = timeWait.max >= 15_000 ? `: MANY, each bind(2) of ${SOURCE} scanned the port range (${fmt(timeWait.max)} of the ${portRange()} ephemeral ports); CPU per session is higher on every path, ratios to the bare forwarder lower than on a quiet machine` : '';
+  return `# TIME_WAIT sockets on ${SOURCE} at the windows' starts and ends: ${fmt(timeWait.min)}–${fmt(timeWait.max)}${many}`;
+}
+function portRange() {
+  try {
+    const [lo, hi] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'latin1').trim().split(/\s+/).map(Number);
+    return fmt(hi - lo + 1);
+  } catch {
+    return '?';
+  }
 }
 
 /** read(2)-like and write(2)-like system calls of a process and its children so far (/proc/PID/io: syscr, syscw; NaN if unreadable) */
@@ -548,6 +581,7 @@ async function main() {
     return [name, fmt(r.rate), r.failed, wrongCell, fmt(r.cpuUs), Number.isFinite(r.reads) ? `${fmt(r.reads, 1)} / ${fmt(r.writes, 1)}` : 'n/a', ratio(r.rate, floor?.rate), ratio(r.cpuUs, floor?.cpuUs), ratio(r.rate, ha?.rate), ratio(r.cpuUs, ha?.cpuUs)];
   }));
   for (const p of paths) if (results.get(p.name).firstError !== null) console.log(`# ${p.name}: first failure: ${results.get(p.name).firstError}`);
+  console.log(timeWaitLine());
 
   if (PAIRED && floor !== undefined) {
     const bare = paths.find((p) => p.name === 'bare forwarder');
@@ -597,6 +631,7 @@ async function main() {
     printTable(['path', 'CPU µs/session', 'base CPU µs/session (same windows)', 'CPU vs base', 'CPU vs base, per round', 'sessions/s vs base', 'failed (both)'], out);
   }
 
+  if (PAIRED || BASE_DIST !== null) console.log(`\n${timeWaitLine()} (all windows so far)`);
   console.log('\n## Targets (same run): the SOCKS5 and PROXY v2 front-ends against the bare forwarder and HAProxy\n');
   const rows = [];
   for (const name of ['mtaproxy PROXY v2', 'mtaproxy SOCKS5']) {
